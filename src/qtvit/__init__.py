@@ -1,0 +1,7 @@
+"""qtvit: QT-ViT, EfficientViT and L2ViT, their attention kernels, training, benchmarks and export."""
+from .attention import attend, attention_map, create_kernel, list_kernels
+from .models import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = ["attend", "attention_map", "create_kernel", "list_kernels", "create_model", "list_models", "__version__"]

@@ -1,0 +1,124 @@
+"""The attention core: one linear-attention path shared by every linear kernel, softmax through SDPA, and the
+explicit O(N²) path that serves as their reference.
+
+Numerical care lives here and only here:
+- half-precision inputs are computed in an fp32 island (autocast off) and cast back to the input dtype; float64
+  stays float64 so the parity tests can run at 1e-12;
+- the cast back saturates at the dtype's largest finite value instead of overflowing to inf. Normalised kernels
+  return convex-like combinations of v and never reach it; the unnormalised ones (mean, cosine) scale with
+  |q||k||v| and can exceed fp16's 65504 on huge inputs.
+
+Shapes: q (B, H, Nq, d), k (B, H, N, d), v (B, H, N, dv) -> (B, H, Nq, dv). Non-causal.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .kernels import AttentionKernel
+
+# Tokens per chunk of the two linear-attention passes: bounds the feature maps' memory to
+# chunk_size * d_phi per head instead of N * d_phi (matters for taylor2, whose d_phi is (d+1)² + 1).
+DEFAULT_CHUNK_SIZE = 4096
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention is computed in: float64 stays, everything else runs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextmanager
+def fp32_island(device: torch.device) -> Iterator[None]:
+    """Autocast off: the k^T v sums and the division overflow in fp16 (EfficientViT issues #15 and #110)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def to_input_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast the result back to the input dtype, saturating instead of overflowing to inf."""
+    if x.dtype == dtype:
+        return x
+    if dtype in (torch.float16, torch.bfloat16):
+        big = torch.finfo(dtype).max
+        x = x.clamp(-big, big)
+    return x.to(dtype)
+
+
+def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Raise a ValueError naming what does not fit in q (B, H, Nq, d), k (B, H, N, d), v (B, H, N, dv)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have 4 dimensions (batch, heads, tokens, channels), got shape {tuple(t.shape)}; "
+                "split heads first, e.g. x.view(B, N, H, d).transpose(1, 2)"
+            )
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
+        raise ValueError(
+            f"batch and head sizes must agree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim: q has {q.shape[-1]}, k has {k.shape[-1]}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same number of tokens: k has {k.shape[2]}, v has {v.shape[2]}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"empty sequence: q has {q.shape[2]} tokens, k has {k.shape[2]}; attention needs at least 1")
+    if q.shape[-1] == 0 or v.shape[-1] == 0:
+        raise ValueError(f"empty channel dimension: q/k head dim {q.shape[-1]}, v head dim {v.shape[-1]}")
+    if q.dtype != k.dtype or k.dtype != v.dtype:
+        raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def _chunks(n: int, chunk_size: int | None) -> list[slice]:
+    size = n if not chunk_size or chunk_size >= n else chunk_size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def linear_attention(
+    kernel: "AttentionKernel", q: Tensor, k: Tensor, v: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK_SIZE
+) -> Tensor:
+    """Linear attention O_i = φ(q_i) KV / φ(q_i) Σ_j φ(k_j), with KV = Σ_j φ(k_j)ᵀ v_j.
+
+    Cost O(N · d_φ · dv) time; memory O(d_φ · dv) for the state plus one chunk of features. The normaliser rides
+    along as a column of ones appended to v, so numerator and denominator come out of the same two matmuls
+    (the "pad" trick of EfficientViT, issue #100 there). Inputs are already in the compute dtype.
+    """
+    stats = kernel.token_stats(k)
+    v1 = F.pad(v, (0, 1), value=1.0) if kernel.normalize else v
+    # Pass 1: the per-head state, summed over token chunks.
+    kv = None
+    for sl in _chunks(k.shape[2], chunk_size):
+        part = kernel.phi_k(k[:, :, sl], stats).transpose(-1, -2) @ v1[:, :, sl]
+        kv = part if kv is None else kv + part
+    # Pass 2: every query reads the state.
+    outs = [kernel.phi_q(q[:, :, sl], stats) @ kv for sl in _chunks(q.shape[2], chunk_size)]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return kernel.finish(out)
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """exp(q·k/√d)-weighted average of v through torch's fused scaled_dot_product_attention."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def explicit_attention(attn: Tensor, v: Tensor) -> Tensor:
+    """Apply an explicit (B, H, Nq, N) attention map to v: the O(N²) reference path."""
+    return attn @ v
+
+
+def row_normalise(sim: Tensor, eps: float) -> Tensor:
+    """Divide each row of an N×N similarity by its sum, with the same eps as the linear path."""
+    return sim / (sim.sum(dim=-1, keepdim=True) + eps)
+
+
+def default_scale(d: int) -> float:
+    return 1.0 / math.sqrt(d)

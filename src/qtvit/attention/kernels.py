@@ -1,0 +1,576 @@
+"""The attention-kernel zoo: one nn.Module per kernel, each a formula first.
+
+Every kernel gives two paths to the same numbers:
+- the fast one, ``forward(q, k, v)``: the feature maps φ(q), φ(k) through the shared linear core (O(N·d_φ·dv));
+- the reference one, ``similarity(q, k)``: the N×N similarity written straight from the formula, never through φ
+  where a closed form exists, so the tests check the feature map against the math and not against itself.
+
+Notation: q, k of shape (B, H, N, d), v (B, H, N, dv); s = q·k/√d; x̂ = x/‖x‖₂; x² is element-wise.
+Kernels with learnable parameters (qt, qt_paper, focused, l2vit) carry them here, so models use this same code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .core import (
+    DEFAULT_CHUNK_SIZE,
+    check_qkv,
+    compute_dtype,
+    explicit_attention,
+    fp32_island,
+    linear_attention,
+    row_normalise,
+    softmax_attention,
+    to_input_dtype,
+)
+
+
+class AttentionKernel(nn.Module):
+    """Base class: a similarity Sim(q, k) = φ(q)·φ(k) and the attention it defines.
+
+    ``normalize=True`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j / (Σ_j Sim(q_i, k_j) + eps);
+    ``normalize=False`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j.
+    """
+
+    name: ClassVar[str] = ""
+    normalize: ClassVar[bool] = True
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-15,
+                 chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> None:
+        super().__init__()
+        if head_dim < 1 or num_heads < 1:
+            raise ValueError(f"head_dim and num_heads must be >= 1, got head_dim={head_dim}, num_heads={num_heads}")
+        self.head_dim = head_dim
+        self.num_heads = num_heads
+        self.eps = eps
+        self.chunk_size = chunk_size
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, num_heads={self.num_heads}, feature_dim={self.feature_dim}"
+
+    # --- the formula ---------------------------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        """d_φ, the length of φ(x)."""
+        return self.head_dim
+
+    def phi(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def token_stats(self, k: Tensor) -> Any:
+        """Statistics over all key tokens that φ needs (N, a logsumexp...), computed once before chunking."""
+        return None
+
+    def phi_q(self, q: Tensor, stats: Any) -> Tensor:
+        return self.phi(q)
+
+    def phi_k(self, k: Tensor, stats: Any) -> Tensor:
+        return self.phi(k)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        """The explicit (B, H, Nq, N) similarity, O(N²). Kernels override it with their closed form."""
+        stats = self.token_stats(k)
+        return self.phi_q(q, stats) @ self.phi_k(k, stats).transpose(-1, -2)
+
+    def finish(self, out: Tensor) -> Tensor:
+        """Turn φ(q)·[KV, Σφ(k)] into the output: divide by the normaliser column."""
+        if not self.normalize:
+            return out
+        return out[..., :-1] / (out[..., -1:] + self.eps)
+
+    def normalise_map(self, sim: Tensor) -> Tensor:
+        return row_normalise(sim, self.eps) if self.normalize else sim
+
+    # --- the two paths -------------------------------------------------------------------------------------------
+    def _check(self, q: Tensor, k: Tensor, v: Tensor | None = None) -> None:
+        check_qkv(q, k, k[..., :1] if v is None else v)
+        if q.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"{self.name} kernel was built for head_dim={self.head_dim} but q has head dim {q.shape[-1]}; "
+                f"create it with create_kernel({self.name!r}, head_dim={q.shape[-1]}, ...)"
+            )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Linear-time attention, (B, H, Nq, d), (B, H, N, d), (B, H, N, dv) -> (B, H, Nq, dv)."""
+        self._check(q, k, v)
+        dtype, ct = q.dtype, compute_dtype(q.dtype)
+        with fp32_island(q.device):
+            out = linear_attention(self, q.to(ct), k.to(ct), v.to(ct), chunk_size=self.chunk_size)
+        return to_input_dtype(out, dtype)
+
+    def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
+        """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""
+        self._check(q, k)
+        ct = compute_dtype(q.dtype)
+        with fp32_island(q.device):
+            return self.normalise_map(self.similarity(q.to(ct), k.to(ct)))
+
+    def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The O(N²) reference output: attention_map(q, k) @ v."""
+        self._check(q, k, v)
+        with fp32_island(q.device):
+            out = explicit_attention(self.attention_map(q, k), v.to(compute_dtype(v.dtype)))
+        return to_input_dtype(out, v.dtype)
+
+
+class SoftmaxKernel(AttentionKernel):
+    """softmax: Sim = exp(q·k/√d), the quadratic baseline (QT-ViT Table 2, 79.8%).
+
+    No finite feature map; O(N²·d) time. The fast path is torch's scaled_dot_product_attention (flash / memory-
+    efficient kernels where available). On CPU, half inputs are upcast to fp32 like every other kernel.
+    Source: Vaswani et al. 2017.
+    """
+
+    name = "softmax"
+
+    @property
+    def feature_dim(self) -> int:
+        return 0  # infinite-dimensional: there is no linear path
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        self._check(q, k, v)
+        dtype = q.dtype
+        ct = dtype if (q.device.type == "cuda" and dtype != torch.float64) else compute_dtype(dtype)
+        with fp32_island(q.device):
+            out = softmax_attention(q.to(ct), k.to(ct), v.to(ct), scale=self.head_dim ** -0.5)
+        return to_input_dtype(out, dtype)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        # Shifted by the row max: the same map after normalisation, and no overflow.
+        logits = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        return torch.exp(logits - logits.amax(dim=-1, keepdim=True))
+
+    def normalise_map(self, sim: Tensor) -> Tensor:
+        return sim / sim.sum(dim=-1, keepdim=True)
+
+
+class ReLUKernel(AttentionKernel):
+    """relu: φ(x) = ReLU(x); Sim = ReLU(q)·ReLU(k). d_φ = d, O(N·d·dv).
+
+    Exactly EfficientViT's LiteMLA (eps 1e-15 added to the normaliser). Source: Cai et al., EfficientViT, 2023.
+    """
+
+    name = "relu"
+
+    def phi(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return F.relu(q) @ F.relu(k).transpose(-1, -2)
+
+
+class EluKernel(AttentionKernel):
+    """elu: φ(x) = ELU(x) + 1 > 0. d_φ = d, O(N·d·dv). Source: Katharopoulos et al., 2020."""
+
+    name = "elu"
+
+    def phi(self, x: Tensor) -> Tensor:
+        return F.elu(x) + 1
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2)
+
+
+class CosineKernel(AttentionKernel):
+    """cosine: Sim = q̂·k̂ / N, unnormalised, as Hydra attention (no denominator). d_φ = d, O(N·d·dv).
+
+    Hydra writes O = φ(Q)(φ(K)ᵀV) with φ(x) = x̂; the extra 1/N (a constant factor the next layer absorbs) keeps
+    O on the scale of v whatever the token count. Source: Bolya et al., Hydra Attention, 2022 (QT-ViT Table 2).
+    """
+
+    name = "cosine"
+    normalize = False
+
+    def token_stats(self, k: Tensor) -> Any:
+        return k.shape[2]
+
+    def phi_q(self, q: Tensor, stats: Any) -> Tensor:
+        return F.normalize(q, dim=-1) / math.sqrt(stats)
+
+    def phi_k(self, k: Tensor, stats: Any) -> Tensor:
+        return F.normalize(k, dim=-1) / math.sqrt(stats)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        cos = (q @ k.transpose(-1, -2)) / (q.norm(dim=-1, keepdim=True) * k.norm(dim=-1, keepdim=True).transpose(-1, -2)).clamp_min(1e-12)
+        return cos / k.shape[2]
+
+
+class MeanKernel(AttentionKernel):
+    """mean: φ(x) = x/√N, so Sim = q·k/N, unnormalised (PolyNL's mean over tokens). d_φ = d, O(N·d·dv).
+
+    Source: Babiloni et al., Poly-NL, 2021 (QT-ViT Table 2).
+    """
+
+    name = "mean"
+    normalize = False
+
+    def token_stats(self, k: Tensor) -> Any:
+        return k.shape[2]
+
+    def phi_q(self, q: Tensor, stats: Any) -> Tensor:
+        return q / math.sqrt(stats)
+
+    def phi_k(self, k: Tensor, stats: Any) -> Tensor:
+        return k / math.sqrt(stats)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return (q @ k.transpose(-1, -2)) / k.shape[2]
+
+
+class SigmoidSoftmaxKernel(AttentionKernel):
+    """sigmoid_softmax: φ(q) = σ(q), φ(k) = softmax of k over the tokens, per channel. d_φ = d, O(N·d·dv).
+
+    Sim(q_i, k_j) = Σ_c σ(q_ic) exp(k_jc) / Σ_m exp(k_mc), normalised over j. AFT-simple gates element-wise; this
+    is its dot-product form as compared in QT-ViT Table 2. The softmax's per-channel logsumexp is taken over all
+    tokens once, so chunking stays exact. Source: Zhai et al., An Attention Free Transformer, 2021.
+    """
+
+    name = "sigmoid_softmax"
+
+    def token_stats(self, k: Tensor) -> Any:
+        return torch.logsumexp(k, dim=2, keepdim=True)
+
+    def phi_q(self, q: Tensor, stats: Any) -> Tensor:
+        return torch.sigmoid(q)
+
+    def phi_k(self, k: Tensor, stats: Any) -> Tensor:
+        return torch.exp(k - stats)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return torch.sigmoid(q) @ torch.softmax(k, dim=2).transpose(-1, -2)
+
+
+class AngularKernel(AttentionKernel):
+    """angular: Sim = 1/2 + q̂·k̂/π, the first-order expansion of 1 − θ(q, k)/π. φ(x) = [x̂/√π, 1/√2].
+
+    d_φ = d + 1, O(N·d·dv); Sim ≥ 1/2 − 1/π > 0. Source: You et al., Castling-ViT, 2023 (high-order residual dropped,
+    as in QT-ViT Table 2).
+    """
+
+    name = "angular"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head_dim + 1
+
+    def phi(self, x: Tensor) -> Tensor:
+        return _append_constant(F.normalize(x, dim=-1) / math.sqrt(math.pi), 1 / math.sqrt(2))
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return 0.5 + (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)) / math.pi
+
+
+class Taylor1Kernel(AttentionKernel):
+    """taylor1: Sim = 1 + q·k/√d, the first-order Taylor expansion of exp(s). φ(x) = [x/d^¼, 1].
+
+    d_φ = d + 1, O(N·d·dv). Not positive: rows whose similarities sum near zero are ill-conditioned.
+    Source: Dass et al., ViTALiTy, 2023.
+    """
+
+    name = "taylor1"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head_dim + 1
+
+    def phi(self, x: Tensor) -> Tensor:
+        return _append_constant(x / self.head_dim ** 0.25, 1.0)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return 1 + (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+
+
+class Taylor2Kernel(AttentionKernel):
+    """taylor2: Sim = 1 + s + s²/2, the exact second-order Taylor expansion of exp(s), s = q·k/√d.
+
+    φ(x) = [vec(ϕ ⊗ ϕ)/√2, 1/√2] with ϕ = [x/d^¼, 1] (QT-ViT Eq. 8): ⟨ϕ(q), ϕ(k)⟩ = s + 1 and
+    ⟨K_r(a), K_r(b)⟩ = ⟨a, b⟩², so ⟨φ(q), φ(k)⟩ = ((s + 1)² + 1)/2. d_φ = (d + 1)² + 1, O(N·d²·dv).
+    Sim ≥ 1/2 > 0. Source: Xu et al., QT-ViT, NeurIPS 2024, Eq. 4-8.
+    """
+
+    name = "taylor2"
+
+    @property
+    def feature_dim(self) -> int:
+        return (self.head_dim + 1) ** 2 + 1
+
+    def phi(self, x: Tensor) -> Tensor:
+        return _append_constant(kronecker_square(_append_constant(x / self.head_dim ** 0.25, 1.0)) / math.sqrt(2),
+                                1 / math.sqrt(2))
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        return 1 + s + s * s / 2
+
+
+class QTKernel(AttentionKernel):
+    """qt: the kernel of the official QT-ViT code (AMD_QTViT, LiteMLA.relu_linear_att).
+
+    u = x/(‖x‖ + eps); u = u²; u = u/(‖u‖ + eps); φ(x) = [u, s] with one learnable scalar s (init 1, the official
+    ``ones_scale1``). Sim = cos(q², k²) + s²: the compact Taylor kernel's self-products x_i² plus a constant, with
+    the paper's β = 0 and α replaced by the data-dependent 1/‖x²‖. d_φ = d + 1, O(N·d·dv).
+    Source: Xu et al., QT-ViT, NeurIPS 2024, Eq. 11, and SPEC A.8.
+    """
+
+    name = "qt"
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head_dim + 1
+
+    def squared_direction(self, x: Tensor) -> Tensor:
+        # The first normalisation only keeps x² finite in training; the result equals x²/‖x²‖ up to eps.
+        x = x / (x.norm(dim=-1, keepdim=True) + self.eps)
+        x = x * x
+        return x / (x.norm(dim=-1, keepdim=True) + self.eps)
+
+    def phi(self, x: Tensor) -> Tensor:
+        return torch.cat([self.squared_direction(x), self.scale.to(x.dtype).expand(*x.shape[:-1], 1)], dim=-1)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        s = self.scale.to(q.dtype)
+        return self.squared_direction(q) @ self.squared_direction(k).transpose(-1, -2) + s * s
+
+
+class QTPaperKernel(AttentionKernel):
+    """qt_paper: the compact kernel of QT-ViT Eq. 11 with learnable α, β, γ.
+
+    φ(x) = [α·x²/√2, β·(4/d)^¼·x/√2, γ/√2, 1/√2], so Sim = ½[α² Σ_i q_i² k_i² + 2β² s + γ² + 1].
+    β = 0 in every reported experiment, so it is frozen at 0 unless ``learn_beta=True``. d_φ = 2d + 2, O(N·d·dv).
+    Source: Xu et al., QT-ViT, NeurIPS 2024, Eq. 11 (SPEC A.7).
+    """
+
+    name = "qt_paper"
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, alpha: float = 1.0, beta: float = 0.0,
+                 gamma: float = 1.0, learn_beta: bool = False, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.beta = nn.Parameter(torch.tensor(float(beta)), requires_grad=learn_beta)
+        self.gamma = nn.Parameter(torch.tensor(float(gamma)))
+
+    @property
+    def feature_dim(self) -> int:
+        return 2 * self.head_dim + 2
+
+    def phi(self, x: Tensor) -> Tensor:
+        a, b, g = (p.to(x.dtype) for p in (self.alpha, self.beta, self.gamma))
+        lin = b * (4 / self.head_dim) ** 0.25 * x
+        const = torch.stack([g, torch.ones_like(g)]).expand(*x.shape[:-1], 2)
+        return torch.cat([a * x * x, lin, const], dim=-1) / math.sqrt(2)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        a, b, g = (p.to(q.dtype) for p in (self.alpha, self.beta, self.gamma))
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        return 0.5 * (a * a * ((q * q) @ (k * k).transpose(-1, -2)) + 2 * b * b * s + g * g + 1)
+
+
+class _ReducedTaylor2Kernel(AttentionKernel):
+    """Shared form of QT-ViT Table 3's reductions of the Kronecker term (Eq. 10 with a cheaper quadratic block).
+
+    φ(x) = [Q(x)/√2, x/d^¼/√2, x/d^¼/√2, 1/√2, 1/√2] where Q(q)·Q(k) approximates s² = (q·k)²/d, so
+    Sim = 1 + s + ½·Q(q)·Q(k); the two linear copies and the constant are Eq. 10's.
+    """
+
+    def quadratic(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def quadratic_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def feature_dim(self) -> int:
+        return self.quadratic_dim + 2 * self.head_dim + 2
+
+    def phi(self, x: Tensor) -> Tensor:
+        lin = x / self.head_dim ** 0.25
+        ones = torch.ones(*x.shape[:-1], 2, dtype=x.dtype, device=x.device)
+        return torch.cat([self.quadratic(x), lin, lin, ones], dim=-1) / math.sqrt(2)
+
+    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        return 1 + s + 0.5 * self.quadratic_similarity(q, k)
+
+
+class QTPoolKernel(_ReducedTaylor2Kernel):
+    """qt_pool: the Kronecker term of channel-average-pooled inputs, y = avgpool_p(x) ∈ R^{d/p}.
+
+    Q(x) = p·vec(y ⊗ y)/√d, so Q(q)·Q(k) = p²(y_q·y_k)²/d (exact s² when x is constant within each pool window).
+    d_φ = (d/p)² + 2d + 2, O(N·d²/p²·dv). Source: QT-ViT Table 3, method 1 (pooling operator not specified in the
+    paper; average pooling over channels here).
+    """
+
+    name = "qt_pool"
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, pool: int = 2, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        if pool < 1 or head_dim % pool:
+            raise ValueError(f"qt_pool needs head_dim divisible by pool, got head_dim={head_dim}, pool={pool}")
+        self.pool = pool
+
+    @property
+    def quadratic_dim(self) -> int:
+        return (self.head_dim // self.pool) ** 2
+
+    def pooled(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.head_dim // self.pool, self.pool)).mean(-1)
+
+    def quadratic(self, x: Tensor) -> Tensor:
+        return kronecker_square(self.pooled(x)) * (self.pool / math.sqrt(self.head_dim))
+
+    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return self.pool ** 2 * (self.pooled(q) @ self.pooled(k).transpose(-1, -2)) ** 2 / self.head_dim
+
+
+class QTChunkKernel(_ReducedTaylor2Kernel):
+    """qt_chunk: the Kronecker term of each of c channel chunks, concatenated (cross-chunk products dropped).
+
+    Q(x) = √c·[vec(x⁽¹⁾ ⊗ x⁽¹⁾), …, vec(x⁽ᶜ⁾ ⊗ x⁽ᶜ⁾)]/√d, so Q(q)·Q(k) = c·Σ_g (q⁽ᵍ⁾·k⁽ᵍ⁾)²/d.
+    d_φ = d²/c + 2d + 2, O(N·d²/c·dv). Source: QT-ViT Table 3, method 2.
+    """
+
+    name = "qt_chunk"
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, chunks: int = 2, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        if chunks < 1 or head_dim % chunks:
+            raise ValueError(f"qt_chunk needs head_dim divisible by chunks, got head_dim={head_dim}, chunks={chunks}")
+        self.chunks = chunks
+
+    @property
+    def quadratic_dim(self) -> int:
+        return self.head_dim ** 2 // self.chunks
+
+    def split(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.chunks, self.head_dim // self.chunks))
+
+    def quadratic(self, x: Tensor) -> Tensor:
+        return kronecker_square(self.split(x)).flatten(-2) * math.sqrt(self.chunks / self.head_dim)
+
+    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        per_chunk = torch.einsum("bhigc,bhjgc->bhijg", self.split(q), self.split(k))
+        return self.chunks * (per_chunk ** 2).sum(-1) / self.head_dim
+
+
+class QTRandomKernel(_ReducedTaylor2Kernel):
+    """qt_random: d randomly chosen products x_i·x_j out of the d² of the Kronecker term.
+
+    Each kept item stands for d items, so Q(x) = √d·{x_i x_j/√d}_{(i,j)∈S} = {x_i x_j}_{(i,j)∈S} and Q(q)·Q(k) is an
+    unbiased estimate of s². The pairs are drawn once from ``seed`` and kept as a buffer. d_φ = 3d + 2, O(N·d·dv).
+    Source: QT-ViT Table 3, method 3 ("leads to poor results": 61.8%).
+    """
+
+    name = "qt_random"
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        g = torch.Generator().manual_seed(seed)
+        flat = torch.randperm(head_dim * head_dim, generator=g)[:head_dim]
+        self.register_buffer("pairs", torch.stack([flat // head_dim, flat % head_dim], dim=1), persistent=False)
+
+    @property
+    def quadratic_dim(self) -> int:
+        return self.head_dim
+
+    def quadratic(self, x: Tensor) -> Tensor:
+        return x[..., self.pairs[:, 0]] * x[..., self.pairs[:, 1]]
+
+    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        # Σ_{(i,j)∈S} (q_i k_i)(q_j k_j), from the element-wise products of every query-key pair.
+        prod = q.unsqueeze(-2) * k.unsqueeze(-3)  # (B, H, Nq, N, d)
+        return (prod[..., self.pairs[:, 0]] * prod[..., self.pairs[:, 1]]).sum(-1)
+
+
+class FocusedKernel(AttentionKernel):
+    """focused: FLatten's focused function with p = 3.
+
+    x ← ReLU(x / softplus(w)) + 1e-6 with a learnable per-head, per-channel w (init 0); then
+    φ_p(x) = ‖x‖/‖x^p‖ · x^p (element-wise power): the same norm, sharper direction. d_φ = d, O(N·d·dv).
+    The layer's depthwise conv on V is not part of the kernel. Source: Han et al., FLatten Transformer, ICCV 2023.
+    """
+
+    name = "focused"
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, focusing_factor: float = 3.0, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        self.focusing_factor = focusing_factor
+        self.scale = nn.Parameter(torch.zeros(num_heads, 1, head_dim))
+
+    def phi(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.num_heads:
+            raise ValueError(f"focused kernel was built for {self.num_heads} heads, input has {x.shape[1]}")
+        x = F.relu(x / F.softplus(self.scale.to(x.dtype))) + 1e-6
+        xp = x ** self.focusing_factor
+        return xp * (x.norm(dim=-1, keepdim=True) / xp.norm(dim=-1, keepdim=True))
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return self.phi(q) @ self.phi(k).transpose(-1, -2)  # φ is the definition: no closed form
+
+
+class L2ViTKernel(AttentionKernel):
+    """l2vit: L2ViT's enhanced linear attention.
+
+    O_i = τ_h · ReLU(q_i)·KV / max(ReLU(q_i)·Σ_j ReLU(k_j), 100), KV = Σ_j ReLU(k_j)ᵀ v_j, with a learnable per-head
+    temperature τ (init d^-½, the official ``attn.temperature``). The clamp, not an eps, stabilises the division.
+    d_φ = d, O(N·d·dv). Source: Zheng, The Linear Attention Resurrection in Vision Transformer, 2025.
+    """
+
+    name = "l2vit"
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, temperature: float | None = None,
+                 den_min: float = 100.0, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        init = head_dim ** -0.5 if temperature is None else temperature
+        self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), float(init)))
+        self.den_min = den_min
+
+    def phi(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+    def _tau(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.num_heads:
+            raise ValueError(f"l2vit kernel was built for {self.num_heads} heads, input has {x.shape[1]}")
+        return self.temperature.to(x.dtype)
+
+    def finish(self, out: Tensor) -> Tensor:
+        return out[..., :-1] * self._tau(out) / out[..., -1:].clamp_min(self.den_min)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        return F.relu(q) @ F.relu(k).transpose(-1, -2)
+
+    def normalise_map(self, sim: Tensor) -> Tensor:
+        return sim * self._tau(sim) / sim.sum(dim=-1, keepdim=True).clamp_min(self.den_min)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+def kronecker_square(x: Tensor) -> Tensor:
+    """K_r(x) = vec(x ⊗ x): all products x_i x_j, so ⟨K_r(a), K_r(b)⟩ = ⟨a, b⟩² (QT-ViT Eq. 5-6)."""
+    return (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
+
+
+def _append_constant(x: Tensor, value: float) -> Tensor:
+    return F.pad(x, (0, 1), value=value)
+
+
+KERNELS: dict[str, type[AttentionKernel]] = {
+    cls.name: cls
+    for cls in (
+        SoftmaxKernel, ReLUKernel, EluKernel, CosineKernel, MeanKernel, SigmoidSoftmaxKernel, AngularKernel,
+        Taylor1Kernel, Taylor2Kernel, QTKernel, QTPaperKernel, QTPoolKernel, QTChunkKernel, QTRandomKernel,
+        FocusedKernel, L2ViTKernel,
+    )
+}

@@ -1,0 +1,222 @@
+"""Kernel benchmark: time and peak memory of every attention kernel against the token count N.
+
+    qtvit benchmark kernels                      # CPU, fp32, N = 256 … 65536, head dims 16 and 32
+    qtvit benchmark kernels --kernels qt softmax --ns 1024 16384 --modes fwd fwd+bwd
+
+Writes a CSV (one row per kernel, N, head dim and mode) and, with matplotlib, a log-log PNG with the crossover of
+each linear kernel against softmax marked.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..attention import create_kernel, list_kernels
+from .measure import device_line, median_time, peak_memory_bytes
+
+DEFAULT_NS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
+FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "time_ms", "runs", "peak_mib",
+          "feature_dim", "note"]
+PEER = "taylor_series_linear_attention"
+
+
+def _peer_fn(head_dim: int, heads: int, device: torch.device, dtype: torch.dtype) -> Callable | None:
+    """lucidrains' taylor-series-linear-attention (the PyPI peer), non-causal, at matching heads and dims."""
+    try:
+        from taylor_series_linear_attention import TaylorSeriesLinearAttn
+    except ImportError:
+        return None
+    attn = TaylorSeriesLinearAttn(dim=head_dim * heads, dim_head=head_dim, heads=heads).to(device, dtype)
+
+    def run(x: torch.Tensor) -> torch.Tensor:  # the peer takes tokens (B, N, C) and includes its projections
+        return attn(x)
+    return run
+
+
+def benchmark_kernels(
+    kernels: Iterable[str], ns: Iterable[int], *, head_dims: Iterable[int] = (16, 32), heads: int = 4,
+    batch: int = 1, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    modes: Iterable[str] = ("fwd",), repeats: int = 5, budget_s: float = 5.0, max_call_s: float = 20.0,
+    peer: bool = False, on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Measure every (head dim, N, kernel, mode); a kernel slower than ``max_call_s`` per call skips larger N."""
+    device = torch.device(device)
+    rows: list[dict] = []
+    names = list(kernels) + ([PEER] if peer else [])
+    for d in head_dims:
+        too_slow: set[tuple[str, str]] = set()
+        for n in ns:
+            g = torch.Generator().manual_seed(n)
+            q, k, v = (torch.randn(batch, heads, n, d, generator=g).to(device, dtype) for _ in range(3))
+            x = torch.randn(batch, n, heads * d, generator=g).to(device, dtype)
+            for name in names:
+                if name == PEER:
+                    module, fd = _peer_fn(d, heads, device, dtype), ""
+                    if module is None:
+                        continue
+                    inputs: tuple = (x,)
+                else:
+                    module = create_kernel(name, head_dim=d, num_heads=heads).to(device)
+                    fd, inputs = module.feature_dim or "", (q, k, v)
+                for mode in modes:
+                    row = dict(kernel=name, n=n, head_dim=d, heads=heads, batch=batch, dtype=str(dtype).split(".")[-1],
+                               device=device.type, mode=mode, feature_dim=fd, note="")
+                    if (name, mode) in too_slow:
+                        continue
+                    fn = _call(module, inputs, backward=(mode == "fwd+bwd"))
+                    first, _ = median_time(fn, device, repeats=1, warmup=0)
+                    if first > max_call_s:
+                        too_slow.add((name, mode))
+                        t, runs, note = first, 1, f"one run: over {max_call_s:g} s per call, larger N skipped"
+                    else:
+                        t, times = median_time(fn, device, repeats=repeats, warmup=0, budget_s=budget_s)
+                        runs, note = len(times), ""
+                    mem = peak_memory_bytes(fn, device) if first <= max_call_s else None
+                    row.update(time_ms=round(t * 1e3, 4), runs=runs, note=note,
+                               peak_mib="" if mem is None else round(mem / 2 ** 20, 2))
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
+    return rows
+
+
+def _call(module: Callable, inputs: tuple, backward: bool) -> Callable[[], None]:
+    if not backward:
+        def fwd() -> None:
+            with torch.no_grad():
+                module(*inputs)
+        return fwd
+    leaves = [t.detach().requires_grad_() for t in inputs]
+
+    def fwd_bwd() -> None:
+        module(*leaves).float().sum().backward()
+        for t in leaves:
+            t.grad = None
+    return fwd_bwd
+
+
+def write_csv(rows: list[dict], path: Path, device: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(f"# {device}\n")
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        lines = [l for l in f if not l.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def crossover(rows: list[dict], kernel: str, *, reference: str = "softmax", head_dim: int | None = None,
+              mode: str = "fwd") -> float | None:
+    """The N at which ``kernel`` becomes faster than ``reference`` (log-log interpolation), or None."""
+    def series(name: str) -> dict[int, float]:
+        return {int(r["n"]): float(r["time_ms"]) for r in rows
+                if r["kernel"] == name and r["mode"] == mode and (head_dim is None or int(r["head_dim"]) == head_dim)}
+    a, b = series(kernel), series(reference)
+    ns = sorted(set(a) & set(b))
+    ratio = [(n, math.log(a[n] / b[n])) for n in ns]  # < 0 where the kernel is faster
+    if not ratio:
+        return None
+    if ratio[0][1] < 0:
+        return float(ratio[0][0])  # faster from the smallest N measured
+    for (n0, r0), (n1, r1) in zip(ratio, ratio[1:]):
+        if r0 >= 0 > r1:
+            t = r0 / (r0 - r1)
+            return math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0)))
+    return None
+
+
+def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") -> None:
+    """Log-log time against N, one panel per head dim, softmax dashed, crossovers marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted({int(r["head_dim"]) for r in rows})
+    fig, axes = plt.subplots(1, len(dims), figsize=(6.5 * len(dims), 5), squeeze=False)
+    for ax, d in zip(axes[0], dims):
+        sel = [r for r in rows if int(r["head_dim"]) == d and r["mode"] == mode]
+        for name in dict.fromkeys(r["kernel"] for r in sel):
+            pts = sorted((int(r["n"]), float(r["time_ms"])) for r in sel if r["kernel"] == name)
+            style = dict(color="black", ls="--", lw=2.5) if name == "softmax" else dict(lw=2.2 if name == "qt" else 1)
+            ax.loglog(*zip(*pts), marker="o", ms=3, label=name, **style)
+            n_x = crossover(sel, name) if name != "softmax" else None
+            if name == "qt" and n_x:
+                ax.axvline(n_x, color="red", ls=":", lw=1)
+                ax.annotate(f"qt = softmax at N≈{n_x:,.0f}", (n_x, ax.get_ylim()[0]), rotation=90, color="red",
+                            va="bottom", ha="right", fontsize=8)
+        ax.set(xlabel="tokens N", ylabel=f"{mode} time (ms)", title=f"head dim {d}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("kernels", help="time and memory of each attention kernel against N",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernels", nargs="+", default=list_kernels(), choices=list_kernels(), metavar="NAME")
+    p.add_argument("--ns", nargs="+", type=int, default=DEFAULT_NS)
+    p.add_argument("--head-dims", nargs="+", type=int, default=[16, 32])
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"])
+    p.add_argument("--repeats", type=int, default=5, help="runs per point; the median is reported")
+    p.add_argument("--budget", type=float, default=5.0, help="seconds per point after which fewer runs are taken")
+    p.add_argument("--max-call", type=float, default=20.0, help="a kernel slower than this per call skips larger N")
+    p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it)")
+    p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    for n in args.ns:
+        if n < 1:
+            raise SystemExit(f"qtvit benchmark kernels: --ns must be positive, got {n}")
+    device = torch.device(args.device)
+    line = device_line(device)
+    print(f"# {line}")
+    print(f"{'kernel':<16}{'N':>7}{'d':>4} {'mode':<8}{'time ms':>11}{'peak MiB':>10}")
+
+    def show(r: dict) -> None:
+        print(f"{r['kernel']:<16}{r['n']:>7}{r['head_dim']:>4} {r['mode']:<8}{r['time_ms']:>11.3f}"
+              f"{r['peak_mib'] if r['peak_mib'] != '' else '-':>10} {r['note']}", flush=True)
+
+    rows = benchmark_kernels(args.kernels, args.ns, head_dims=args.head_dims, heads=args.heads, batch=args.batch,
+                             dtype=getattr(torch, args.dtype), device=device, modes=args.modes,
+                             repeats=args.repeats, budget_s=args.budget, max_call_s=args.max_call, peer=args.peer,
+                             on_row=show)
+    write_csv(rows, args.out, line)
+    print(f"wrote {args.out}")
+    for d in args.head_dims:
+        sel = [r for r in rows if r["head_dim"] == d]
+        n_x = crossover(sel, "qt") if {"qt", "softmax"} <= set(args.kernels) else None
+        if n_x:
+            print(f"head dim {d}: qt is faster than softmax from N ≈ {n_x:,.0f}")
+    try:
+        png = args.plot or args.out.with_suffix(".png")
+        for mode in args.modes:
+            target = png if mode == args.modes[0] else png.with_name(png.stem + "_fwdbwd.png")
+            plot(rows, target, mode=mode, title=line)
+            print(f"wrote {target}")
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install 'qtvit[plot]')")
+    return 0

@@ -1,0 +1,98 @@
+"""Timing and peak memory, the same way for every benchmark.
+
+Time: the median of several runs after a warm-up (the machines are noisy). Memory: on CUDA, the allocator's peak
+over the call; on CPU, the process's peak resident set over the call (Linux VmHWM, reset through
+/proc/self/clear_refs), which also sees buffers that fused kernels allocate internally. glibc is told to serve
+large blocks by mmap so that freed memory leaves the process and the next measurement starts clean.
+"""
+from __future__ import annotations
+
+import ctypes
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+_M_MMAP_THRESHOLD = -3
+
+
+def _pin_mmap_threshold() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    except (OSError, AttributeError):  # not glibc: memory numbers may then include reused heap
+        pass
+
+
+_pin_mmap_threshold()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, *, repeats: int = 5, warmup: int = 1,
+                budget_s: float | None = None) -> tuple[float, list[float]]:
+    """Median wall time of ``fn`` in seconds over ``repeats`` runs (at least 3 when a budget cuts it short)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        if budget_s is not None and i >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times), times
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Extra memory at the peak of one call of ``fn`` over what was in use before it; None where unmeasurable."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _proc_status_kb("VmRSS")
+    fn()
+    after = _proc_status_kb("VmHWM")
+    if before is None or after is None:
+        return None
+    return max(0, after - before) * 1024
+
+
+def device_line(device: torch.device) -> str:
+    """A one-line description of the machine, saved beside every result."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
