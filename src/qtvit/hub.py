@@ -1,0 +1,132 @@
+"""Download pretrained weights once into a local cache (urllib only: no extra dependency).
+
+The cache is ``$QTVIT_CACHE`` or ``~/.cache/qtvit``; a file is stored under its URL's base name, so a user without
+network can put a file there by hand (the error messages say which name and where). ``$QTVIT_PRETRAINED_URL_BASE``
+redirects every pretrained URL to a mirror: ``<base>/<file name>`` (tests point it at a loopback server).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+__all__ = ["DownloadError", "download", "get_cache_dir", "resolve_url"]
+
+_CHUNK = 1 << 20
+
+
+class DownloadError(OSError):
+    """A file could not be fetched (no network, HTTP error) or did not match its expected hash."""
+
+
+def get_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The weights cache: ``cache_dir`` if given, else ``$QTVIT_CACHE``, else ``~/.cache/qtvit``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("QTVIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "qtvit"
+
+
+def resolve_url(url: str) -> str:
+    """Apply ``$QTVIT_PRETRAINED_URL_BASE`` (a mirror holding the same file names), if set."""
+    base = os.environ.get("QTVIT_PRETRAINED_URL_BASE")
+    return f"{base.rstrip('/')}/{url_file_name(url)}" if base else url
+
+
+def url_file_name(url: str) -> str:
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise ValueError(f"cannot derive a file name from url {url!r}; it must end in a file name like 'x.pt'")
+    return name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_hash(digest: str, sha256: str | None, what: str, fix: str) -> None:
+    # A prefix is accepted (as torch.hub does with file-name hashes), but a too-short one proves nothing.
+    if sha256 is None:
+        return
+    expected = sha256.lower()
+    if len(expected) < 8:
+        raise ValueError(f"sha256 {sha256!r} is too short: give at least 8 hex digits")
+    if not digest.startswith(expected):
+        raise DownloadError(f"{what} has sha256 {digest}, expected {expected}. {fix}")
+
+
+def download(
+    url: str,
+    cache_dir: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+    file_name: str | None = None,
+) -> Path:
+    """Return the local path of ``url``'s file, downloading it into the cache first if it is not there yet.
+
+    The download goes to a temporary file in the cache directory that is renamed into place only once it is
+    complete (and matches ``sha256``, a hex digest or a prefix of at least 8 digits), so an interrupted download
+    never leaves a truncated file under the final name. A cached file is reused without any request; with
+    ``sha256`` it is checked first. Raises DownloadError naming the file and its cache path when offline.
+    """
+    folder = get_cache_dir(cache_dir)
+    path = folder / (file_name or url_file_name(url))
+    if path.is_file():
+        _check_hash(_sha256(path), sha256, f"cached file {path}", "Delete it to download it again.")
+        return path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    by_hand = (
+        f"Without network, download {url} elsewhere and put it at {path} "
+        f"(or set $QTVIT_CACHE), or pass checkpoint_path=<file> to create_model."
+    )
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    total = int(response.headers.get("Content-Length") or 0) or None
+                    bar = _progress_bar(total, path.name, progress)
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        out.write(chunk)
+                        h.update(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                    if bar is not None:
+                        bar.close()
+            except urllib.error.HTTPError as e:
+                raise DownloadError(f"downloading {url} failed: HTTP {e.code} {e.reason}. {by_hand}") from e
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+                reason = getattr(e, "reason", e)
+                raise DownloadError(f"cannot download {url} ({reason}). {by_hand}") from e
+            out.flush()
+            os.fsync(out.fileno())
+        _check_hash(h.hexdigest(), sha256, f"downloaded file {url}", "The file on the server differs; nothing "
+                    "was cached. Check the url, or pass sha256=None if the change is expected.")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _progress_bar(total: int | None, name: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but a progress bar is never worth failing for
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr)

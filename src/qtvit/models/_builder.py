@@ -1,0 +1,95 @@
+"""create_model: build a registered model by name, load its weights, optionally as a feature extractor."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch.nn as nn
+
+from .. import checkpoints, hub
+from ._features import FeatureListNet
+from ._registry import model_entrypoint
+
+__all__ = ["create_model", "pretrained_file"]
+
+
+def pretrained_file(name: str, cfg: dict, progress: bool = True) -> str:
+    """The local path of a model's pretrained weights: downloaded (cached) from ``cfg['url']``.
+
+    Weights without a direct url (QT-ViT's are on Google Drive) are taken from the cache when a user put them
+    there (``cfg['file']`` in ``$QTVIT_CACHE`` or ``~/.cache/qtvit``); otherwise the error says where to get them.
+    """
+    url, file = cfg.get("url"), cfg.get("file")
+    if url:
+        return str(hub.download(hub.resolve_url(url), sha256=cfg.get("sha256"), progress=progress,
+                                file_name=file or None))
+    cached = hub.get_cache_dir() / file if file else None
+    if cached is not None and cached.is_file():
+        return str(cached)
+    origin = cfg.get("origin_url")
+    where = f" They are published at {origin}." if origin else ""
+    put = f" put the file at {cached}," if cached is not None else ""
+    raise ValueError(f"{name} has no downloadable pretrained weights.{where} Download them by hand and{put} or pass "
+                     f"create_model({name!r}, checkpoint_path=<file>); or use pretrained=False.")
+
+
+def create_model(
+    name: str | None = None,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    kernel=None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("qtvit_1", pretrained=True, num_classes=10)``.
+
+    Args:
+        name: a name from ``qtvit.list_models()``; None takes it from ``checkpoint_path``'s saved config.
+        pretrained: load the official weights (downloaded once and cached, see ``qtvit.hub``).
+        checkpoint_path: load this checkpoint instead (any format ``qtvit.checkpoints.load_checkpoint`` reads);
+            a file or directory written by ``save_pretrained`` also supplies the constructor arguments.
+        num_classes: classifier size (default: the saved config's, else the constructor's, usually 1000). A
+            checkpoint classifier of another size is dropped with a warning; the new head starts from its init.
+        in_chans: input channels (default: as num_classes, usually 3); the checkpoint's first conv is adapted
+            (summed for 1 channel, repeated and rescaled otherwise).
+        features_only: return a module whose forward gives the list of per-stage maps, with ``.feature_info``.
+        out_indices: which stages for features_only (None = all, int k = the last k, or a sequence).
+        kernel: attention kernel name for the model's attention layers; passed on only when given.
+        kwargs: other constructor arguments (they override the saved config's).
+    Returns:
+        the model, with ``pretrained_cfg['architecture']``, ``model_args`` and, after loading, ``load_report``.
+    """
+    saved = checkpoints.read_config(checkpoint_path) if checkpoint_path is not None else None
+    if name is None:
+        if saved is None:
+            raise ValueError("create_model needs a model name (see qtvit.list_models()), or checkpoint_path= a "
+                             "directory or .safetensors file written by qtvit.checkpoints.save_pretrained")
+        name = saved["architecture"]
+    entrypoint = model_entrypoint(name)
+
+    args = checkpoints.decode_model_args(saved) if saved and saved.get("architecture") == name else {}
+    args.update(kwargs)
+    given = dict(num_classes=num_classes, in_chans=in_chans, kernel=kernel)
+    args.update({k: v for k, v in given.items() if v is not None})
+    # weights are loaded here, not by the constructor, so every family gets the same checks and messages
+    model = entrypoint(pretrained=False, **args)
+
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})  # a copy: family cfgs are shared dicts
+    if saved and saved.get("architecture") == name:
+        cfg.update(saved.get("pretrained_cfg", {}))
+    cfg["architecture"] = name
+    model.pretrained_cfg = cfg
+    if hasattr(model, "default_cfg"):  # timm's older alias, kept pointing at the same dict
+        model.default_cfg = cfg
+    model.model_args = args
+
+    if checkpoint_path is not None:
+        model.load_report = checkpoints.load_checkpoint(model, checkpoint_path, adapt=True)
+    elif pretrained:
+        model.load_report = checkpoints.load_checkpoint(model, pretrained_file(name, cfg), adapt=True)
+    if features_only:
+        return FeatureListNet(model, out_indices)
+    return model

@@ -1,0 +1,82 @@
+"""features_only: a backbone that returns its per-stage feature maps, as timm's FeatureListNet."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["FeatureInfo", "FeatureListNet"]
+
+
+class FeatureInfo:
+    """The selected stages' ``dict(num_chs, reduction, module)``, with timm's accessors."""
+
+    def __init__(self, info: Sequence[dict], out_indices: Sequence[int]):
+        self.out_indices = tuple(out_indices)
+        self.info = [dict(info[i]) for i in self.out_indices]
+
+    def get(self, key: str, idx: int | None = None):
+        return [f[key] for f in self.info] if idx is None else self.info[idx][key]
+
+    def channels(self, idx: int | None = None):
+        """Channels of every selected stage (a list), or of the idx-th one."""
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None):
+        """Stride of every selected stage relative to the input (a list), or of the idx-th one."""
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | None = None):
+        return self.get("module", idx)
+
+    def __getitem__(self, idx: int) -> dict:
+        return self.info[idx]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    def __repr__(self) -> str:
+        return f"FeatureInfo({self.info})"
+
+
+def _take_indices(out_indices: int | Sequence[int] | None, n: int, name: str) -> tuple[int, ...]:
+    # timm's meaning: None = every stage, an int k = the last k stages, a sequence = those stages (negative ok).
+    if out_indices is None:
+        return tuple(range(n))
+    if isinstance(out_indices, int):
+        if not 0 < out_indices <= n:
+            raise ValueError(f"out_indices={out_indices} asks for the last {out_indices} stages, but {name} has {n}")
+        return tuple(range(n - out_indices, n))
+    bad = [i for i in out_indices if not -n <= i < n]
+    if bad or not out_indices:
+        raise ValueError(f"out_indices {tuple(out_indices)} out of range: {name} has {n} feature stages "
+                         f"(indices 0..{n - 1}, or negative from the end)")
+    # the backbone yields stages in depth order, so the selection is sorted to match it
+    return tuple(sorted({i % n for i in out_indices}))
+
+
+class FeatureListNet(nn.Module):
+    """Wrap a model with ``feature_info`` and ``forward_intermediates``; ``forward(x)`` returns the stage maps.
+
+    The wrapped model (with its classifier) stays whole in ``self.model``, so its weights save and load under
+    the model's own names.
+    """
+
+    is_feature_wrapper = True
+
+    def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None):
+        super().__init__()
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        info = getattr(model, "feature_info", None)
+        if not info or not hasattr(model, "forward_intermediates"):
+            raise ValueError(f"{name} does not support features_only=True: it has no feature_info or "
+                             "forward_intermediates")
+        info = list(info)
+        self.model = model
+        self.out_indices = _take_indices(out_indices, len(info), name)
+        self.feature_info = FeatureInfo(info, self.out_indices)
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True))
