@@ -93,20 +93,20 @@ def test_kronecker_identity():
 def test_taylor2_features_give_second_order_taylor(d):
     m = create_kernel("taylor2", head_dim=d).double()
     q, k, _ = qkv(b=1, h=1, n=50, d=d)
-    fq, fk = m.phi(q), m.phi(k)
+    fq, fk = m.features(q), m.features(k)
     assert fq.shape[-1] == (d + 1) ** 2 + 1 == m.feature_dim
     s = q @ k.transpose(-1, -2) / math.sqrt(d)
     torch.testing.assert_close(fq @ fk.transpose(-1, -2), 1 + s + s * s / 2, rtol=1e-12, atol=1e-12)
     # and the kernel is close to exp(s) where s is small
     small = 0.05 * q @ k.transpose(-1, -2) / math.sqrt(d)
-    fq, fk = m.phi(0.05 * q), m.phi(k)
+    fq, fk = m.features(0.05 * q), m.features(k)
     assert (fq @ fk.transpose(-1, -2) - torch.exp(small)).abs().max() < 1e-3
 
 
 def test_qt_kernel_is_cosine_of_squares_plus_scale_squared():
     m = create_kernel("qt", head_dim=16, scale=0.75).double()
     q, k, _ = qkv(b=1, h=1, n=40, d=16)
-    sim = m.phi(q) @ m.phi(k).transpose(-1, -2)
+    sim = m.features(q) @ m.features(k).transpose(-1, -2)
     q2, k2 = q * q, k * k
     cos = (q2 @ k2.transpose(-1, -2)) / (q2.norm(dim=-1, keepdim=True) * k2.norm(dim=-1).unsqueeze(-2))
     torch.testing.assert_close(sim, cos + 0.5625, rtol=1e-12, atol=1e-12)
@@ -157,7 +157,7 @@ def test_qt_paper_similarity_formula():
     assert m.feature_dim == 34
     s = q @ k.transpose(-1, -2) / 4
     expect = 0.5 * (0.5625 * ((q * q) @ (k * k).transpose(-1, -2)) + 2 * 0.25 * s + 2.25 + 1)
-    torch.testing.assert_close(m.phi(q) @ m.phi(k).transpose(-1, -2), expect, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m.features(q) @ m.features(k).transpose(-1, -2), expect, rtol=1e-12, atol=1e-12)
     assert not m.beta.requires_grad  # β = 0 in the paper's experiments: frozen unless asked
 
 
@@ -242,3 +242,12 @@ def test_unknown_kernel_and_options():
         create_kernel("qt", head_dim=16)(x, x, x)
     with pytest.raises(ValueError, match="built for 3 heads"):
         create_kernel("l2vit", head_dim=8, num_heads=3)(x, x, x)
+
+
+@pytest.mark.parametrize("name", [k for k in LINEAR if k not in ("cosine", "mean", "sigmoid_softmax", "l2vit")])
+def test_full_feature_map_has_feature_dim_and_gives_the_similarity(name):
+    m = kernel(name)
+    q, k, _ = qkv()
+    fq, fk = m.features(q), m.features(k)
+    assert fq.shape[-1] == m.feature_dim
+    torch.testing.assert_close(fq @ fk.transpose(-1, -2), m.similarity(q, k), rtol=1e-10, atol=1e-12)

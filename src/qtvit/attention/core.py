@@ -99,8 +99,14 @@ def linear_attention(
     for sl in _chunks(k.shape[2], chunk_size):
         part = kernel.phi_k(k[:, :, sl], stats).transpose(-1, -2) @ v1[:, :, sl]
         kv = part if kv is None else kv + part
+    # Constant feature entries add c²·Σ_j [v_j, 1] to every query: one sum instead of a column on every token.
+    c = kernel.constant(q.dtype)
+    shift = None if c is None else (c * c) * v1.sum(dim=2, keepdim=True)
     # Pass 2: every query reads the state.
-    outs = [kernel.phi_q(q[:, :, sl], stats) @ kv for sl in _chunks(q.shape[2], chunk_size)]
+    outs = []
+    for sl in _chunks(q.shape[2], chunk_size):
+        o = kernel.phi_q(q[:, :, sl], stats) @ kv
+        outs.append(o if shift is None else o + shift)
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return kernel.finish(out)
 

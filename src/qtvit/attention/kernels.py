@@ -61,7 +61,21 @@ class AttentionKernel(nn.Module):
         return self.head_dim
 
     def phi(self, x: Tensor) -> Tensor:
+        """φ(x) without its constant entries (those are ``constant``): what the linear core multiplies."""
         raise NotImplementedError
+
+    def constant(self, dtype: torch.dtype) -> Tensor | None:
+        """c such that the constant entries of φ(q) and φ(k) contribute c² to every similarity, or None.
+
+        The core adds c²·Σ_j [v_j, 1] instead of appending constant columns to every token's features.
+        """
+        return None
+
+    def features(self, x: Tensor) -> Tensor:
+        """The full feature map φ(x), constant entries included (d_φ = ``feature_dim`` columns)."""
+        c = self.constant(x.dtype)
+        f = self.phi(x)
+        return f if c is None else torch.cat([f, c.expand(*x.shape[:-1], 1)], dim=-1)
 
     def token_stats(self, k: Tensor) -> Any:
         """Statistics over all key tokens that φ needs (N, a logsumexp...), computed once before chunking."""
@@ -76,7 +90,9 @@ class AttentionKernel(nn.Module):
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit (B, H, Nq, N) similarity, O(N²). Kernels override it with their closed form."""
         stats = self.token_stats(k)
-        return self.phi_q(q, stats) @ self.phi_k(k, stats).transpose(-1, -2)
+        sim = self.phi_q(q, stats) @ self.phi_k(k, stats).transpose(-1, -2)
+        c = self.constant(q.dtype)
+        return sim if c is None else sim + c * c
 
     def finish(self, out: Tensor) -> Tensor:
         """Turn φ(q)·[KV, Σφ(k)] into the output: divide by the normaliser column."""
@@ -191,14 +207,14 @@ class CosineKernel(AttentionKernel):
         return k.shape[2]
 
     def phi_q(self, q: Tensor, stats: Any) -> Tensor:
-        return F.normalize(q, dim=-1) / math.sqrt(stats)
+        return normalize(q) / math.sqrt(stats)
 
     def phi_k(self, k: Tensor, stats: Any) -> Tensor:
-        return F.normalize(k, dim=-1) / math.sqrt(stats)
+        return normalize(k) / math.sqrt(stats)
 
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        cos = (q @ k.transpose(-1, -2)) / (q.norm(dim=-1, keepdim=True) * k.norm(dim=-1, keepdim=True).transpose(-1, -2)).clamp_min(1e-12)
-        return cos / k.shape[2]
+        norms = l2norm(q) * l2norm(k).transpose(-1, -2)
+        return (q @ k.transpose(-1, -2)) / norms.clamp_min(1e-12) / k.shape[2]
 
 
 class MeanKernel(AttentionKernel):
@@ -260,7 +276,10 @@ class AngularKernel(AttentionKernel):
         return self.head_dim + 1
 
     def phi(self, x: Tensor) -> Tensor:
-        return _append_constant(F.normalize(x, dim=-1) / math.sqrt(math.pi), 1 / math.sqrt(2))
+        return normalize(x) / math.sqrt(math.pi)
+
+    def constant(self, dtype: torch.dtype) -> Tensor:
+        return torch.tensor(0.5 ** 0.5, dtype=dtype)
 
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         return 0.5 + (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)) / math.pi
@@ -280,7 +299,10 @@ class Taylor1Kernel(AttentionKernel):
         return self.head_dim + 1
 
     def phi(self, x: Tensor) -> Tensor:
-        return _append_constant(x / self.head_dim ** 0.25, 1.0)
+        return x / self.head_dim ** 0.25
+
+    def constant(self, dtype: torch.dtype) -> Tensor:
+        return torch.tensor(1.0, dtype=dtype)
 
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         return 1 + (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
@@ -301,8 +323,10 @@ class Taylor2Kernel(AttentionKernel):
         return (self.head_dim + 1) ** 2 + 1
 
     def phi(self, x: Tensor) -> Tensor:
-        return _append_constant(kronecker_square(_append_constant(x / self.head_dim ** 0.25, 1.0)) / math.sqrt(2),
-                                1 / math.sqrt(2))
+        return kronecker_square(F.pad(x / self.head_dim ** 0.25, (0, 1), value=1.0)) / math.sqrt(2)
+
+    def constant(self, dtype: torch.dtype) -> Tensor:
+        return torch.tensor(0.5 ** 0.5, dtype=dtype)
 
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
@@ -330,12 +354,15 @@ class QTKernel(AttentionKernel):
 
     def squared_direction(self, x: Tensor) -> Tensor:
         # The first normalisation only keeps x² finite in training; the result equals x²/‖x²‖ up to eps.
-        x = x / (x.norm(dim=-1, keepdim=True) + self.eps)
+        x = x / (l2norm(x) + self.eps)
         x = x * x
-        return x / (x.norm(dim=-1, keepdim=True) + self.eps)
+        return x / (l2norm(x) + self.eps)
 
     def phi(self, x: Tensor) -> Tensor:
-        return torch.cat([self.squared_direction(x), self.scale.to(x.dtype).expand(*x.shape[:-1], 1)], dim=-1)
+        return self.squared_direction(x)
+
+    def constant(self, dtype: torch.dtype) -> Tensor:
+        return self.scale.to(dtype)
 
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         s = self.scale.to(q.dtype)
@@ -364,10 +391,17 @@ class QTPaperKernel(AttentionKernel):
         return 2 * self.head_dim + 2
 
     def phi(self, x: Tensor) -> Tensor:
-        a, b, g = (p.to(x.dtype) for p in (self.alpha, self.beta, self.gamma))
-        lin = b * (4 / self.head_dim) ** 0.25 * x
-        const = torch.stack([g, torch.ones_like(g)]).expand(*x.shape[:-1], 2)
-        return torch.cat([a * x * x, lin, const], dim=-1) / math.sqrt(2)
+        a, b = self.alpha.to(x.dtype), self.beta.to(x.dtype)
+        return torch.cat([a * x * x, b * (4 / self.head_dim) ** 0.25 * x], dim=-1) / math.sqrt(2)
+
+    def constant(self, dtype: torch.dtype) -> Tensor:
+        g = self.gamma.to(dtype)  # [γ/√2, 1/√2] act as one constant of square (γ² + 1)/2
+        return torch.sqrt((g * g + 1) / 2)
+
+    def features(self, x: Tensor) -> Tensor:
+        g = self.gamma.to(x.dtype)
+        const = torch.stack([g, torch.ones_like(g)]).expand(*x.shape[:-1], 2) / math.sqrt(2)
+        return torch.cat([self.phi(x), const], dim=-1)
 
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         a, b, g = (p.to(q.dtype) for p in (self.alpha, self.beta, self.gamma))
@@ -395,8 +429,13 @@ class _ReducedTaylor2Kernel(AttentionKernel):
 
     def phi(self, x: Tensor) -> Tensor:
         lin = x / self.head_dim ** 0.25
-        ones = torch.ones(*x.shape[:-1], 2, dtype=x.dtype, device=x.device)
-        return torch.cat([self.quadratic(x), lin, lin, ones], dim=-1) / math.sqrt(2)
+        return torch.cat([self.quadratic(x), lin, lin], dim=-1) / math.sqrt(2)
+
+    def constant(self, dtype: torch.dtype) -> Tensor:
+        return torch.tensor(1.0, dtype=dtype)  # [1/√2, 1/√2]
+
+    def features(self, x: Tensor) -> Tensor:
+        return F.pad(self.phi(x), (0, 2), value=0.5 ** 0.5)
 
     def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
         raise NotImplementedError
@@ -515,7 +554,7 @@ class FocusedKernel(AttentionKernel):
             raise ValueError(f"focused kernel was built for {self.num_heads} heads, input has {x.shape[1]}")
         x = F.relu(x / F.softplus(self.scale.to(x.dtype))) + 1e-6
         xp = x ** self.focusing_factor
-        return xp * (x.norm(dim=-1, keepdim=True) / xp.norm(dim=-1, keepdim=True))
+        return xp * (l2norm(x) / l2norm(xp))
 
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         return self.phi(q) @ self.phi(k).transpose(-1, -2)  # φ is the definition: no closed form
@@ -562,8 +601,15 @@ def kronecker_square(x: Tensor) -> Tensor:
     return (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
 
 
-def _append_constant(x: Tensor, value: float) -> Tensor:
-    return F.pad(x, (0, 1), value=value)
+def l2norm(x: Tensor) -> Tensor:
+    """‖x‖₂ over the last axis, keepdim. Written out: torch's vector norm is ~50× slower on the transposed
+    (token-major view of channel-major) q and k that LiteMLA hands over."""
+    return (x * x).sum(dim=-1, keepdim=True).sqrt()
+
+
+def normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """x/‖x‖₂ over the last axis, as F.normalize (norm clamped at eps)."""
+    return x / l2norm(x).clamp_min(eps)
 
 
 KERNELS: dict[str, type[AttentionKernel]] = {
