@@ -1,0 +1,488 @@
+"""Model benchmark: batch-1 latency and batch-32 throughput of whole networks against the input resolution.
+
+    qtvit benchmark models                                   # defaults below, CPU fp32, ~15 min on 2 cores
+    qtvit benchmark models --models qtvit_1 efficientvit_b1 --sizes 224 512x1024 --modes eager fused
+    qtvit benchmark models --goals                           # the side-by-side speed goals (ABAB, median of 9)
+    qtvit benchmark models --profile qtvit_1 efficientvit_b1 --sizes 224 1024   # top ops by self CPU time
+
+Modes: ``eager`` (the model as built, eval mode), ``fused`` (the inference form: BatchNorms folded, positional
+embeddings cached for the size, ``qtvit.export.inference_form``), ``compile`` (``torch.compile`` of the inference
+form, compiled per size; its compile time is the ``setup_s`` column) and ``onnxruntime`` (the dynamic ONNX graph of
+``qtvit export``, one export per model, CPU execution provider).
+
+Per point: the median over ``--repeats`` runs after one warm-up call (no more runs past ``--budget`` seconds, at
+least 3), the peak memory over the warm-up call (``qtvit.bench.measure.peak_memory_bytes``: extra resident memory
+on CPU, so it includes one-time buffers) and, per model and size, the FLOPs of one image counted by
+``torch.utils.flop_counter`` (2 per multiply-add; ``gmacs`` = half, the "FLOPs" of papers).
+
+Defaults (all seven models, six sizes, batch 1 and 32, eager/fused/onnxruntime, 3 runs, 4 s guard) take about
+15 minutes on 2 CPU cores; ``compile`` is opt-in (``--modes ... compile``) and measured at ``--compile-sizes``.
+
+Guard: a point whose first call takes longer than ``--max-call`` seconds is kept as a one-run point and larger
+sizes of that model, mode and batch are skipped; a batch-B point whose batch-1 time times B would exceed
+``--max-call`` is skipped without running. Skipped points are listed at the end and in the CSV's ``note``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .measure import device_line, median_time, peak_memory_bytes
+
+DEFAULT_MODELS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
+                  "l2vit_tiny"]
+DEFAULT_SIZES = ["224", "384", "512", "768", "1024", "512x1024"]
+MODES = ("eager", "fused", "compile", "onnxruntime")
+FIELDS = ["model", "params_m", "height", "width", "batch", "mode", "dtype", "device", "time_ms", "runs",
+          "images_per_s", "gflops", "gmacs", "peak_mib", "setup_s", "note"]
+
+
+def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
+    """'224' -> (224, 224); '512x1024' -> (512, 1024) as (H, W)."""
+    if isinstance(text, int):
+        return text, text
+    if not isinstance(text, str):
+        h, w = text
+        return int(h), int(w)
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"bad size {text!r}: use a side (224) or HxW (512x1024)") from None
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise ValueError(f"bad size {text!r}: use a side (224) or HxW (512x1024)")
+    return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
+
+
+def size_label(h: int, w: int) -> str:
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
+    """FLOPs (2 per multiply-add) of one forward on an input of ``shape``, by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(*shape))
+    return int(counter.get_total_flops())
+
+
+def _runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            model(x)
+    return run
+
+
+class _Forms:
+    """Builds each mode's callable for one model, caching what is shared between sizes (the ONNX session)."""
+
+    def __init__(self, model: nn.Module, onnx_dir: Path) -> None:
+        self.model = model.eval()
+        self.onnx_dir = onnx_dir
+        self._session = None
+        self.export_s = 0.0
+
+    def build(self, mode: str, h: int, w: int, batch: int) -> tuple[Callable[[], None], float]:
+        """(the call, its setup seconds)."""
+        from ..export import inference_form
+
+        x = torch.randn(batch, self.model.in_chans if hasattr(self.model, "in_chans") else 3, h, w)
+        t0 = time.perf_counter()
+        if mode == "eager":
+            return _runner(self.model, x), 0.0
+        if mode == "fused":
+            return _runner(inference_form(self.model, (h, w)), x), time.perf_counter() - t0
+        if mode == "compile":
+            compiled = torch.compile(inference_form(self.model, (h, w)), dynamic=False)
+            run = _runner(compiled, x)
+            run()  # compile now, so the setup time is its own column and not the warm-up's
+            return run, time.perf_counter() - t0
+        if mode == "onnxruntime":
+            from ..export import export_onnx, onnx_session
+
+            if self._session is None:
+                path = export_onnx(self.model, self.onnx_dir / "model.onnx", (h, w), dynamic=True)
+                self._session = onnx_session(path)
+                self.export_s = time.perf_counter() - t0
+            sess, arr = self._session, x.numpy()
+            return (lambda: sess.run(None, {"input": arr})), self.export_s
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+def benchmark_models(
+    models: Iterable[str],
+    sizes: Iterable[str | int | Sequence[int]],
+    *,
+    batch_sizes: Iterable[int] = (1, 32),
+    modes: Iterable[str] = ("eager", "fused"),
+    repeats: int = 5,
+    budget_s: float = 10.0,
+    max_call_s: float = 20.0,
+    compile_sizes: Iterable[str | int | Sequence[int]] | None = None,
+    flops: bool = True,
+    memory: bool = True,
+    num_classes: int = 1000,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Time every (model, mode, size, batch) point; fields are ``FIELDS`` (see the module docstring).
+
+    ``compile_sizes``: the sizes at which the ``compile`` mode is measured (default: all).
+    """
+    from .. import create_model
+
+    modes = list(modes)
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    size_list = sorted((parse_size(s) for s in sizes), key=lambda hw: (hw[0] * hw[1], hw))
+    batch_list = sorted(set(int(b) for b in batch_sizes))
+    compile_set = set(size_list) if compile_sizes is None else {parse_size(s) for s in compile_sizes}
+    if not size_list or not batch_list or min(batch_list) < 1:
+        raise ValueError("need at least one size and positive batch sizes")
+    device = torch.device("cpu")
+    rows: list[dict] = []
+    for name in models:
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=num_classes).eval()
+        params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
+        in_chans = getattr(model, "in_chans", 3)
+        flop_cache: dict[tuple[int, int], int] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            forms = _Forms(model, Path(tmp))
+            for mode in modes:
+                stopped: dict[int, tuple[int, str]] = {}  # batch -> (first size index to skip, why)
+                batch1: dict[tuple[int, int], float] = {}
+                for si, (h, w) in enumerate(size_list):
+                    if flops and (h, w) not in flop_cache:
+                        flop_cache[(h, w)] = count_flops(model, (1, in_chans, h, w))
+                    for batch in batch_list:
+                        row = dict(model=name, params_m=params_m, height=h, width=w, batch=batch, mode=mode,
+                                   dtype="float32", device=device.type, time_ms="", runs=0, images_per_s="",
+                                   gflops="", gmacs="", peak_mib="", setup_s="", note="")
+                        if flops:
+                            row.update(gflops=round(flop_cache[(h, w)] / 1e9, 4),
+                                       gmacs=round(flop_cache[(h, w)] / 2e9, 4))
+                        est = batch1.get((h, w), 0.0) * batch
+                        if batch in stopped and si >= stopped[batch][0]:
+                            row["note"] = stopped[batch][1]
+                        elif mode == "compile" and (h, w) not in compile_set:
+                            row["note"] = "skipped: not in compile_sizes (compiling takes about a minute per shape)"
+                        elif batch > 1 and est > max_call_s:
+                            row["note"] = f"skipped: about {est:.0f} s per call (batch-1 time x {batch}) > max-call"
+                            stopped[batch] = (si + 1, f"skipped: estimated over {max_call_s:g} s per call at a "
+                                                      "smaller size")
+                        if row["note"]:
+                            rows.append(row)
+                            if on_row:
+                                on_row(row)
+                            continue
+                        fn, setup = forms.build(mode, h, w, batch)
+                        # The first call is the warm-up, timed as the guard, and the memory measurement.
+                        t0 = time.perf_counter()
+                        mem = peak_memory_bytes(fn, device) if memory else None
+                        if not memory:
+                            fn()
+                        first = time.perf_counter() - t0
+                        if first > max_call_s:
+                            t, runs = first, 1
+                            row["note"] = f"one run: {first:.0f} s > max-call {max_call_s:g} s; larger sizes skipped"
+                            for b in batch_list:  # larger sizes, and larger batches, would take longer still
+                                if b >= batch and b not in stopped:
+                                    stopped[b] = (si + 1, f"skipped: a smaller size took over {max_call_s:g} s per "
+                                                          "call")
+                        else:
+                            t, times = median_time(fn, device, repeats=repeats, warmup=0, budget_s=budget_s)
+                            runs = len(times)
+                        if batch == 1:
+                            batch1[(h, w)] = t
+                        row.update(time_ms=round(t * 1e3, 3), runs=runs, images_per_s=round(batch / t, 2),
+                                   peak_mib="" if mem is None else round(mem / 2 ** 20, 1),
+                                   setup_s=round(setup, 2) if setup else "")
+                        rows.append(row)
+                        if on_row:
+                            on_row(row)
+                        del fn
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The speed goals: side by side, interleaved
+# --------------------------------------------------------------------------------------------------------------------
+def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warmup: int = 2) -> dict[str, list[float]]:
+    """Run the callables in turn (A B A B ...) ``repeats`` times each, so load drifts hit all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int] = "224", *, repeats: int = 7,
+                          num_classes: int = 1000) -> list[dict]:
+    """Batch-1 eager latency of several models at one size, measured in turns (A B C A B C ...): the fairest
+    comparison on a noisy machine; rows in the ``FIELDS`` format (mode ``eager``), e.g. for the Pareto plot."""
+    from .. import create_model
+
+    h, w = parse_size(size)
+    built = {}
+    for name in models:
+        torch.manual_seed(0)
+        built[name] = create_model(name, num_classes=num_classes).eval()
+    fns = {n: _runner(m, torch.randn(1, getattr(m, "in_chans", 3), h, w)) for n, m in built.items()}
+    times = interleaved_times(fns, repeats=repeats, warmup=1)
+    rows = []
+    for name, m in built.items():
+        t = statistics.median(times[name])
+        flops = count_flops(m, (1, getattr(m, "in_chans", 3), h, w))
+        rows.append(dict(model=name, params_m=round(sum(p.numel() for p in m.parameters()) / 1e6, 3), height=h,
+                         width=w, batch=1, mode="eager", dtype="float32", device="cpu", time_ms=round(t * 1e3, 3),
+                         runs=repeats, images_per_s=round(1 / t, 2), gflops=round(flops / 1e9, 4),
+                         gmacs=round(flops / 2e9, 4), peak_mib="", setup_s="",
+                         note=f"interleaved with {len(models) - 1} other models"))
+    return rows
+
+
+def speed_goals(repeats: int = 9, sizes: Sequence[int] = (224, 1024), fused_size: int = 512,
+                on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """The issue's goals, fp32 batch 1 on this CPU: qtvit_1 / efficientvit_b1 eager at each of ``sizes`` (<= 1.10)
+    and qtvit_1 eager / fused at ``fused_size`` (>= 1.3), each pair interleaved, medians of ``repeats`` runs."""
+    from .. import create_model
+    from ..export import inference_form
+
+    torch.manual_seed(0)
+    qt, b1 = create_model("qtvit_1").eval(), create_model("efficientvit_b1").eval()
+    rows = []
+    pairs = [(f"{s}", {"qtvit_1 eager": (qt, s), "efficientvit_b1 eager": (b1, s)}, "<= 1.10") for s in sizes]
+    pairs.append((f"{fused_size}", {"qtvit_1 eager": (qt, fused_size),
+                                    "qtvit_1 fused": (inference_form(qt, (fused_size, fused_size)), fused_size)},
+                  ">= 1.30"))
+    for label, pair, goal in pairs:
+        fns = {k: _runner(m, torch.randn(1, 3, s, s)) for k, (m, s) in pair.items()}
+        times = interleaved_times(fns, repeats=repeats)
+        (ka, ta), (kb, tb) = ((k, statistics.median(v)) for k, v in times.items())
+        ratio = ta / tb
+        ok = ratio <= 1.10 if goal.startswith("<=") else ratio >= 1.30
+        row = dict(size=label, a=ka, a_ms=round(ta * 1e3, 3), b=kb, b_ms=round(tb * 1e3, 3), ratio=round(ratio, 3),
+                   goal=f"a/b {goal}", met=ok, runs=repeats,
+                   a_spread_ms=f"{min(times[ka]) * 1e3:.1f}-{max(times[ka]) * 1e3:.1f}",
+                   b_spread_ms=f"{min(times[kb]) * 1e3:.1f}-{max(times[kb]) * 1e3:.1f}")
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
+def profile_table(name: str, size: int | Sequence[int], *, fused: bool = False, runs: int = 3,
+                  top: int = 15) -> str:
+    """torch.profiler's top ops by self CPU time of ``runs`` batch-1 forwards of model ``name``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .. import create_model
+    from ..export import inference_form
+
+    h, w = parse_size(size if not isinstance(size, int) else str(size))
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    if fused:
+        model = inference_form(model, (h, w))
+    fn = _runner(model, torch.randn(1, 3, h, w))
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CSV and plot
+# --------------------------------------------------------------------------------------------------------------------
+def write_csv(rows: list[dict], path: Path, header: str, fields: Sequence[str] = FIELDS) -> None:
+    """CSV with a ``# machine`` first line (read back by ``read_csv``), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(f"# {header}\n")
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader([line for line in f if not line.startswith("#")]))
+
+
+def plot(rows: list[dict], path: Path, *, title: str = "") -> None:
+    """Batch-1 latency (top) and largest-batch throughput (bottom) against megapixels, one column per mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["time_ms"] not in ("", None)]
+    modes = list(dict.fromkeys(r["mode"] for r in done))
+    batches = sorted({int(r["batch"]) for r in done})
+    if not done:
+        raise ValueError("no measured points to plot")
+    panels = [(batches[0], "latency (ms)")] + ([(batches[-1], "images / s")] if len(batches) > 1 else [])
+    fig, axes = plt.subplots(len(panels), len(modes), figsize=(5 * len(modes), 4.2 * len(panels)), squeeze=False)
+    names = list(dict.fromkeys(r["model"] for r in done))
+    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    for j, mode in enumerate(modes):
+        for i, (batch, ylabel) in enumerate(panels):
+            ax = axes[i][j]
+            for name in names:
+                pts = sorted((int(r["height"]) * int(r["width"]) / 1e6, float(r["time_ms"]))
+                             for r in done if r["model"] == name and r["mode"] == mode and int(r["batch"]) == batch)
+                if not pts:
+                    continue
+                ys = [t if i == 0 else batch / t * 1e3 for _, t in pts]
+                ax.plot([p for p, _ in pts], ys, marker="o", ms=3, color=colors[name],
+                        ls="-" if name.startswith("qtvit") else "--", label=name)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set(xlabel="input megapixels (224² = 0.05, 1024² = 1.05)", ylabel=ylabel,
+                   title=f"{mode}, batch {batch}")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> str:
+    """A model x size table of ``value`` per mode, for the README."""
+    done = [r for r in rows if int(r["batch"]) == batch]
+    sizes = list(dict.fromkeys(size_label(int(r["height"]), int(r["width"])) for r in sorted(
+        done, key=lambda r: int(r["height"]) * int(r["width"]))))
+    lines = [f"| model | mode | " + " | ".join(sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
+    keys = list(dict.fromkeys((r["model"], r["mode"]) for r in done))
+    for model, mode in keys:
+        cells = []
+        for s in sizes:
+            r = next((r for r in done if r["model"] == model and r["mode"] == mode
+                      and size_label(int(r["height"]), int(r["width"])) == s), None)
+            v = r.get(value, "") if r else ""
+            cells.append("skip" if v in ("", None) else f"{float(v):.1f}" if value != "images_per_s" else
+                         f"{float(v):.2f}")
+        lines.append(f"| {model} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------------
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME")
+    p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="S", help="sides or HxW, e.g. 224 512x1024")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "fused", "onnxruntime"],
+                   help="default: eager fused onnxruntime; add compile for torch.compile (slow to compile)")
+    p.add_argument("--compile-sizes", nargs="+", default=["224", "512"], metavar="S",
+                   help="sizes at which the compile mode is measured (each shape compiles for about a minute)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per point after a warm-up; the median is kept")
+    p.add_argument("--budget", type=float, default=2.0, help="seconds per point after which no more runs are "
+                                                             "taken (at least 3)")
+    p.add_argument("--max-call", type=float, default=4.0,
+                   help="seconds per call above which larger sizes are skipped (and batch points estimated above it)")
+    p.add_argument("--no-flops", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=Path("results/models_cpu.csv"))
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
+    p.add_argument("--goals", action="store_true",
+                   help="only the speed goals: qtvit_1 vs efficientvit_b1 at 224 and 1024, fused vs eager at 512")
+    p.add_argument("--goal-repeats", type=int, default=9)
+    p.add_argument("--interleaved", action="store_true",
+                   help="only batch-1 eager latency of --models at the first of --sizes, measured in turns "
+                        "(--repeats each); for the Pareto plot")
+    p.add_argument("--profile", nargs="+", default=None, metavar="NAME",
+                   help="print torch.profiler's top ops (self CPU) for these models at --sizes, batch 1, then stop")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from .. import list_models
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    known = list_models()
+    for name in (args.profile or []) + ([] if args.goals or args.profile else args.models):
+        if name not in known:
+            raise SystemExit(f"qtvit benchmark models: unknown model {name!r}; see qtvit.list_models()")
+    try:
+        sizes = [parse_size(s) for s in args.sizes]
+    except ValueError as e:
+        raise SystemExit(f"qtvit benchmark models: {e}") from None
+    line = device_line(torch.device("cpu"))
+    print(f"# {line}")
+    if args.profile:
+        for name in args.profile:
+            for h, w in sizes:
+                print(f"\n## {name} at {size_label(h, w)}, batch 1, eager: top ops by self CPU time")
+                print(profile_table(name, (h, w)))
+        return 0
+    if args.goals:
+        out = args.out if args.out != Path("results/models_cpu.csv") else Path("results/speed_goals_cpu.csv")
+
+        def show_goal(r: dict) -> None:
+            print(f"{r['size']:>5}: {r['a']} {r['a_ms']:.1f} ms / {r['b']} {r['b_ms']:.1f} ms = {r['ratio']:.3f} "
+                  f"(goal {r['goal']}: {'met' if r['met'] else 'MISSED'})", flush=True)
+
+        rows = speed_goals(repeats=args.goal_repeats, on_row=show_goal)
+        write_csv(rows, out, line, fields=list(rows[0]))
+        print(f"wrote {out}")
+        return 0
+    print(f"{'model':<17}{'size':>9}{'B':>4} {'mode':<12}{'ms':>10}{'img/s':>9}{'GMACs':>8}{'MiB':>8}  note")
+    if args.interleaved:
+        rows = benchmark_interleaved(args.models, sizes[0], repeats=args.repeats)
+        for r in rows:
+            print(f"{r['model']:<17}{size_label(r['height'], r['width']):>9}{1:>4} {'eager':<12}{r['time_ms']:>10.1f}"
+                  f"{r['images_per_s']:>9.1f}{r['gmacs']!s:>8}{'':>8}  {r['note']}")
+        write_csv(rows, args.out, line)
+        print(f"wrote {args.out}")
+        return 0
+
+    def show(r: dict) -> None:
+        ms = f"{r['time_ms']:.1f}" if r["time_ms"] != "" else "-"
+        ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] != "" else "-"
+        print(f"{r['model']:<17}{size_label(r['height'], r['width']):>9}{r['batch']:>4} {r['mode']:<12}{ms:>10}"
+              f"{ips:>9}{r['gmacs']!s:>8}{r['peak_mib']!s:>8}  {r['note']}", flush=True)
+
+    t0 = time.perf_counter()
+    rows = benchmark_models(args.models, sizes, batch_sizes=args.batch_sizes, modes=args.modes,
+                            repeats=args.repeats, budget_s=args.budget, max_call_s=args.max_call,
+                            compile_sizes=args.compile_sizes,
+                            flops=not args.no_flops, memory=not args.no_memory, on_row=show)
+    write_csv(rows, args.out, line)
+    print(f"wrote {args.out} ({len(rows)} rows in {time.perf_counter() - t0:.0f} s)")
+    skipped = [r for r in rows if r["time_ms"] == ""]
+    if skipped:
+        print(f"{len(skipped)} points skipped by --max-call {args.max_call:g} s (see the note column)")
+    try:
+        png = args.plot or args.out.with_suffix(".png")
+        plot(rows, png, title=line)
+        print(f"wrote {png}")
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install 'qtvit[plot]')")
+    return 0

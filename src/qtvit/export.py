@@ -1,0 +1,308 @@
+"""ONNX export with dynamic batch and height/width, and the onnxruntime check and latency behind it.
+
+    qtvit export qtvit_1 --format onnx --output qtvit_1.onnx                    # random weights, 224 px trace
+    qtvit export qtvit_1 --format onnx --checkpoint qtvit1.pth --output q1.onnx --check
+    qtvit export l2vit_tiny --format onnx --img-size 384 512 --static --output l2vit_384x512.onnx
+
+The graph has one input ``input`` (B, C, H, W) and one output ``logits`` (B, classes); with ``dynamic=True``
+(the default) B, H and W are free. Exporter: the TorchScript-based one (``torch.onnx.export(dynamo=False)``),
+because it exports every model of the zoo in seconds with free H and W; the torch.export-based one (``dynamo=True``,
+``--dynamo``) also works but takes 5-10x longer and specialises on the shape checks of the model code.
+
+Two details make one graph valid for every size (see ``_trace_model``):
+- the linear-attention core splits tokens in chunks of 4096 by a Python loop; tracing would freeze the number of
+  chunks, so the exported copy computes every attention in one chunk (same numbers, more memory above 4096 tokens);
+- the QT-ViT positional embedding is resized only when the token map differs from its stored 14x14/7x7; a trace at
+  exactly that size would drop the resize, so the trace input is grown by 32 px until no map matches (bicubic
+  resizing to the same size is the identity, so 224 px inputs still give the same numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["export_onnx", "check_onnx", "calibrate_batchnorm", "onnx_session", "onnxruntime_latency", "inference_form",
+           "add_export_parser", "FORMATS"]
+
+FORMATS = ("onnx",)
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+DEFAULT_OPSET = 17
+
+
+def _size2(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    size = tuple(int(s) for s in size)
+    if len(size) == 1:
+        return size[0], size[0]
+    if len(size) != 2:
+        raise ValueError(f"input size must be one side or (H, W), got {size}")
+    return size  # type: ignore[return-value]
+
+
+def _in_chans(model: nn.Module) -> int:
+    if hasattr(model, "in_chans"):
+        return int(model.in_chans)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return int(cfg.get("input_size", (3,))[0])
+
+
+def inference_form(model: nn.Module, input_size: tuple[int, int] | None = None) -> nn.Module:
+    """An eval-mode copy of ``model`` with BatchNorms folded (``model.fuse``), for inputs of ``input_size``.
+
+    ``input_size=None`` keeps every size valid (EfficientViT/QT-ViT then resize the positional embedding on the
+    fly); a size also caches the resized embeddings, so that copy only accepts that size. Models without a
+    ``fuse`` method are returned as an eval-mode copy.
+    """
+    fused = copy.deepcopy(model).eval()
+    fuse = getattr(fused, "fuse", None)
+    if fuse is None:
+        return fused
+    params = inspect.signature(fuse).parameters
+    out = fuse(input_size) if "input_size" in params else fuse()
+    return out if isinstance(out, nn.Module) else fused
+
+
+def _pos_embed_matches(model: nn.Module, size: tuple[int, int], in_chans: int) -> bool:
+    """True if some positional embedding would be used without resizing for an input of ``size``."""
+    hits: list[bool] = []
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        pe = getattr(module, "pos_embed", None)
+        if isinstance(pe, torch.Tensor) and pe.dim() == 4 and getattr(module, "pos_embed_cache", None) is None:
+            hits.append(tuple(pe.shape[-2:]) == tuple(args[0].shape[-2:]))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if isinstance(getattr(m, "pos_embed", None), torch.Tensor)]
+    if not handles:
+        return False
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, *size))
+    finally:
+        for h in handles:
+            h.remove()
+    return any(hits)
+
+
+def _trace_model(model: nn.Module) -> nn.Module:
+    """An eval copy whose attention kernels run in one chunk, so the traced graph holds for any token count."""
+    from .attention import AttentionKernel
+
+    traced = copy.deepcopy(model).eval()
+    for m in traced.modules():
+        if isinstance(m, AttentionKernel):
+            m.chunk_size = None
+    return traced
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_size: int | Sequence[int] = (224, 224),
+    dynamic: bool = True,
+    opset: int = DEFAULT_OPSET,
+    *,
+    batch_size: int = 1,
+    dynamo: bool = False,
+) -> Path:
+    """Write ``model`` (in eval mode) as an ONNX graph ``input`` (B, C, H, W) -> ``logits``; returns the path.
+
+    Args:
+        model: any qtvit classifier (a fused model with cached positional embeddings needs ``dynamic=False``).
+        path: the .onnx file to write (parent folders are created).
+        input_size: (H, W) or one side: the traced size, and the only size accepted when ``dynamic=False``.
+        dynamic: free batch, height and width axes.
+        opset: ONNX opset (>= 11 for the bicubic resize of the QT-ViT positional embedding; 11, 13 and 17 tested;
+            the dynamo exporter uses at least 18).
+        batch_size: the traced batch size (the only one accepted when ``dynamic=False``).
+        dynamo: use the torch.export-based exporter instead of the TorchScript one.
+    """
+    h, w = _size2(input_size)
+    if h < 1 or w < 1 or batch_size < 1:
+        raise ValueError(f"input size and batch size must be positive, got {(batch_size, h, w)}")
+    if opset < 11:
+        raise ValueError(f"opset {opset} is too old: the QT-ViT positional embedding's bicubic Resize needs >= 11")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    in_chans = _in_chans(model)
+    traced = _trace_model(model)
+    if dynamic:
+        if any(getattr(m, "pos_embed_cache", None) is not None for m in traced.modules()):
+            raise ValueError("this model was fused for one input size (cached positional embeddings); export it "
+                             "with dynamic=False at that size, or fuse with input_size=None for a dynamic graph")
+        for _ in range(8):  # 32 px more changes every map of stride <= 32
+            if not _pos_embed_matches(traced, (h, w), in_chans):
+                break
+            h, w = h + 32, w + 32
+    x = torch.zeros(batch_size, in_chans, h, w)
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        # The tracer warns about every Python shape check of the model code; they hold for every size (see above).
+        warnings.simplefilter("ignore")
+        if dynamo:
+            from torch.export import Dim
+
+            shapes = {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=16, max=8192),
+                      3: Dim("width", min=16, max=8192)} if dynamic else None
+            arg = next(iter(inspect.signature(traced.forward).parameters))
+            torch.onnx.export(traced, (x,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes={arg: shapes} if dynamic else None, opset_version=max(opset, 18),
+                              dynamo=True, verbose=False)
+        else:
+            axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+            torch.onnx.export(traced, (x,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    tmp.replace(path)
+    return path
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, input_size: int | Sequence[int] = 64, *, batch_size: int = 4,
+                        seed: int = 0, pos_embed_std: float = 1.0) -> nn.Module:
+    """Give a randomly initialised model non-trivial outputs, for export checks: BatchNorm running statistics from
+    one random batch (so activations stay O(1) instead of vanishing through the small init) and random positional
+    embeddings (zeros at init, which would hide their resize). In place; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("pos_embed"):
+            p.copy_(torch.randn(p.shape, generator=g) * pos_embed_std)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = None  # cumulative average: the statistics of exactly this batch
+        m.reset_running_stats()
+    h, w = _size2(input_size)
+    model.train()
+    model(torch.randn(batch_size, _in_chans(model), h, w, generator=g))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession for ``path`` (``threads``: intra-op threads, default torch's)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("onnxruntime is not installed: pip install 'qtvit[export]'") from e
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}; write one with qtvit.export.export_onnx or `qtvit export`")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def check_onnx(
+    model: nn.Module, path: str | Path, sizes: Iterable[int | Sequence[int]], *, batch_size: int = 2,
+    atol: float = 1e-4, seed: int = 0, session=None,
+) -> list[dict]:
+    """Compare onnxruntime with PyTorch (eval mode) on random inputs of each size; raise if off by more than atol.
+
+    Returns one dict per size: ``size`` (H, W), ``batch``, ``max_abs_diff``, ``max_abs_output`` (of PyTorch; a
+    freshly initialised EfficientViT/QT-ViT outputs ~1e-14, which makes any check pass: compare trained weights, or
+    see ``calibrate_batchnorm``).
+    """
+    sess = session or onnx_session(path)
+    model = model.eval()
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for size in sizes:
+        h, w = _size2(size)
+        x = torch.randn(batch_size, _in_chans(model), h, w, generator=g)
+        with torch.no_grad():
+            ref = model(x).float().numpy()
+        out = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        if out.shape != ref.shape:
+            raise AssertionError(f"onnxruntime output shape {out.shape} != PyTorch {ref.shape} at {h}x{w}")
+        diff = float(abs(out - ref).max())
+        rows.append(dict(size=(h, w), batch=batch_size, max_abs_diff=diff, max_abs_output=float(abs(ref).max())))
+        if not diff <= atol:
+            raise AssertionError(f"onnxruntime differs from PyTorch by {diff:.3g} (> {atol:g}) at {batch_size}x{h}x{w}")
+    return rows
+
+
+def onnxruntime_latency(session, shape: Sequence[int], *, repeats: int = 7, warmup: int = 1,
+                        budget_s: float | None = None) -> tuple[float, list[float]]:
+    """Median wall time (s) of one onnxruntime run on a random input of ``shape``, and all the times."""
+    import numpy as np
+
+    from .bench.measure import median_time
+
+    x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
+    return median_time(lambda: session.run([OUTPUT_NAME], {INPUT_NAME: x}), torch.device("cpu"),
+                       repeats=repeats, warmup=warmup, budget_s=budget_s)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------------
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``qtvit export MODEL --format onnx ...``."""
+    p = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a name from qtvit.list_models()")
+    p.add_argument("--format", default="onnx", help="export format (only 'onnx')")
+    p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (any format create_model reads)")
+    p.add_argument("--pretrained", action="store_true", help="load the official weights")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--output", "-o", type=Path, default=None, help="output file (default: MODEL.onnx)")
+    p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="S",
+                   help="trace size: one side or H W (the only size accepted with --static)")
+    p.add_argument("--batch-size", type=int, default=1, help="trace batch size (fixed with --static)")
+    p.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic axes")
+    p.add_argument("--fuse", action="store_true", help="export the inference form (BatchNorms folded)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter")
+    p.add_argument("--check", action="store_true",
+                   help="compare onnxruntime with PyTorch (atol 1e-4) at the trace size and a non-square one")
+    p.set_defaults(func=run_export_cli)
+
+
+def run_export_cli(args: argparse.Namespace) -> int:
+    from . import create_model, list_models
+
+    if args.format.lower() not in FORMATS:
+        raise ValueError(f"unknown format {args.format!r}; supported: {', '.join(FORMATS)}")
+    if args.model not in list_models():
+        import difflib
+
+        close = difflib.get_close_matches(args.model, list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {args.model!r}.{hint} See qtvit.list_models().")
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    try:
+        h, w = _size2(args.img_size)
+    except ValueError as e:
+        raise ValueError(f"--img-size: {e}") from None
+    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
+                         num_classes=args.num_classes).eval()
+    if args.fuse:
+        model = inference_form(model, (h, w) if args.static else None)
+    out = args.output or Path(f"{args.model}.onnx")
+    t0 = time.perf_counter()
+    export_onnx(model, out, (h, w), dynamic=not args.static, opset=args.opset, batch_size=args.batch_size,
+                dynamo=args.dynamo)
+    kind = "static" if args.static else "dynamic batch/height/width"
+    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, {kind}, opset {args.opset}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    if args.check:
+        sizes = [(h, w)] if args.static else [(h, w), (h, w + 32 * max(1, w // 64))]
+        rows = check_onnx(model, out, sizes, batch_size=args.batch_size if args.static else 2)
+        for r in rows:
+            print(f"check {r['batch']}x{r['size'][0]}x{r['size'][1]}: max |onnxruntime - torch| = "
+                  f"{r['max_abs_diff']:.2e} (<= 1e-4), max |logit| {r['max_abs_output']:.2g}")
+        if max(r["max_abs_output"] for r in rows) < 1e-3:
+            print("warning: the logits are ~0 (random initial weights), so this check says little; export trained "
+                  "weights (--checkpoint/--pretrained) to check them")
+    return 0

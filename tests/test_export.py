@@ -1,0 +1,107 @@
+"""ONNX export: dynamic batch/H/W graphs of a B-type (QT), an L-type (QT) and an L2ViT model match PyTorch."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qtvit
+from qtvit.cli import main
+from qtvit.export import calibrate_batchnorm, check_onnx, export_onnx, inference_form, onnx_session
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+SIZES = [(64, 64), (64, 96)]  # one square, one not
+
+
+def _small_l(**kw):
+    # QT-ViT-4's L-type layout at small widths; img_size=64 makes the stored positional embedding (2x2) match a
+    # 64 px input exactly, which exercises the exporter's trace-size bump (see qtvit.export).
+    return qtvit.create_model("qtvit_4", widths=(8, 16, 32, 64, 128), depths=(1, 1, 1, 1, 1), head_widths=(64, 64),
+                              img_size=64, num_classes=10, **kw)
+
+
+MODELS = {
+    "qtvit_nano": lambda: qtvit.create_model("qtvit_nano", num_classes=10),
+    "qtvit_4_small": _small_l,
+    "l2vit_tiny": lambda: qtvit.create_model("l2vit_tiny", num_classes=10),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnx_matches_torch_at_two_sizes_and_batches(name, tmp_path):
+    torch.manual_seed(0)
+    sizes = [(32, 32), (32, 48)] if name == "qtvit_nano" else SIZES  # nano keeps full resolution to stride 4
+    model = calibrate_batchnorm(MODELS[name](), sizes[1])  # O(1) logits and a random positional embedding
+    path = export_onnx(model, tmp_path / f"{name}.onnx", sizes[0], dynamic=True)
+    sess = onnx_session(path)
+    shape = sess.get_inputs()[0].shape
+    assert isinstance(shape[0], str) and isinstance(shape[2], str) and isinstance(shape[3], str), shape
+    rows = check_onnx(model, path, sizes, batch_size=2, atol=1e-4, session=sess)  # traced at batch 1
+    assert [r["size"] for r in rows] == sizes
+    assert all(r["max_abs_diff"] <= 1e-4 for r in rows)
+    assert all(r["max_abs_output"] > 0.05 for r in rows)  # the comparison is not between two ~0 outputs
+
+
+def test_inference_form_exports_and_matches_eager(tmp_path):
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(_small_l(), (64, 96))  # non-trivial BN statistics, so folding them is tested
+    fused = inference_form(model, None)
+    path = export_onnx(fused, tmp_path / "fused.onnx", (64, 96))
+    rows = check_onnx(model, path, SIZES, batch_size=2)  # compared with the eager model
+    assert max(r["max_abs_diff"] for r in rows) <= 1e-4
+    assert min(r["max_abs_output"] for r in rows) > 0.05
+
+
+def test_size_fused_model_needs_static_export(tmp_path):
+    model = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 32)
+    fused = inference_form(model, (32, 32))
+    with pytest.raises(ValueError, match="dynamic=False"):
+        export_onnx(fused, tmp_path / "x.onnx", 32, dynamic=True)
+    path = export_onnx(fused, tmp_path / "static.onnx", 32, dynamic=False)
+    row = check_onnx(model, path, [32], batch_size=1)[0]
+    assert row["max_abs_diff"] <= 1e-4 and row["max_abs_output"] > 0.05
+    sess = onnx_session(path)
+    assert sess.get_inputs()[0].shape == [1, 3, 32, 32]
+
+
+def test_bad_arguments(tmp_path):
+    model = qtvit.create_model("qtvit_nano", num_classes=10)
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(model, tmp_path / "x.onnx", 32, opset=10)
+    with pytest.raises(ValueError, match="input size"):
+        export_onnx(model, tmp_path / "x.onnx", (32, 32, 3))
+    with pytest.raises(FileNotFoundError, match="no ONNX file"):
+        onnx_session(tmp_path / "missing.onnx")
+
+
+def test_cli_exports_and_checks(tmp_path, capsys):
+    out = tmp_path / "nano.onnx"
+    assert main(["export", "qtvit_nano", "--format", "onnx", "--num-classes", "10", "--img-size", "32", "48",
+                 "--output", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "dynamic" in text
+    assert text.count("check 2x") == 2  # the trace size and a non-square one
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "qtvit_9", "--format", "onnx"], "unknown model 'qtvit_9'"),
+    (["export", "qtvit_nano", "--format", "tflite"], "unknown format 'tflite'"),
+    (["export", "qtvit_nano", "--checkpoint", "/nonexistent/w.pth"], "does not exist"),
+])
+def test_cli_errors_are_clear(argv, message, capsys):
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_calibrated_model_has_order_one_logits_and_a_visible_pos_embed():
+    model = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 32)
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        y = model(x)
+        for m in model.modules():
+            if getattr(m, "pos_embed", None) is not None:
+                m.pos_embed.zero_()
+        y0 = model(x)
+    assert 0.05 < float(y.abs().max()) < 1e3
+    assert float((y - y0).abs().max()) > 2e-4  # the embedding moves the logits by more than the check's atol
