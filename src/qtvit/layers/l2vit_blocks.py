@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attention import create_kernel
+from .drop import DropPath
 
 __all__ = [
     "DropPath", "ConvPosEnc", "Mlp", "WindowAttention", "LinearGlobalAttention", "LocalConcentration",
@@ -55,26 +56,6 @@ def depthwise_conv2d(x: Tensor, conv: nn.Conv2d) -> Tensor:
         for v in range(k):
             out = out.addcmul(xp[:, :, u:u + H, v:v + W], w[:, u, v])
     return out
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob`` while training."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = drop_prob
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 class ConvPosEnc(nn.Module):

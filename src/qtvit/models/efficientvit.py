@@ -1,0 +1,670 @@
+"""EfficientViT (MIT, B0-B3 and L1-L3) and QT-ViT-1...6, one model class configured per variant.
+
+QT-ViT (Xu et al., NeurIPS 2024) is EfficientViT with, in every attention block, the "qt" kernel, an absolute
+positional embedding on K and the ``GELU(BN(v))`` shortcut (see ``qtvit.layers.lite_mla``). QT-ViT-1/2/3 are
+built on B1/B2/B3, QT-ViT-4/5/6 on L1/L2/L3.
+
+Registered models (``qtvit.create_model(name, ...)``):
+
+- ``efficientvit_b0`` ... ``efficientvit_b3``, ``efficientvit_l1`` ... ``efficientvit_l3``: the official MIT
+  networks (BN/LN eps 1e-5 for B, 1e-7 for L; Hardswish for B, tanh-GELU for L).
+- ``qtvit_1`` ... ``qtvit_6``: the official AMD QT-ViT networks.
+- Small variants for 28-32 px inputs (Fashion-MNIST, CIFAR) and quick CPU training, no pretrained weights:
+  ``efficientvit_nano`` (B-style, widths 8-128, one block per stage, 0.47 M params with 10 classes),
+  ``qtvit_nano`` (the same with the QT-ViT attention, 0.48 M) and ``qtvit_micro`` (widths 16-256, B0 depths,
+  3.0 M params).
+  Only the stem, stage 2 and stage 4 downsample (strides 2, 1, 2, 1, 2), so a 28 px input gives 14, 14, 7, 7
+  and 4 px stage maps (reductions 2, 2, 4, 4, 8); attention runs on the 7x7 and 4x4 maps. ``in_chans=1`` works
+  for grey images.
+
+Every constructor is ``fn(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0., **kw)``;
+``kernel=`` swaps the attention kernel of every LiteMLA for any ``qtvit.attention.list_kernels()`` name
+(``kernel_options=dict(...)`` passes its options), e.g. ``create_model("qtvit_1", kernel="relu")``.
+
+Input sizes: all convs pad "same" (``k // 2``), so each stride-2 stage maps a side n to ceil(n / 2); any H x W
+works (e.g. 70 x 50 gives 35x25, 18x13, 9x7, 5x4, 3x2 stage maps), square or not. The QT positional embedding
+is stored for the 224 px map (14x14 / 7x7) and resized bicubically to other maps, as in the official code.
+
+Inference form: ``fuse_for_inference(model, input_size)`` (or ``model.fuse(input_size)`` in place) folds every
+BatchNorm that follows a conv into it (the head's too), turns the QT shortcut BN into a per-channel affine and
+caches the positional embeddings resized for ``input_size``.
+
+Official checkpoints: ``EfficientViT.checkpoint_filter_fn(state_dict, model)`` maps the keys of the mit-han-lab
+EfficientViT and AMD QT-ViT ``state_dict`` to this module's names.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers.conv import ConvNormAct, DSConv, FusedMBConv, LayerType, MBConv, ResBlock, out_size
+from ..layers.lite_mla import EfficientViTBlock, LiteMLA
+from ._registry import register_model
+
+__all__ = ["EfficientViT", "StageSpec", "B_STAGES", "L_STAGES", "fuse_for_inference", "checkpoint_filter_fn"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GELU_TANH = partial(nn.GELU, approximate="tanh")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stages, head, model
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageSpec:
+    """How one stage is built.
+
+    ``block`` is repeated (residual); ``down_block`` is the stage's first, non-residual block, which changes the
+    width and applies the stage stride (None for stage 0, where the stem downsamples). ``fewer_norm``: bias and no BN on all but the last conv of those conv
+    blocks. ``depth_includes_down``: the official B-series depth of stages 1-2 counts the downsample block.
+    """
+
+    block: type
+    expand_ratio: float = 4.0
+    down_block: Optional[type] = None
+    down_expand_ratio: float = 4.0
+    fewer_norm: bool = False
+    depth_includes_down: bool = False
+
+
+B_STAGES = (
+    StageSpec(DSConv, 1.0),
+    StageSpec(MBConv, 4.0, MBConv, 4.0, depth_includes_down=True),
+    StageSpec(MBConv, 4.0, MBConv, 4.0, depth_includes_down=True),
+    StageSpec(EfficientViTBlock, 4.0, MBConv, 4.0, fewer_norm=True),
+    StageSpec(EfficientViTBlock, 4.0, MBConv, 4.0, fewer_norm=True),
+)
+L_STAGES = (
+    StageSpec(ResBlock, 1.0),
+    StageSpec(FusedMBConv, 4.0, FusedMBConv, 16.0),
+    StageSpec(FusedMBConv, 4.0, FusedMBConv, 16.0),
+    StageSpec(MBConv, 4.0, MBConv, 16.0, fewer_norm=True),
+    StageSpec(EfficientViTBlock, 6.0, MBConv, 24.0, fewer_norm=True),
+)
+
+
+class EfficientViTStage(nn.Module):
+    """``blocks(downsample(x))``; stage 0 has no downsample (the stem does it)."""
+
+    def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class EfficientViTHead(nn.Module):
+    """1x1 ConvNormAct -> global average pool -> Linear (no bias) + LayerNorm + act -> dropout -> Linear."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        widths: tuple[int, int],
+        num_classes: int,
+        norm_layer: LayerType,
+        act_layer: LayerType,
+        ln_eps: float,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_conv = ConvNormAct(in_chs, widths[0], 1, norm_layer=norm_layer, act_layer=act_layer)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.hidden = nn.Linear(widths[0], widths[1], bias=False)
+        self.norm = nn.LayerNorm(widths[1], eps=ln_eps)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop_rate)
+        self.num_features = widths[1]
+        self.fc = nn.Linear(widths[1], num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int) -> None:
+        if num_classes > 0:
+            ref = self.hidden.weight
+            self.fc = nn.Linear(self.num_features, num_classes).to(ref.device, ref.dtype)
+        else:
+            self.fc = nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(self.in_conv(x)).flatten(1)
+        x = self.act(self.norm(self.hidden(x)))
+        if pre_logits:
+            return x
+        return self.fc(self.drop(x))
+
+
+class EfficientViT(nn.Module):
+    """EfficientViT B/L backbone + classification head; QT-ViT with ``kernel="qt", pos_embed=True, v_shortcut=True``.
+
+    Args:
+        widths: channels of stages 0-4.
+        depths: official depth list (see ``StageSpec.depth_includes_down``).
+        head_widths: (conv width, hidden width) of the head.
+        stages: five ``StageSpec`` (``B_STAGES`` or ``L_STAGES``).
+        head_dim: attention head dimension d.
+        strides: stride of the stem (stage 0) and of stages 1-4.
+        norm_layer, norm_eps: BatchNorm type and eps (also the head LayerNorm's eps).
+        act_layer: activation type (Hardswish for B, tanh-GELU for L).
+        kernel, kernel_options: attention kernel name of ``qtvit.attention`` and its options.
+        pos_embed: QT-ViT positional embedding on K, sized for an ``img_size`` input.
+        v_shortcut: QT-ViT ``GELU(BN(v))`` shortcut.
+        img_size: input side the positional embeddings are stored for.
+    """
+
+    # Parameters a QT-ViT model has and an EfficientViT checkpoint lacks: loading one into the other reports them
+    # as new (read by qtvit.checkpoints.load_checkpoint).
+    new_parameter_patterns = (r"\.attn\.pos_embed$", r"\.attn\.v_norm\.", r"\.attn\.kernel\.scale$")
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        depths: Sequence[int],
+        head_widths: tuple[int, int],
+        stages: Sequence[StageSpec] = B_STAGES,
+        head_dim: int = 32,
+        strides: Sequence[int] = (2, 2, 2, 2, 2),
+        norm_layer: LayerType = nn.BatchNorm2d,
+        norm_eps: float = 1e-5,
+        act_layer: LayerType = nn.Hardswish,
+        kernel: str = "relu",
+        kernel_options: Optional[dict[str, Any]] = None,
+        pos_embed: bool = False,
+        v_shortcut: bool = False,
+        img_size: int = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not (len(widths) == len(depths) == len(stages) == len(strides) == 5):
+            raise ValueError("widths, depths, stages and strides must each have 5 entries (stages 0-4)")
+        if kernel_options is not None and not isinstance(kernel_options, dict):
+            raise ValueError(f"kernel_options must be a dict of the kernel's options, got {type(kernel_options)}")
+        norm = partial(norm_layer, eps=norm_eps)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.kernel_name = kernel
+        self.grad_checkpointing = False
+
+        # Repeated blocks per stage, and one drop-path rate per residual branch, rising linearly (as the official
+        # apply_droppath): conv blocks have one branch, attention blocks two.
+        n_blocks = [d - 1 if s.depth_includes_down else d for d, s in zip(depths, stages)]
+        n_branches = sum(n * (2 if s.block is EfficientViTBlock else 1) for n, s in zip(n_blocks, stages))
+        rates = iter([drop_path_rate * (i + 1) / max(n_branches, 1) for i in range(n_branches)])
+
+        self.stem = ConvNormAct(in_chans, widths[0], 3, strides[0], norm_layer=norm, act_layer=act_layer)
+        self.stages = nn.ModuleList()
+        self.feature_info: list[dict[str, Any]] = []
+        in_chs, reduction = widths[0], 1
+        for i, (spec, w, n, stride) in enumerate(zip(stages, widths, n_blocks, strides)):
+            reduction *= stride
+            down = None
+            if spec.down_block is not None:
+                fewer = spec.fewer_norm or spec.block is EfficientViTBlock
+                down = spec.down_block(
+                    in_chs, w, stride=stride, expand_ratio=spec.down_expand_ratio, norm_layer=norm,
+                    act_layer=act_layer, fewer_norm=fewer,
+                )
+            elif i > 0:
+                raise ValueError(f"stage {i} needs a down_block")
+            blocks: list[nn.Module] = []
+            for _ in range(n):
+                if spec.block is EfficientViTBlock:
+                    pe_size = (math.ceil(img_size / reduction),) * 2 if pos_embed else None
+                    blocks.append(EfficientViTBlock(
+                        w, head_dim, expand_ratio=spec.expand_ratio, norm_layer=norm, act_layer=act_layer,
+                        kernel=kernel, kernel_options=kernel_options, pos_embed_size=pe_size, v_shortcut=v_shortcut,
+                        drop_path=(next(rates), next(rates)),
+                    ))
+                else:
+                    # DSConv has no expansion (its depthwise conv keeps the width).
+                    expand = {} if spec.block is DSConv else dict(expand_ratio=spec.expand_ratio)
+                    blocks.append(spec.block(
+                        w, w, norm_layer=norm, act_layer=act_layer, fewer_norm=spec.fewer_norm, residual=True,
+                        drop_path=next(rates), **expand,
+                    ))
+            self.stages.append(EfficientViTStage(down, blocks))
+            self.feature_info.append(dict(num_chs=w, reduction=reduction, module=f"stages.{i}"))
+            in_chs = w
+
+        self.num_features = in_chs
+        self.head = EfficientViTHead(in_chs, tuple(head_widths), num_classes, norm, act_layer, norm_eps, drop_rate)
+        self.head_hidden_size = self.head.num_features
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # The official trainers' init (apps/utils/init.py, "trunc_normal@0.02"): conv and linear weights
+        # N(0, 0.02) truncated, zero biases; norms stay (1, 0), the QT positional embedding zeros, the qt scale 1.
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # --- timm-style API --------------------------------------------------------------------------------------------
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Optional[nn.Module] = None) -> dict:
+        """Official EfficientViT / QT-ViT state_dict -> qtvit names (see the module-level ``checkpoint_filter_fn``)."""
+        return checkpoint_filter_fn(state_dict, model)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the last Linear by a new one for ``num_classes`` (0: identity, the head returns pre-logits)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in backward instead of storing its activations (saves memory, same result)."""
+        self.grad_checkpointing = enable
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> the stage-4 map (B, num_features, ceil(H/32), ceil(W/32)) for stride 32."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Stage-4 map -> logits, or the (B, head_hidden_size) hidden features when ``pre_logits``."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def _take_indices(self, indices: Union[int, Sequence[int], None]) -> list[int]:
+        n = len(self.stages)
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices={indices}: ask for the last 1..{n} stages")
+            return list(range(n - indices, n))
+        take = sorted(i + n if i < 0 else i for i in indices)
+        if not take or take[0] < 0 or take[-1] >= n:
+            raise ValueError(f"stage indices {list(indices)} out of range for {n} stages (0..{n - 1})")
+        return take
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Union[int, Sequence[int], None] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Stage maps ``stage0..stage4`` (strides 2..32 for the official variants), timm semantics.
+
+        ``indices``: None (all), an int n (the last n) or a list of stage indices. ``norm`` is accepted for API
+        compatibility (there is no final norm). ``stop_early`` skips the stages after the last one asked for.
+        Returns the list of maps if ``intermediates_only`` else ``(final_features, list)``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW'")
+        take = self._take_indices(indices)
+        stages = self.stages[: take[-1] + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = self._run_stage(stage, x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, Sequence[int], None] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last index asked for (and the classifier if ``prune_head``)."""
+        take = self._take_indices(indices)
+        self.stages = self.stages[: take[-1] + 1]
+        self.feature_info = self.feature_info[: take[-1] + 1]
+        if prune_head:
+            self.head = nn.Identity()
+            self.num_classes = 0
+        return take
+
+    # --- inference form --------------------------------------------------------------------------------------------
+    def stage_sizes(self, input_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(H, W) of each stage map for an input of ``input_size`` (same padding: ceil division per stride)."""
+        h, w = input_size
+        h, w = out_size(h, self.stem.conv.stride[0]), out_size(w, self.stem.conv.stride[1])
+        sizes = []
+        for stage in self.stages:
+            if not isinstance(stage.downsample, nn.Identity):
+                s = stage.downsample.convs()
+                stride = max(c.conv.stride[0] for c in s)
+                h, w = out_size(h, stride), out_size(w, stride)
+            sizes.append((h, w))
+        return sizes
+
+    @torch.no_grad()
+    def fuse(self, input_size: Optional[tuple[int, int]] = None) -> "EfficientViT":
+        """In place: fold BatchNorms into convs, the QT shortcut BN into an affine, and (if ``input_size``) cache
+        the positional embeddings for that input. Call on an eval-mode model; the result is for inference only."""
+        for m in list(self.modules()):
+            if isinstance(m, (ConvNormAct, LiteMLA)):
+                m.fuse()
+        if input_size is not None:
+            for (h, w), stage in zip(self.stage_sizes(tuple(input_size)), self.stages):
+                for m in stage.modules():
+                    if isinstance(m, LiteMLA):
+                        m.cache_pos_embed((h, w))
+        # Channels-last weights make the CPU convs pick their NHWC kernels, which skip layout reorders around
+        # the depthwise convs (measured 1.2-1.4x at 512 px on top of the folding).
+        return self.to(memory_format=torch.channels_last)
+
+
+def fuse_for_inference(model: EfficientViT, input_size: Optional[tuple[int, int]] = (224, 224)) -> EfficientViT:
+    """A fused eval-mode copy of ``model`` for inputs of ``input_size`` (H, W); outputs equal the eager model's.
+
+    BatchNorms after convs are folded into the convs, the QT shortcut BN becomes a per-channel affine, and the
+    QT positional embeddings are resized once for ``input_size`` (pass None to keep resizing on the fly).
+    """
+    if not isinstance(model, EfficientViT):
+        raise ValueError(f"fuse_for_inference expects an EfficientViT/QT-ViT model, got {type(model).__name__}")
+    return copy.deepcopy(model).eval().fuse(input_size)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Official checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+# Sub-module names inside a block: official -> ours.
+_LEAF_RENAMES = (
+    (r"\binverted_conv\b", "conv_expand"),
+    (r"\bspatial_conv\b", "conv_expand"),
+    (r"\bdepth_conv\b", "conv_dw"),
+    (r"\bpoint_conv\b", "conv_pw"),
+)
+# Inside LiteMLA: official -> ours.
+_ATTN_RENAMES = (
+    (r"^qkv\.conv\.weight$", "qkv.weight"),
+    (r"^aggreg\.(\d+)\.0\.weight$", r"aggreg.\1.conv_dw.weight"),
+    (r"^aggreg\.(\d+)\.1\.weight$", r"aggreg.\1.conv_pw.weight"),
+    (r"^proj\.(conv|norm)\.(.+)$", r"proj.\1.\2"),
+    (r"^ones_scale1$", "kernel.scale"),  # QT-ViT
+    (r"^positional_encoding$", "pos_embed"),  # QT-ViT
+    (r"^bn\.(.+)$", r"v_norm.\1"),  # QT-ViT shortcut BN
+)
+_HEAD_RENAMES = (
+    (r"^head\.op_list\.0\.(conv|norm)\.(.+)$", r"head.in_conv.\1.\2"),
+    (r"^head\.op_list\.2\.linear\.weight$", "head.hidden.weight"),
+    (r"^head\.op_list\.2\.norm\.(.+)$", r"head.norm.\1"),
+    (r"^head\.op_list\.3\.linear\.(.+)$", r"head.fc.\1"),
+)
+
+
+def _sub(rules: Sequence[tuple[str, str]], s: str, first_only: bool = True) -> Optional[str]:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, s)
+        if n and first_only:
+            return new
+        s = new
+    return None if first_only else s
+
+
+def _map_block(prefix: str, rest: str) -> Optional[str]:
+    """Map the part after ``op_list.{j}.`` of an official block key."""
+    if rest.startswith("main."):  # a conv block wrapped in ResidualBlock
+        return prefix + _sub(_LEAF_RENAMES, rest[len("main."):], first_only=False)
+    if rest.startswith("context_module.main."):
+        attn = _sub(_ATTN_RENAMES, rest[len("context_module.main."):])
+        return None if attn is None else f"{prefix}attn.{attn}"
+    if rest.startswith("local_module.main."):
+        return f"{prefix}ffn." + _sub(_LEAF_RENAMES, rest[len("local_module.main."):], first_only=False)
+    return None
+
+
+def _map_official_key(key: str, large: bool) -> Optional[str]:
+    if key.startswith("head."):
+        return _sub(_HEAD_RENAMES, key)
+    m = re.match(r"^backbone\.input_stem\.op_list\.(\d+)\.(.+)$", key)
+    if m and not large:  # EfficientViTBackbone: input_stem is our stage 0 (and stem)
+        stage, op, rest = 0, int(m.group(1)), m.group(2)
+    else:
+        m = re.match(r"^backbone\.stages\.(\d+)\.op_list\.(\d+)\.(.+)$", key)
+        if not m:
+            return None
+        # B: backbone.stages.{s} is our stage s + 1. L: backbone.stages.0 holds the stem conv and its ResBlocks.
+        stage, op, rest = int(m.group(1)) + (0 if large else 1), int(m.group(2)), m.group(3)
+    if stage == 0 and op == 0:  # the stem ConvLayer
+        mm = re.match(r"^(conv|norm)\.(.+)$", rest)
+        return f"stem.{mm.group(1)}.{mm.group(2)}" if mm else None
+    if op == 0:  # first op of stages 1-4: the stride-2 block
+        return _map_block(f"stages.{stage}.downsample.", rest) if rest.startswith("main.") else None
+    return _map_block(f"stages.{stage}.blocks.{op - 1}.", rest)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Optional[nn.Module] = None) -> dict:
+    """Convert an official mit-han-lab EfficientViT or AMD QT-ViT classification ``state_dict`` to qtvit names.
+
+    The mapping is by name (e.g. ``backbone.stages.2.op_list.1.context_module.main.qkv.conv.weight`` ->
+    ``stages.3.blocks.0.attn.qkv.weight``; ``ones_scale1`` -> ``attn.kernel.scale``; ``positional_encoding`` ->
+    ``attn.pos_embed``; QT ``bn`` -> ``attn.v_norm``). A dict already in qtvit naming is returned unchanged; a
+    ``module.`` prefix (DDP) is stripped; keys that match no rule are passed through so the loader reports them.
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    if not any(k.startswith(("backbone.", "head.op_list.")) for k in state_dict):
+        return state_dict
+    large = "backbone.input_stem.op_list.0.conv.weight" not in state_dict
+    out = {}
+    for key, value in state_dict.items():
+        new = _map_official_key(key, large)
+        out[new if new is not None else key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configurations and registered constructors
+# --------------------------------------------------------------------------------------------------------------------
+_HF = "https://huggingface.co/han-cai/efficientvit-cls/resolve/main/"
+_QT_GDRIVE = {
+    "qtvit_1": "https://drive.google.com/file/d/11TNSXvfNmNYbehHbmJDyxzEz7DNlezNK/view",
+    "qtvit_2": "https://drive.google.com/file/d/1DUzJ7-nCWHZrMfSX4MEXbAC4GGabQ5GA/view",
+    "qtvit_3": "https://drive.google.com/file/d/1uvQr0tE0Jy7VLCLFYraNKysPshlfw-La/view",
+    "qtvit_5": "https://drive.google.com/file/d/1YKOFu8PYQvHM89ZKB9P_2blcHInGKS3H/view",
+    "qtvit_6": "https://drive.google.com/file/d/1MnAgjk_uOD6wH7QyCkF4z4bxJXQf4PTr/view",
+}
+
+_B = dict(stages=B_STAGES, act_layer=nn.Hardswish, norm_eps=1e-5)
+_L = dict(stages=L_STAGES, act_layer=GELU_TANH, norm_eps=1e-7, head_dim=32)
+_QT = dict(kernel="qt", pos_embed=True, v_shortcut=True)
+_ARCHS: dict[str, dict[str, Any]] = {
+    "b0": dict(_B, widths=(8, 16, 32, 64, 128), depths=(1, 2, 2, 2, 2), head_dim=16, head_widths=(1024, 1280)),
+    "b1": dict(_B, widths=(16, 32, 64, 128, 256), depths=(1, 2, 3, 3, 4), head_dim=16, head_widths=(1536, 1600)),
+    "b2": dict(_B, widths=(24, 48, 96, 192, 384), depths=(1, 3, 4, 4, 6), head_dim=32, head_widths=(2304, 2560)),
+    "b3": dict(_B, widths=(32, 64, 128, 256, 512), depths=(1, 4, 6, 6, 9), head_dim=32, head_widths=(2304, 2560)),
+    "l1": dict(_L, widths=(32, 64, 128, 256, 512), depths=(1, 1, 1, 6, 6), head_widths=(3072, 3200)),
+    "l2": dict(_L, widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 8, 8), head_widths=(3072, 3200)),
+    "l3": dict(_L, widths=(64, 128, 256, 512, 1024), depths=(1, 2, 2, 8, 8), head_widths=(6144, 6400)),
+    # Small variants for 28-32 px images: stages 1 and 3 keep the resolution.
+    "nano": dict(_B, widths=(8, 16, 32, 64, 128), depths=(1, 1, 1, 1, 1), head_dim=16, head_widths=(256, 256),
+                 strides=(2, 1, 2, 1, 2), img_size=28),
+    "micro": dict(_B, widths=(16, 32, 64, 128, 256), depths=(1, 2, 2, 2, 2), head_dim=16, head_widths=(512, 512),
+                  strides=(2, 1, 2, 1, 2), img_size=32),
+}
+
+
+def _cfg(url: Optional[str] = None, **kwargs: Any) -> dict[str, Any]:
+    # eval protocol of the official eval scripts: resize the short side to size / crop_pct (bicubic), centre crop
+    cfg = dict(
+        url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=1.0,
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="stem.conv",
+        classifier="head.fc", license="apache-2.0", paper_ids="arXiv:2205.14756",
+        origin_url="https://github.com/mit-han-lab/efficientvit",
+    )
+    cfg.update(kwargs)
+    return cfg
+
+
+def _qt_cfg(i: int) -> dict[str, Any]:
+    # QT-ViT weights are on Google Drive (no direct url): the builder takes `file` from the cache, or says where to
+    # get it. The official QT-ViT eval script crops with ratio 0.95 for every model.
+    return _cfg(
+        None, file=f"qtvit_{i}_r224.pt" if f"qtvit_{i}" in _QT_GDRIVE else None, crop_pct=0.95,
+        origin_url=_QT_GDRIVE.get(f"qtvit_{i}", "https://github.com/AMD-AIG-AIMA/AMD_QTViT"),
+        paper_ids="openreview:V2e0A2XIPF",
+    )
+
+
+_PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
+    "efficientvit_b0": _cfg(),  # no official ImageNet weights
+    "efficientvit_b1": _cfg(_HF + "efficientvit_b1_r224.pt", crop_pct=0.95),
+    "efficientvit_b2": _cfg(_HF + "efficientvit_b2_r224.pt"),
+    "efficientvit_b3": _cfg(_HF + "efficientvit_b3_r224.pt"),
+    "efficientvit_l1": _cfg(_HF + "efficientvit_l1_r224.pt"),
+    "efficientvit_l2": _cfg(_HF + "efficientvit_l2_r224.pt"),
+    "efficientvit_l3": _cfg(_HF + "efficientvit_l3_r224.pt"),
+    **{f"qtvit_{i}": _qt_cfg(i) for i in range(1, 7)},  # QT-ViT-4 has no released weights
+}
+
+
+def _small_cfg(in_chans: int, size: int) -> dict[str, Any]:
+    # Fashion-MNIST statistics, repeated per channel; these variants have no pretrained weights.
+    return _cfg(input_size=(in_chans, size, size), pool_size=(math.ceil(size / 8),) * 2,
+                mean=(0.2860,) * in_chans, std=(0.3530,) * in_chans, paper_ids=None, origin_url=None)
+
+
+def _create(
+    name: str,
+    arch: str,
+    qt: bool,
+    pretrained: bool = False,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    kernel: Optional[str] = None,
+    drop_path_rate: float = 0.0,
+    **kwargs: Any,
+) -> EfficientViT:
+    del pretrained  # weights are loaded by qtvit.create_model
+    args = dict(_ARCHS[arch], **(_QT if qt else {}))
+    if kernel is not None:
+        args["kernel"] = kernel
+    args.update(kwargs)
+    model = EfficientViT(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate, **args)
+    if arch in ("nano", "micro"):
+        cfg = _small_cfg(in_chans, args.get("img_size", 28))
+    else:
+        cfg = dict(_PRETRAINED_CFGS[name])
+    cfg["architecture"] = name
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg
+    return model
+
+
+@register_model
+def efficientvit_b0(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """EfficientViT-B0 (MIT): 3.41 M params."""
+    return _create("efficientvit_b0", "b0", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def efficientvit_b1(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """EfficientViT-B1 (MIT): 9.10 M params, 79.4% ImageNet top-1 at 224."""
+    return _create("efficientvit_b1", "b1", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def efficientvit_b2(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """EfficientViT-B2 (MIT): 24.33 M params, 82.1% ImageNet top-1 at 224."""
+    return _create("efficientvit_b2", "b2", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def efficientvit_b3(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """EfficientViT-B3 (MIT): 48.65 M params, 83.5% ImageNet top-1 at 224."""
+    return _create("efficientvit_b3", "b3", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def efficientvit_l1(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """EfficientViT-L1 (MIT): 52.65 M params, 84.5% ImageNet top-1 at 224."""
+    return _create("efficientvit_l1", "l1", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def efficientvit_l2(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """EfficientViT-L2 (MIT): 63.71 M params, 85.1% ImageNet top-1 at 224."""
+    return _create("efficientvit_l2", "l2", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def efficientvit_l3(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """EfficientViT-L3 (MIT): 246.04 M params, 85.8% ImageNet top-1 at 224."""
+    return _create("efficientvit_l3", "l3", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def qtvit_1(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """QT-ViT-1 (on EfficientViT-B1): 9.35 M params, 79.6% ImageNet top-1."""
+    return _create("qtvit_1", "b1", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def qtvit_2(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """QT-ViT-2 (on EfficientViT-B2): 24.86 M params, 82.5% ImageNet top-1."""
+    return _create("qtvit_2", "b2", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def qtvit_3(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """QT-ViT-3 (on EfficientViT-B3): 49.70 M params, 83.9% ImageNet top-1."""
+    return _create("qtvit_3", "b3", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def qtvit_4(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """QT-ViT-4 (on EfficientViT-L1): 52.96 M params, 84.7% ImageNet top-1 (no released weights)."""
+    return _create("qtvit_4", "l1", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def qtvit_5(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """QT-ViT-5 (on EfficientViT-L2): 64.11 M params, 85.2% ImageNet top-1."""
+    return _create("qtvit_5", "l2", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def qtvit_6(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """QT-ViT-6 (on EfficientViT-L3): 246.84 M params, 86.0% ImageNet top-1."""
+    return _create("qtvit_6", "l3", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def efficientvit_nano(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """Tiny B-style EfficientViT for 28-32 px inputs (Fashion-MNIST on a CPU); strides 2, 1, 2, 1, 2."""
+    return _create("efficientvit_nano", "nano", False, pretrained, num_classes, in_chans, kernel, drop_path_rate,
+                   **kwargs)
+
+
+@register_model
+def qtvit_nano(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """efficientvit_nano with the QT-ViT attention (qt kernel, positional embedding on K, v shortcut)."""
+    return _create("qtvit_nano", "nano", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+
+
+@register_model
+def qtvit_micro(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+    """QT-ViT for 32 px inputs, twice the widths of qtvit_nano (16-256); strides 2, 1, 2, 1, 2."""
+    return _create("qtvit_micro", "micro", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
