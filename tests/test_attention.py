@@ -251,3 +251,12 @@ def test_full_feature_map_has_feature_dim_and_gives_the_similarity(name):
     fq, fk = m.features(q), m.features(k)
     assert fq.shape[-1] == m.feature_dim
     torch.testing.assert_close(fq @ fk.transpose(-1, -2), m.similarity(q, k), rtol=1e-10, atol=1e-12)
+
+
+def test_mixed_dtypes_are_promoted():
+    """Under autocast a bf16 k plus an fp32 positional embedding is fp32: promote, as torch ops do."""
+    q, k, v = (t.float() for t in qkv(d=16, dv=16))
+    m = create_kernel("qt", head_dim=16, num_heads=3)
+    out = m(q.bfloat16(), k, v.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, m(q.bfloat16().float(), k, v.bfloat16().float()))

@@ -334,3 +334,14 @@ def test_prune_intermediate_layers():
         pruned = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
     for a, b in zip(pruned, full):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_qtvit_forward_backward_under_autocast(dtype):
+    model = qtvit.create_model("qtvit_pico", num_classes=10, in_chans=1)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x)
+    assert out.shape == (4, 10) and torch.isfinite(out.float()).all()
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 DEFAULT_CHUNK_SIZE = 4096
 
 
+def result_dtype(*tensors: Tensor) -> torch.dtype:
+    """The output dtype of mixed inputs, promoted as torch ops do (e.g. bf16 q and v with an fp32 k -> fp32)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype attention is computed in: float64 stays, everything else runs in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -74,8 +82,6 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(f"empty sequence: q has {q.shape[2]} tokens, k has {k.shape[2]}; attention needs at least 1")
     if q.shape[-1] == 0 or v.shape[-1] == 0:
         raise ValueError(f"empty channel dimension: q/k head dim {q.shape[-1]}, v head dim {v.shape[-1]}")
-    if q.dtype != k.dtype or k.dtype != v.dtype:
-        raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
 def _chunks(n: int, chunk_size: int | None) -> list[slice]:

@@ -25,6 +25,7 @@ from .core import (
     explicit_attention,
     fp32_island,
     linear_attention,
+    result_dtype,
     row_normalise,
     softmax_attention,
     to_input_dtype,
@@ -115,7 +116,8 @@ class AttentionKernel(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Linear-time attention, (B, H, Nq, d), (B, H, N, d), (B, H, N, dv) -> (B, H, Nq, dv)."""
         self._check(q, k, v)
-        dtype, ct = q.dtype, compute_dtype(q.dtype)
+        dtype = result_dtype(q, k, v)
+        ct = compute_dtype(dtype)
         with fp32_island(q.device):
             out = linear_attention(self, q.to(ct), k.to(ct), v.to(ct), chunk_size=self.chunk_size)
         return to_input_dtype(out, dtype)
@@ -123,7 +125,7 @@ class AttentionKernel(nn.Module):
     def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""
         self._check(q, k)
-        ct = compute_dtype(q.dtype)
+        ct = compute_dtype(result_dtype(q, k))
         with fp32_island(q.device):
             return self.normalise_map(self.similarity(q.to(ct), k.to(ct)))
 
@@ -131,8 +133,9 @@ class AttentionKernel(nn.Module):
         """The O(N²) reference output: attention_map(q, k) @ v."""
         self._check(q, k, v)
         with fp32_island(q.device):
-            out = explicit_attention(self.attention_map(q, k), v.to(compute_dtype(v.dtype)))
-        return to_input_dtype(out, v.dtype)
+            dtype = result_dtype(q, k, v)
+            out = explicit_attention(self.attention_map(q, k), v.to(compute_dtype(dtype)))
+        return to_input_dtype(out, dtype)
 
 
 class SoftmaxKernel(AttentionKernel):
@@ -151,7 +154,7 @@ class SoftmaxKernel(AttentionKernel):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         self._check(q, k, v)
-        dtype = q.dtype
+        dtype = result_dtype(q, k, v)
         ct = dtype if (q.device.type == "cuda" and dtype != torch.float64) else compute_dtype(dtype)
         with fp32_island(q.device):
             out = softmax_attention(q.to(ct), k.to(ct), v.to(ct), scale=self.head_dim ** -0.5)

@@ -2,8 +2,8 @@
 
 Time: the median of several runs after a warm-up (the machines are noisy). Memory: on CUDA, the allocator's peak
 over the call; on CPU, the process's peak resident set over the call (Linux VmHWM, reset through
-/proc/self/clear_refs), which also sees buffers that fused kernels allocate internally. glibc is told to serve
-large blocks by mmap so that freed memory leaves the process and the next measurement starts clean.
+/proc/self/clear_refs), which also sees buffers that fused kernels allocate internally. Freed heap memory is
+handed back to the OS first (malloc_trim) so that the call cannot hide its allocations in reused pages.
 """
 from __future__ import annotations
 
@@ -15,17 +15,13 @@ from typing import Callable
 
 import torch
 
-_M_MMAP_THRESHOLD = -3
 
-
-def _pin_mmap_threshold() -> None:
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc malloc_trim), so the next peak is measured from a clean base."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
-    except (OSError, AttributeError):  # not glibc: memory numbers may then include reused heap
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may then be under-counted by reused heap
         pass
-
-
-_pin_mmap_threshold()
 
 
 def synchronize(device: torch.device) -> None:
@@ -71,6 +67,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | N
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    _release_free_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS

@@ -1,0 +1,94 @@
+"""Data: Fashion-MNIST (in memory, the default) and ImageNet-style folders, their transforms and batch iterators.
+
+``open_dataset(data)`` says what a ``--data`` value is (no decoding yet); ``build_batches`` makes the train or eval
+iterator for a model's data config.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, find_fashion_mnist,
+                            load_fashion_mnist, read_idx, write_idx)
+from .folder import ImageFolder, open_image
+from .loaders import FolderBatches, TensorBatches, epoch_order
+from .transforms import (BatchAugment, DataConfig, EvalTransform, TrainTransform, mixup_cutmix, normalize,
+                         resolve_data_config)
+
+__all__ = [
+    "DatasetInfo", "open_dataset", "build_batches", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD", "find_fashion_mnist", "load_fashion_mnist", "read_idx", "write_idx", "ImageFolder",
+    "open_image", "TensorBatches", "FolderBatches", "epoch_order", "BatchAugment", "DataConfig", "EvalTransform",
+    "TrainTransform", "mixup_cutmix", "normalize", "resolve_data_config",
+]
+
+FASHION_MNIST = "fashion-mnist"
+
+
+@dataclass
+class DatasetInfo:
+    """What a --data value names: kind ("fashion-mnist" or "folder"), where, its classes and channels."""
+    kind: str
+    root: Path | None
+    classes: list[str]
+    in_chans: int
+    mean: tuple[float, ...] | None = None  # the dataset's own statistics, when known
+    std: tuple[float, ...] | None = None
+    train_dir: str = "train"
+    eval_dir: str = "val"
+
+
+def open_dataset(data: str | os.PathLike | None = None, download: bool = True) -> DatasetInfo:
+    """Resolve a --data value: None or "fashion-mnist" (found or downloaded, see fashion_mnist.py), a folder with
+    Fashion-MNIST's idx files, or an ImageNet-style folder with ``train/`` and ``val/`` (or ``test/``) inside."""
+    if data is None or str(data).lower() in (FASHION_MNIST, "fashion_mnist", "fashionmnist"):
+        root = find_fashion_mnist(None, download=download)
+        return DatasetInfo(FASHION_MNIST, root, list(FASHION_MNIST_CLASSES), 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset {root} does not exist; pass --data with an ImageNet-style folder "
+                                "(train/ and val/, a sub-folder per class), a folder of Fashion-MNIST idx files, "
+                                "or leave --data out for Fashion-MNIST")
+    if any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir()):
+        find_fashion_mnist(root)  # raises naming the missing files
+        return DatasetInfo(FASHION_MNIST, root, list(FASHION_MNIST_CLASSES), 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    eval_dir = next((d for d in ("val", "validation", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() and eval_dir is None:
+        raise ValueError(f"{root} is neither a Fashion-MNIST folder nor an ImageNet-style folder: it needs train/ "
+                         "and val/ sub-folders, each with one sub-folder of images per class")
+    ref = root / "train" if (root / "train").is_dir() else root / eval_dir
+    classes = sorted(d.name for d in ref.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{ref} has no class sub-folders; put each class's images in {ref}/<class name>/")
+    return DatasetInfo("folder", root, classes, 3, None, None, "train", eval_dir or "val")
+
+
+def build_batches(info: DatasetInfo, train: bool, data_cfg: DataConfig, batch_size: int, seed: int = 0,
+                  rank: int = 0, world: int = 1, workers: int = 4, padding: int = 2, hflip: bool = True,
+                  limit: int | None = None, rrc_scale: tuple[float, float] = (0.08, 1.0)):
+    """The training iterator (train=True) or the evaluation iterator of `info`, yielding uint8 image batches.
+
+    Fashion-MNIST trains on a random crop of the image zero-padded by `padding` and a horizontal flip; folders on
+    a random resized crop (`rrc_scale`) and a flip; both evaluate with the model's eval protocol (`data_cfg`).
+    `limit` keeps only the first `limit` images (quick runs and tests).
+    """
+    size = data_cfg.input_size[-1]
+    if info.kind == FASHION_MNIST:
+        images, labels = load_fashion_mnist("train" if train else "test", info.root)
+        if limit:
+            images, labels = images[:limit], labels[:limit]
+        if data_cfg.input_size[0] != 1:  # a 3-channel model on grey images: repeat the channel
+            images = images.unsqueeze(1).expand(-1, data_cfg.input_size[0], -1, -1)
+        return TensorBatches(images, labels, batch_size, size, train, seed, rank, world,
+                             padding=padding if train else 0, hflip=hflip and train)
+    mode = "L" if data_cfg.input_size[0] == 1 else "RGB"
+    if train:
+        tf = TrainTransform(size, scale=rrc_scale, hflip=0.5 if hflip else 0.0, seed=seed)
+        ds = ImageFolder(info.root / info.train_dir, tf, mode, classes=info.classes)
+    else:
+        tf = EvalTransform(size, data_cfg.crop_pct, data_cfg.interpolation)
+        ds = ImageFolder(info.root / info.eval_dir, tf, mode, classes=info.classes)
+    if limit:
+        ds.samples = ds.samples[:limit]
+    return FolderBatches(ds, batch_size, train, seed, rank, world, workers)

@@ -1,0 +1,73 @@
+"""Process-group set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "all_reduce_mean", "broadcast_object"]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); a single process otherwise.
+
+    `device`: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N". Each process takes cuda:LOCAL_RANK.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+        dev = torch.device(device if ":" in device else f"cuda:{local_rank}")
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, local_world, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` over the processes (identity for one)."""
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+def broadcast_object(obj, src: int = 0):
+    """`obj` from rank `src` on every rank (identity for one process)."""
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj

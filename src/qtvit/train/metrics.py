@@ -1,0 +1,57 @@
+"""Top-k accuracy (micro-averaged, i.e. the fraction of images whose label is in the top k: the ImageNet number)
+and the per-epoch metrics file of a run."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import resource
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write
+
+__all__ = ["TopKAccuracy", "peak_memory_mb", "write_metrics"]
+
+
+class TopKAccuracy:
+    """Top-1 and top-k accuracy with torchmetrics (``average="micro"``; its default "macro" would average per class),
+    summed over processes when a process group is up."""
+
+    def __init__(self, num_classes: int, device: torch.device, topk: int = 5):
+        from torchmetrics.classification import MulticlassAccuracy
+        self.k = min(topk, num_classes)
+        self.top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro").to(device)
+        self.topk = MulticlassAccuracy(num_classes=num_classes, top_k=self.k, average="micro").to(device)
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.top1.update(logits, target)
+        self.topk.update(logits, target)
+
+    def compute(self) -> tuple[float, float]:
+        """(top-1, top-k) in percent."""
+        return 100 * float(self.top1.compute()), 100 * float(self.topk.compute())
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on a GPU, else the resident-set high-water mark."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
+    """Rewrite ``metrics.csv`` and ``metrics.jsonl`` from all epoch rows (atomic, so a resumed run never duplicates
+    or loses a row)."""
+    run_dir = Path(run_dir)
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(run_dir / "metrics.csv", lambda t: Path(t).write_text(buf.getvalue()))
+    atomic_write(run_dir / "metrics.jsonl", lambda t: Path(t).write_text("".join(json.dumps(r) + "\n" for r in rows)))

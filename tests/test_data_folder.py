@@ -1,0 +1,116 @@
+"""ImageNet-style folders: class discovery, unreadable images skipped and counted, the eval protocol, seeded train
+crops, device-side augmentation and mixup/cutmix."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qtvit.data import (BatchAugment, EvalTransform, TrainTransform, build_batches, mixup_cutmix, open_dataset,
+                        resolve_data_config)
+from test_train_utils import tiny_models  # noqa: F401 (a fixture)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for c in ("cat", "dog", "eel"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    (tmp_path / "train" / "dog" / "readme.txt").write_text("ignored: not an image extension")
+    return tmp_path
+
+
+def test_folder_classes_and_skipped_images(folder):
+    info = open_dataset(folder)
+    assert info.kind == "folder" and info.classes == ["cat", "dog", "eel"] and info.eval_dir == "val"
+    cfg = resolve_data_config(None, 3, 16, crop_pct=0.875)
+    batches = build_batches(info, True, cfg, 4, seed=1, workers=0)
+    assert batches.num_samples == 13  # 12 images + the broken one; the .txt is not listed
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        seen = [(x, y) for x, y in batches.iterate(0)]
+    assert len(seen) == 3 and all(x.shape == (4, 3, 16, 16) and x.dtype == torch.uint8 for x, _ in seen)
+    assert batches.num_skipped == 1  # the broken image, replaced by the next readable one
+    ev = build_batches(info, False, cfg, 4, workers=0)
+    labels = torch.cat([y for _, y in ev.iterate(0)])
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable image")
+def test_workers_give_the_same_batches(folder):
+    info = open_dataset(folder)
+    cfg = resolve_data_config(None, 3, 16)
+    a = [x for x, _ in build_batches(info, True, cfg, 4, seed=2, workers=0).iterate(1)]
+    b = [x for x, _ in build_batches(info, True, cfg, 4, seed=2, workers=2).iterate(1)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b)) and len(a) == 3
+
+
+def test_eval_transform_is_resize_ceil_then_centre_crop():
+    img = Image.fromarray(np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3) % 255)
+    tf = EvalTransform(224, crop_pct=0.95)
+    assert tf.resize == math.ceil(224 / 0.95) == 236
+    out = tf(img)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
+    # crop_pct 1: short side to exactly the size; the centre crop of the resized image
+    ref = np.asarray(img.resize((48, 32), Image.BICUBIC))[:, 8:40]
+    np.testing.assert_array_equal(EvalTransform(32, 1.0)(img).permute(1, 2, 0).numpy(), ref)
+    with pytest.raises(ValueError, match="crop_pct"):
+        EvalTransform(32, 1.5)
+
+
+def test_train_transform_is_seeded_per_sample():
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    tf = TrainTransform(24, seed=5)
+    assert torch.equal(tf(img, 3, 1), tf(img, 3, 1)) and tf(img, 3, 1).shape == (3, 24, 24)
+    assert not torch.equal(tf(img, 3, 1), tf(img, 4, 1)) or not torch.equal(tf(img, 3, 1), tf(img, 3, 2))
+
+
+def test_mixup_cutmix_targets_stay_distributions():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    t = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+    for mix, cut in ((0.4, 0.0), (0.0, 1.0)):
+        xm, tm = mixup_cutmix(x, t, mix, cut, g)
+        torch.testing.assert_close(tm.sum(-1), torch.ones(6))
+        lam = float(tm[0, 0])  # sample 0 is class 0, its partner (flip) sample 5 is class 2
+        if mix:
+            torch.testing.assert_close(xm[0], lam * x[0] + (1 - lam) * x[5])
+        else:  # the label weight is the share of pixels kept
+            kept = (xm[0] == x[0]).float().mean().item()
+            assert kept == pytest.approx(lam, abs=1e-6)
+    same = mixup_cutmix(x, t, 0.0, 0.0, g)
+    assert same[0] is x and same[1] is t
+
+
+def test_batch_augment_normalises_and_augments():
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    plain = BatchAugment((0.5,) * 3, (0.25,) * 3)
+    torch.testing.assert_close(plain(x), (x.float() / 255 - 0.5) / 0.25)
+    torch.manual_seed(0)
+    aug = BatchAugment((0.5,) * 3, (0.25,) * 3, randaug_n=2, randaug_m=9, erase_prob=1.0)
+    y = aug(x)
+    assert y.shape == x.shape and torch.isfinite(y).all() and not torch.allclose(y, plain(x))
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable image")
+@pytest.mark.usefixtures("tiny_models")
+def test_training_on_a_folder_with_the_full_augmentation(folder, tmp_path):
+    from qtvit.train import train, validate
+    from test_train_utils import tiny_config
+    r = train(tiny_config(tmp_path, data=str(folder), batch_size=4, epochs=1, workers=0, randaug_n=2, randaug_m=5,
+                          reprob=0.5, mixup=0.2, cutmix=1.0, bce=True))
+    row = r["history"][-1]
+    assert len(r["step_losses"]) == 3 and all(math.isfinite(l) for _, l in r["step_losses"])
+    assert row["skipped_images"] == 1 and row["eval_images"] == 6
+    v = validate(r["run_dir"], data=str(folder), device="cpu", workers=0)
+    correct = v["top1"] * 6 / 100  # micro top-1: a whole number of the 6 images
+    assert v["images"] == 6 and abs(correct - round(correct)) < 1e-3 and v["top5"] == 100.0  # 3 classes

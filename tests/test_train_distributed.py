@@ -1,0 +1,56 @@
+"""Two CPU processes under torchrun (gloo): the ranks stay identical and equal one process with the same global
+batch. The model uses GroupNorm: BatchNorm's batch statistics of half a batch differ from the full batch's, and
+torch's SyncBatchNorm (which would fix that) runs only on CUDA."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from qtvit.train import train
+from test_train_utils import tiny_config, tiny_models  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("tiny_models")
+
+_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import torch
+    sys.path.insert(0, {tests!r})
+    from test_train_utils import register_tiny_models, tiny_config
+    from qtvit.train import train
+    register_tiny_models()
+    r = train(tiny_config({out!r}, model="train_tiny_gn", name="ddp", batch_size=10, epochs=2, lr=3e-3,
+                          checkpoint_every_steps=0))
+    rank = int(os.environ["RANK"])
+    torch.save({{k: v.detach() for k, v in r["model"].state_dict().items()}}, os.path.join({out!r}, f"rank{{rank}}.pt"))
+    if rank == 0:
+        json.dump([h["top1"] for h in r["history"]], open(os.path.join({out!r}, "top1.json"), "w"))
+""")
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # DDP keeps the ranks identical
+
+    single = train(tiny_config(tmp_path, model="train_tiny_gn", name="single", batch_size=20, epochs=2, lr=3e-3))
+    sd = single["model"].state_dict()
+    for k in sd:
+        torch.testing.assert_close(r0[k], sd[k], atol=2e-5, rtol=1e-4, msg=k)
+    assert json.loads((tmp_path / "top1.json").read_text()) == [h["top1"] for h in single["history"]]
+    # the run folder of the distributed run holds one metrics row per epoch, written by rank 0 only
+    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and json.loads(rows[0])["images_per_s"] > 0

@@ -1,0 +1,155 @@
+"""The training loop: learning, exact resume, atomic checkpoints on a full disk, wrong checkpoints, non-finite
+steps, BN re-estimation."""
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import qtvit.train.checkpoint as ckpt_mod
+from qtvit.train import CheckpointError, latest_checkpoint, load_model, load_weights, reestimate_bn, save_weights, train
+from test_train_utils import SMALL_FMNIST, TinyNet, tiny_config, tiny_models  # noqa: F401 (a fixture)
+
+
+class _NaNOnce(TinyNet):
+    """Returns NaN logits on its 3rd training forward, to make one step's gradients non-finite."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 3:
+                out = out * float("nan")
+        return out
+
+
+def train_tiny_nan(num_classes: int = 10, in_chans: int = 1, pretrained: bool = False, **kw) -> nn.Module:
+    return _NaNOnce(num_classes, in_chans, **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nan_model(request):
+    request.getfixturevalue("tiny_models")
+    from qtvit.models import _registry, register_model
+    register_model(train_tiny_nan)
+    yield
+    _registry._model_entrypoints.pop("train_tiny_nan", None)
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_learns_and_writes_the_run_folder(tmp_path):
+    r = train(tiny_config(tmp_path, epochs=4, lr=5e-3))
+    run = Path(r["run_dir"])
+    losses = [l for _, l in r["step_losses"]]
+    assert len(losses) == 40 and sum(losses[-10:]) < sum(losses[:10]) - 1.0  # the loss falls
+    assert r["top1"] > 30.0  # 10 classes: chance is 10 %
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    for key in ("top1", "top5", "train_loss", "eval_loss", "lr", "images_per_s", "peak_memory_mb", "skipped_steps"):
+        assert key in rows[-1]
+    assert rows[-1]["top5"] >= rows[-1]["top1"] and rows[-1]["eval_images"] == 100
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,lr,train_loss")
+    assert json.loads((run / "args.json").read_text())["model"] == "train_tiny"
+    assert (run / "best" / "model.safetensors").is_file() and latest_checkpoint(run).name == "step_00000040"
+    best = json.loads((run / "best" / "config.json").read_text())
+    assert best["top1"] == max(row["top1"] for row in rows) and best["class_names"][9] == "Ankle boot"
+    with pytest.raises(ValueError, match="already holds a run; continue it with --resume"):
+        train(tiny_config(tmp_path, epochs=1))  # the same run folder again: nothing is overwritten
+
+
+def test_resume_continues_with_the_same_loss_curve(tmp_path):
+    # EMA, drop path, mixup/cutmix and random crops all draw random numbers: their states must be restored
+    extra = dict(epochs=2, model_ema=True, model_ema_warmup_steps=3, drop_path=0.2, mixup=0.4, cutmix=0.4,
+                 bn_reestimate_images=40)
+    full = train(tiny_config(tmp_path, name="full", **extra))
+    # checkpoints at steps 7, 10 (end of epoch 1) and 14; "crash" at step 16: the work of steps 15-16 is lost
+    first = train(tiny_config(tmp_path, name="crash", checkpoint_every_steps=7, max_steps=16, **extra))
+    assert first["stopped"] and latest_checkpoint(tmp_path / "crash").name == "step_00000014"
+    rest = train(tiny_config(tmp_path, name="crash", checkpoint_every_steps=7, resume=str(tmp_path / "crash"), **extra))
+    ref = dict(full["step_losses"])
+    assert len(ref) == 20
+    assert [s for s, _ in rest["step_losses"]] == list(range(15, 21))
+    for s, loss in first["step_losses"] + rest["step_losses"]:
+        assert loss == pytest.approx(ref[s], abs=1e-6), f"step {s}"
+    a, b = _params(full["model"]), _params(rest["model"])
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert [h["top1"] for h in rest["history"]] == [h["top1"] for h in full["history"]]
+    assert [h["ema_top1"] for h in rest["history"]] == [h["ema_top1"] for h in full["history"]]
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    train(tiny_config(tmp_path, checkpoint_every_steps=5, max_steps=5))
+    run = tmp_path / "run"
+    before = (latest_checkpoint(run) / "model.safetensors").read_bytes()
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", no_space)
+    with pytest.raises(OSError, match=r"disk full .* free space or change --output") as e:
+        train(tiny_config(tmp_path, checkpoint_every_steps=5, max_steps=10, resume=str(run)))
+    assert e.value.errno == errno.ENOSPC
+    assert latest_checkpoint(run).name == "step_00000005"
+    assert (latest_checkpoint(run) / "model.safetensors").read_bytes() == before
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no half-written folders
+    monkeypatch.undo()
+    r = train(tiny_config(tmp_path, checkpoint_every_steps=5, max_steps=10, resume=str(run)))  # and it resumes
+    assert r["step_losses"][0][0] == 6
+
+
+def test_checkpoint_of_another_model_or_class_count(tmp_path):
+    m = TinyNet(num_classes=10)
+    path = tmp_path / "w.safetensors"
+    save_weights(m, path, {"model": "train_tiny", "num_classes": 10, "in_chans": 1})
+    with pytest.raises(CheckpointError, match="holds weights of model 'train_tiny', not 'train_tiny_gn'"):
+        load_model(path, model="train_tiny_gn")
+    with pytest.raises(CheckpointError, match="trained for 10 classes, not 5"):
+        load_model(path, num_classes=5)
+    with pytest.raises(CheckpointError, match=r"head.weight: checkpoint \(10, 16\) vs model \(5, 16\)"):
+        load_weights(TinyNet(num_classes=5), path)
+    net, meta = load_model(path)
+    assert meta["num_classes"] == 10 and torch.equal(net.head.weight, m.head.weight)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_model(tmp_path / "junk.safetensors")
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path):
+    r = train(tiny_config(tmp_path, model="train_tiny_nan", epochs=1))
+    assert r["skipped_steps"] == 1 and r["history"][-1]["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in r["model"].state_dict().values() if v.is_floating_point())
+    assert r["top1"] is not None and r["top1"] >= 0
+
+
+def test_bn_reestimation_is_the_plain_average():
+    from qtvit.data import build_batches, open_dataset, resolve_data_config
+    info = open_dataset(SMALL_FMNIST)
+    model = TinyNet()
+    cfg = resolve_data_config(model, 1)
+    batches = build_batches(info, False, cfg, 50)
+    bn = model.stem[1]
+    bn.running_mean.fill_(5.0)
+    seen = reestimate_bn(model, batches, cfg.mean, cfg.std, torch.device("cpu"), 100)
+    assert seen == 100 and bn.momentum == 0.1  # momentum restored
+    from qtvit.data import normalize
+    x = torch.cat([normalize(xb, cfg.mean, cfg.std) for xb, _ in batches.iterate(0)])[:100]
+    feats = model.stem[0](x)
+    torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_like_fp32(tmp_path, amp):
+    ref = train(tiny_config(tmp_path, name="fp32", epochs=1))
+    r = train(tiny_config(tmp_path, name=amp, epochs=1, amp=amp, channels_last=True))
+    assert r["skipped_steps"] == 0 and len(r["step_losses"]) == 10
+    for (_, a), (_, b) in zip(ref["step_losses"], r["step_losses"]):
+        assert abs(a - b) < 0.05  # half-precision rounding only
