@@ -107,7 +107,7 @@ def test_features_only(tiny):
     assert sel.feature_info.reduction(0) == 4 and sel.feature_info.module_name() == ["stages.0", "stages.1"]
     assert [o.shape[-1] for o in sel(X)] == [4, 2]
     assert qtvit.create_model(tiny, features_only=True, out_indices=2).out_indices == (1, 2)
-    with pytest.raises(ValueError, match=r"out_indices \(3,\) out of range: tinynet_test has 3 feature stages"):
+    with pytest.raises(ValueError, match=r"indices \(3,\) out of range: tinynet_test has 3 feature stages"):
         qtvit.create_model(tiny, features_only=True, out_indices=(3,))
 
 

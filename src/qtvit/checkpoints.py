@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import json
 import logging
@@ -437,8 +438,13 @@ def model_config(model: nn.Module, config: Mapping | None = None) -> dict:
     return out
 
 
-def _atomic_write(dst: Path, write: Callable[[str], None]) -> None:
-    # write beside the target, flush to disk, then rename: readers see the old file or the whole new one
+def atomic_write(dst: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` beside ``dst``, fsync, rename: readers see the old file or the whole new one.
+
+    On failure nothing at ``dst`` changes; a full disk raises an OSError(ENOSPC) that says so and what to do.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -446,11 +452,21 @@ def _atomic_write(dst: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dst)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"disk full while writing {dst}: free space or change --output / the "
+                                        f"output path (the previous file is intact) [{e}]") from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX); harmless where unsupported
-        dfd = os.open(dst.parent, os.O_RDONLY)
+    fsync_dir(dst.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX); harmless where unsupported."""
+    with contextlib.suppress(OSError):
+        dfd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
@@ -471,8 +487,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, config: Mapping |
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
                for k, v in base.state_dict().items()}
     meta = {"format": "pt", "qtvit_config": json.dumps(cfg)}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n"))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n"))
     return folder
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import math
 from pathlib import Path
 from typing import Callable, Iterable
@@ -147,9 +148,14 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
     fig, axes = plt.subplots(1, len(dims), figsize=(6.5 * len(dims), 5), squeeze=False)
     for ax, d in zip(axes[0], dims):
         sel = [r for r in rows if int(r["head_dim"]) == d and r["mode"] == mode]
-        for name in dict.fromkeys(r["kernel"] for r in sel):
+        for i, name in enumerate(dict.fromkeys(r["kernel"] for r in sel)):
             pts = sorted((int(r["n"]), float(r["time_ms"])) for r in sel if r["kernel"] == name)
-            style = dict(color="black", ls="--", lw=2.5) if name == "softmax" else dict(lw=2.2 if name == "qt" else 1)
+            # 16+ lines: 20 distinct colours, and a second line style for the second half
+            style = dict(color=plt.cm.tab20(i % 20), ls="-" if i % 2 else "-.", lw=1.2)
+            if name == "softmax":
+                style = dict(color="black", ls="--", lw=2.5)
+            elif name == "qt":
+                style = dict(color="crimson", ls="-", lw=3)
             ax.loglog(*zip(*pts), marker="o", ms=3, label=name, **style)
             n_x = crossover(sel, name) if name != "softmax" else None
             if name == "qt" and n_x:
@@ -191,6 +197,9 @@ def run_cli(args: argparse.Namespace) -> int:
     for n in args.ns:
         if n < 1:
             raise SystemExit(f"qtvit benchmark kernels: --ns must be positive, got {n}")
+    if args.peer and importlib.util.find_spec(PEER) is None:
+        raise SystemExit("qtvit benchmark kernels: --peer needs the peer library: "
+                         "pip install taylor-series-linear-attention")
     device = torch.device(args.device)
     line = device_line(device)
     print(f"# {line}")

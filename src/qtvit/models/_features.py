@@ -40,20 +40,20 @@ class FeatureInfo:
         return f"FeatureInfo({self.info})"
 
 
-def _take_indices(out_indices: int | Sequence[int] | None, n: int, name: str) -> tuple[int, ...]:
-    # timm's meaning: None = every stage, an int k = the last k stages, a sequence = those stages (negative ok).
-    if out_indices is None:
-        return tuple(range(n))
-    if isinstance(out_indices, int):
-        if not 0 < out_indices <= n:
-            raise ValueError(f"out_indices={out_indices} asks for the last {out_indices} stages, but {name} has {n}")
-        return tuple(range(n - out_indices, n))
-    bad = [i for i in out_indices if not -n <= i < n]
-    if bad or not out_indices:
-        raise ValueError(f"out_indices {tuple(out_indices)} out of range: {name} has {n} feature stages "
+def feature_take_indices(n: int, indices: int | Sequence[int] | None, name: str = "the model") -> list[int]:
+    """timm's meaning of stage indices: None = every stage, an int k = the last k, a sequence = those stages
+    (negative ones count from the end). Sorted, because a backbone yields its stages in depth order."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices={indices} asks for the last {indices} stages, but {name} has {n}; use 1..{n}")
+        return list(range(n - indices, n))
+    bad = [i for i in indices if not -n <= i < n]
+    if bad or not indices:
+        raise ValueError(f"indices {tuple(indices)} out of range: {name} has {n} feature stages "
                          f"(indices 0..{n - 1}, or negative from the end)")
-    # the backbone yields stages in depth order, so the selection is sorted to match it
-    return tuple(sorted({i % n for i in out_indices}))
+    return sorted({i % n for i in indices})
 
 
 class FeatureListNet(nn.Module):
@@ -74,7 +74,7 @@ class FeatureListNet(nn.Module):
                              "forward_intermediates")
         info = list(info)
         self.model = model
-        self.out_indices = _take_indices(out_indices, len(info), name)
+        self.out_indices = tuple(feature_take_indices(len(info), out_indices, name))
         self.feature_info = FeatureInfo(info, self.out_indices)
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
 

@@ -48,6 +48,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers.conv import ConvNormAct, DSConv, FusedMBConv, LayerType, MBConv, ResBlock, out_size
 from ..layers.lite_mla import EfficientViTBlock, LiteMLA
+from ..layers.weight_init import trunc_normal_init_
+from ._features import feature_take_indices
 from ._registry import register_model
 
 __all__ = ["EfficientViT", "StageSpec", "B_STAGES", "L_STAGES", "fuse_for_inference", "checkpoint_filter_fn"]
@@ -241,16 +243,7 @@ class EfficientViT(nn.Module):
         self.num_features = in_chs
         self.head = EfficientViTHead(in_chs, tuple(head_widths), num_classes, norm, act_layer, norm_eps, drop_rate)
         self.head_hidden_size = self.head.num_features
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # The official trainers' init (apps/utils/init.py, "trunc_normal@0.02"): conv and linear weights
-        # N(0, 0.02) truncated, zero biases; norms stay (1, 0), the QT positional embedding zeros, the qt scale 1.
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(trunc_normal_init_)  # the official init; the QT pos-embed stays 0, s stays 1
 
     # --- timm-style API --------------------------------------------------------------------------------------------
     @staticmethod
@@ -291,19 +284,6 @@ class EfficientViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def _take_indices(self, indices: Union[int, Sequence[int], None]) -> list[int]:
-        n = len(self.stages)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices}: ask for the last 1..{n} stages")
-            return list(range(n - indices, n))
-        take = sorted(i + n if i < 0 else i for i in indices)
-        if not take or take[0] < 0 or take[-1] >= n:
-            raise ValueError(f"stage indices {list(indices)} out of range for {n} stages (0..{n - 1})")
-        return take
-
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -321,7 +301,7 @@ class EfficientViT(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW'")
-        take = self._take_indices(indices)
+        take = feature_take_indices(len(self.stages), indices)
         stages = self.stages[: take[-1] + 1] if stop_early else self.stages
         intermediates = []
         x = self.stem(x)
@@ -337,7 +317,7 @@ class EfficientViT(nn.Module):
         self, indices: Union[int, Sequence[int], None] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the stages after the last index asked for (and the classifier if ``prune_head``)."""
-        take = self._take_indices(indices)
+        take = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: take[-1] + 1]
         self.feature_info = self.feature_info[: take[-1] + 1]
         if prune_head:

@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.l2vit_blocks import ConvStem, Downsample, LGABlock, LocalConcentration, LWABlock
+from ..layers.weight_init import trunc_normal_init_
+from ._features import feature_take_indices
 from ._registry import register_model
 
 __all__ = ["L2Vit", "L2VitStage"]
@@ -78,26 +80,6 @@ class L2VitStage(nn.Module):
         return self.blocks(x)
 
 
-def _take_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
-    """timm's ``feature_take_indices``: None -> all stages, int n -> the last n, a sequence -> those (negatives ok)."""
-    if indices is None:
-        take = list(range(num_stages))
-    elif isinstance(indices, int):
-        if not 0 < indices <= num_stages:
-            raise ValueError(
-                f"indices={indices} asks for the last {indices} of {num_stages} stages; use 1..{num_stages}"
-            )
-        take = list(range(num_stages - indices, num_stages))
-    else:
-        take = []
-        for i in indices:
-            if not -num_stages <= i < num_stages:
-                raise ValueError(f"stage index {i} is out of range for {num_stages} stages")
-            take.append(i % num_stages)
-        take = sorted(set(take))
-        if not take:
-            raise ValueError("indices is empty; pass None for all stages")
-    return take, max(take)
 
 
 # official key -> qtvit key, per block type (the leaf .weight/.bias/... is kept)
@@ -206,15 +188,7 @@ class L2Vit(nn.Module):
         self.norm = norm_layer(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # the official init: truncated normal (std .02) for every conv and linear weight, zero biases
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(trunc_normal_init_)
 
     @property
     def default_cfg(self) -> dict[str, Any]:
@@ -254,7 +228,7 @@ class L2Vit(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            self._init_weights(self.head)
+            trunc_normal_init_(self.head)
             self.head.to(device=self.norm.weight.device, dtype=self.norm.weight.dtype)
 
     def _check_input(self, x: Tensor) -> None:
@@ -307,7 +281,8 @@ class L2Vit(nn.Module):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         self._check_input(x)
-        take, max_index = _take_indices(len(self.stages), indices)
+        take = feature_take_indices(len(self.stages), indices)
+        max_index = max(take)
         last = len(self.stages) - 1
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         intermediates = []
@@ -330,7 +305,8 @@ class L2Vit(nn.Module):
             prune_head: bool = True,
     ) -> list[int]:
         """Drop the stages after the deepest of ``indices`` (and optionally the final norm / classifier)."""
-        take, max_index = _take_indices(len(self.stages), indices)
+        take = feature_take_indices(len(self.stages), indices)
+        max_index = max(take)
         self.stages = self.stages[:max_index + 1]
         self.feature_info = self.feature_info[:max_index + 1]
         if prune_norm:

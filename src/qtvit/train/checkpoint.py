@@ -19,6 +19,8 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..checkpoints import atomic_write, fsync_dir
+
 __all__ = [
     "CheckpointError", "atomic_write", "save_weights", "load_weights", "read_metadata", "save_checkpoint",
     "latest_checkpoint", "load_train_state", "resolve_weights",
@@ -32,41 +34,6 @@ class CheckpointError(ValueError):
 def _disk_full(path: Path, e: OSError) -> OSError:
     return OSError(errno.ENOSPC, f"disk full while writing {path}: free space or change --output "
                                  f"(the previous checkpoint is intact) [{e}]")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)``, fsync the result and rename it to `path`; on failure nothing at `path` changes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise _disk_full(path, e) from e
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -178,7 +145,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, tra
         os.rename(tmp, final)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write(root / "latest", lambda t: Path(t).write_text(name + "\n"))
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Process-group set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -52,6 +53,10 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Every rank reaches this point before any tears gloo down: a rank that destroyed its group while
+        # another was still finishing aborted the latter ("terminate called without an active exception").
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
         dist.destroy_process_group()
 
 
