@@ -15,7 +15,7 @@ from qtvit.layers import ChannelAffine, ConvNormAct, DropPath, LiteMLA
 from qtvit.models.efficientvit import EfficientViT, checkpoint_filter_fn, fuse_for_inference
 
 DATA = Path(__file__).parent / "data" / "efficientvit"
-SHARED = Path("/work/shared/fixtures")
+from _paths import SHARED_FIXTURES as SHARED  # noqa: E402
 sys.path.insert(0, str(DATA))
 from oracle_weights import fill, probe_input  # noqa: E402  (a copy of the team's fixtures/oracle_weights.py)
 

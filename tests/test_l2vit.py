@@ -15,7 +15,7 @@ from qtvit.layers.l2vit_blocks import FusedLocalConcentration, LocalConcentratio
 from qtvit.models.l2vit import L2Vit
 
 DATA = Path(__file__).parent / "data" / "l2vit"
-SHARED = Path("/work/shared/fixtures")
+from _paths import SHARED_FIXTURES as SHARED  # noqa: E402
 NAMES = ["l2vit_tiny", "l2vit_small", "l2vit_base", "l2vit_base_384", "l2vit_nano"]
 
 
