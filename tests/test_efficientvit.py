@@ -1,7 +1,6 @@
 """EfficientViT B0-B3 / L1-L3, QT-ViT-1...6 and the small variants: shapes, API, parity with the official code."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,7 @@ from qtvit.models.efficientvit import EfficientViT, checkpoint_filter_fn, fuse_f
 
 DATA = Path(__file__).parent / "data" / "efficientvit"
 from _paths import SHARED_FIXTURES as SHARED  # noqa: E402
-sys.path.insert(0, str(DATA))
 from oracle_weights import fill, probe_input  # noqa: E402  (a copy of the team's fixtures/oracle_weights.py)
-
-sys.path.remove(str(DATA))
 
 OFFICIAL = [f"efficientvit_{v}" for v in ("b0", "b1", "b2", "b3", "l1", "l2", "l3")]
 OFFICIAL += [f"qtvit_{i}" for i in range(1, 7)]

@@ -16,28 +16,8 @@ from qtvit.models.l2vit import L2Vit
 
 DATA = Path(__file__).parent / "data" / "l2vit"
 from _paths import SHARED_FIXTURES as SHARED  # noqa: E402
+from oracle_weights import fill as _fill  # noqa: E402  (a copy of the team's fixtures/oracle_weights.py)
 NAMES = ["l2vit_tiny", "l2vit_small", "l2vit_base", "l2vit_base_384", "l2vit_nano"]
-
-
-def _fill(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Same as the shared ``oracle_weights.fill``: each tensor from a generator seeded by its key's CRC32."""
-    out = {}
-    for key, t in state_dict.items():
-        if not t.is_floating_point():
-            out[key] = t.clone()
-            continue
-        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-        r = torch.randn(t.shape, generator=g, dtype=torch.float64)
-        if key.endswith("running_var"):
-            v = 1.0 + 0.25 * r.tanh()
-        elif key.endswith("running_mean") or key.endswith("bias"):
-            v = 0.1 * r
-        elif t.dim() <= 1:
-            v = 1.0 + 0.1 * r
-        else:
-            v = r / max(1, t[0].numel()) ** 0.5
-        out[key] = v.to(t.dtype)
-    return out
 
 
 def _official_state_dict(keys: list) -> dict[str, torch.Tensor]:
