@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .bench.measure import save_figure
+
 __all__ = [
     "PAPER_KERNELS", "PAPER_TOP1", "default_image", "load_image", "patch_tokens", "model_tokens", "attention_rows",
     "plot_attention_maps", "read_pareto_csv", "pareto_front", "plot_pareto", "pareto_rows_from_benchmark",
@@ -182,14 +184,7 @@ def plot_attention_maps(image: Tensor, rows: dict[str, Tensor], grid: tuple[int,
     for ax in axes:
         ax.plot([cx], [cy], marker="x", color="cyan", ms=9, mew=2)
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -255,13 +250,8 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        ax.set_title(title, fontsize=8)  # an axes title, smaller than save_figure's suptitle
+    return save_figure(fig, path)
 
 
 def pareto_rows_from_benchmark(bench_csv: str | Path, *, mode: str = "eager", size: str = "224",

@@ -9,7 +9,6 @@ each linear kernel against softmax marked.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import math
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..attention import create_kernel, list_kernels
-from .measure import device_line, median_time, peak_memory_bytes
+from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure, write_csv  # noqa: F401
 
 DEFAULT_NS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "time_ms", "runs", "peak_mib",
@@ -101,23 +100,6 @@ def _call(module: Callable, inputs: tuple, backward: bool) -> Callable[[], None]
     return fwd_bwd
 
 
-def write_csv(rows: list[dict], path: Path, device: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(f"# {device}\n")
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        lines = [l for l in f if not l.startswith("#")]
-    return list(csv.DictReader(lines))
-
-
 def crossover(rows: list[dict], kernel: str, *, reference: str = "softmax", head_dim: int | None = None,
               mode: str = "fwd") -> float | None:
     """The N at which ``kernel`` becomes faster than ``reference`` (log-log interpolation), or None."""
@@ -165,12 +147,7 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
         ax.set(xlabel="tokens N", ylabel=f"{mode} time (ms)", title=f"head dim {d}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title=title)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -213,7 +190,7 @@ def run_cli(args: argparse.Namespace) -> int:
                              dtype=getattr(torch, args.dtype), device=device, modes=args.modes,
                              repeats=args.repeats, budget_s=args.budget, max_call_s=args.max_call, peer=args.peer,
                              on_row=show)
-    write_csv(rows, args.out, line)
+    write_csv(rows, args.out, line, FIELDS)
     print(f"wrote {args.out}")
     for d in args.head_dims:
         sel = [r for r in rows if r["head_dim"] == d]

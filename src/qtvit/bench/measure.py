@@ -7,11 +7,13 @@ handed back to the OS first (malloc_trim) so that the call cannot hide its alloc
 """
 from __future__ import annotations
 
+import csv
 import ctypes
 import platform
+from pathlib import Path
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -93,3 +95,35 @@ def device_line(device: torch.device) -> str:
     except OSError:
         pass
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def write_csv(rows: list[dict], path: Path, header: str, fields: Sequence[str]) -> None:
+    """Results as CSV with a ``# machine`` first line (read back by ``read_csv``), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(f"# {header}\n")
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a results CSV, skipping its ``#`` comment lines."""
+    with open(path) as f:
+        return list(csv.DictReader([line for line in f if not line.startswith("#")]))
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, title: str = "") -> Path:
+    """Title, tight layout, save (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -25,7 +25,6 @@ sizes of that model, mode and batch are skipped; a batch-B point whose batch-1 t
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import tempfile
 import time
@@ -35,7 +34,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .measure import device_line, median_time, peak_memory_bytes
+from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
+from .measure import write_csv as write_results_csv
 
 DEFAULT_MODELS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
                   "l2vit_tiny"]
@@ -312,20 +312,8 @@ def profile_table(name: str, size: int | Sequence[int], *, fused: bool = False, 
 # CSV and plot
 # --------------------------------------------------------------------------------------------------------------------
 def write_csv(rows: list[dict], path: Path, header: str, fields: Sequence[str] = FIELDS) -> None:
-    """CSV with a ``# machine`` first line (read back by ``read_csv``), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(f"# {header}\n")
-        w = csv.DictWriter(f, fieldnames=list(fields))
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader([line for line in f if not line.startswith("#")]))
+    """``measure.write_csv`` with this benchmark's columns by default."""
+    write_results_csv(rows, path, header, fields)
 
 
 def plot(rows: list[dict], path: Path, *, title: str = "") -> None:
@@ -360,12 +348,7 @@ def plot(rows: list[dict], path: Path, *, title: str = "") -> None:
                    title=f"{mode}, batch {batch}")
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110, title=title)
 
 
 def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> str:
@@ -373,7 +356,7 @@ def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> 
     done = [r for r in rows if int(r["batch"]) == batch]
     sizes = list(dict.fromkeys(size_label(int(r["height"]), int(r["width"])) for r in sorted(
         done, key=lambda r: int(r["height"]) * int(r["width"]))))
-    lines = [f"| model | mode | " + " | ".join(sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
+    lines = ["| model | mode | " + " | ".join(sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
     keys = list(dict.fromkeys((r["model"], r["mode"]) for r in done))
     for model, mode in keys:
         cells = []
