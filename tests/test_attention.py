@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import rel_err
 from qtvit.attention import attend, attention_map, create_kernel, kronecker_square, list_kernels
 
 ALL = list_kernels()
@@ -31,10 +32,6 @@ def kernel(name, d=8, h=3, **kw):
     return m
 
 
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
 def test_registry_names():
     assert set(ALL) == EXPECTED
 
@@ -43,7 +40,7 @@ def test_registry_names():
 def test_linear_equals_explicit_float64(name):
     m = kernel(name)
     q, k, v = qkv()
-    assert rel(m(q, k, v), m.explicit(q, k, v)) < 1e-10
+    assert rel_err(m(q, k, v), m.explicit(q, k, v)) < 1e-10
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -53,7 +50,7 @@ def test_cross_attention_and_chunking(name):
     ref = m.explicit(q, k, v)
     assert ref.shape == (2, 3, 11, 5)
     m.chunk_size = 4  # several chunks, uneven last one
-    assert rel(m(q, k, v), ref) < 1e-10
+    assert rel_err(m(q, k, v), ref) < 1e-10
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -65,7 +62,7 @@ def test_gradients_linear_equal_explicit(name):
     g_fast = torch.autograd.grad((m(q, k, v) * w).sum(), [q, k, v, *params])
     g_ref = torch.autograd.grad((m.explicit(q, k, v) * w).sum(), [q, k, v, *params])
     for a, b in zip(g_fast, g_ref):
-        assert rel(a, b) < 1e-10
+        assert rel_err(a, b) < 1e-10
     assert torch.autograd.gradcheck(lambda q, k, v: m(q, k, v), (q, k, v))
 
 
@@ -129,14 +126,14 @@ def test_qt_matches_official_formula():
     out = feat(q) @ kv
     ref = out[..., :-1] / (out[..., -1:] + eps)
     m = create_kernel("qt", head_dim=16, num_heads=4, scale=1.25).double()
-    assert rel(m(q, k, v), ref) < 1e-13
+    assert rel_err(m(q, k, v), ref) < 1e-13
 
 
 def test_relu_matches_efficientvit_formula():
     q, k, v = qkv(d=16, dv=16)
     qr, kr = F.relu(q), F.relu(k)
     ref = (qr @ (kr.transpose(-1, -2) @ v)) / ((qr @ kr.sum(2, keepdim=True).transpose(-1, -2)) + 1e-15)
-    assert rel(attend(q, k, v, kernel="relu"), ref) < 1e-13
+    assert rel_err(attend(q, k, v, kernel="relu"), ref) < 1e-13
 
 
 @pytest.mark.parametrize("scale", [0.5, 30.0])  # clamp active, then inactive
@@ -148,7 +145,7 @@ def test_l2vit_matches_official_formula(scale):
     qr, kr = F.relu(q), F.relu(k)
     denom = torch.clamp(qr @ kr.transpose(-2, -1).sum(dim=-1, keepdim=True), 1e2)
     ref = qr @ ((kr.transpose(-2, -1) @ v) * m.temperature.double()) / denom
-    assert rel(m(q, k, v), ref) < 1e-13
+    assert rel_err(m(q, k, v), ref) < 1e-13
 
 
 def test_qt_paper_similarity_formula():
@@ -181,7 +178,7 @@ def test_qt_random_is_unbiased_over_seeds():
     s2 = (q @ k.transpose(-1, -2) / math.sqrt(d)) ** 2
     est = torch.stack([create_kernel("qt_random", head_dim=d, seed=i).double().quadratic_similarity(q, k)
                        for i in range(2000)]).mean(0)
-    assert rel(est, s2) < 0.1  # deterministic seeds: a fixed number, not a flaky one
+    assert rel_err(est, s2) < 0.1  # deterministic seeds: a fixed number, not a flaky one
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

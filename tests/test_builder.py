@@ -14,7 +14,7 @@ from qtvit.models._features import FeatureListNet
 
 from _tiny_model import TinyNet, randomize, registered
 
-from _paths import SHARED_FIXTURES as FIXTURES  # noqa: E402
+from conftest import SHARED_FIXTURES as FIXTURES  # noqa: E402
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from qtvit.cli import COMMANDS, build_parser, config_from_args, main
 from qtvit.data import load_fashion_mnist
-from test_train_utils import SMALL_FMNIST, tiny_models  # noqa: F401 (a fixture)
+from conftest import SMALL_FMNIST
 
 pytestmark = pytest.mark.usefixtures("tiny_models")
 

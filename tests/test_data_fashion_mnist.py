@@ -10,7 +10,7 @@ import torch
 
 from qtvit.data import (FASHION_MNIST_CLASSES, TensorBatches, build_batches, find_fashion_mnist, load_fashion_mnist,
                         open_dataset, read_idx, resolve_data_config, write_idx)
-from test_train_utils import SMALL_FMNIST
+from conftest import SMALL_FMNIST
 
 
 def test_small_subset_is_real_fashion_mnist():

@@ -12,7 +12,6 @@ from PIL import Image
 
 from qtvit.data import (BatchAugment, EvalTransform, TrainTransform, build_batches, mixup_cutmix, open_dataset,
                         resolve_data_config)
-from test_train_utils import tiny_models  # noqa: F401 (a fixture)
 
 
 @pytest.fixture()
@@ -105,7 +104,7 @@ def test_batch_augment_normalises_and_augments():
 @pytest.mark.usefixtures("tiny_models")
 def test_training_on_a_folder_with_the_full_augmentation(folder, tmp_path):
     from qtvit.train import train, validate
-    from test_train_utils import tiny_config
+    from conftest import tiny_config
     r = train(tiny_config(tmp_path, data=str(folder), batch_size=4, epochs=1, workers=0, randaug_n=2, randaug_m=5,
                           reprob=0.5, mixup=0.2, cutmix=1.0, bce=True))
     row = r["history"][-1]

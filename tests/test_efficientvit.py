@@ -14,7 +14,7 @@ from qtvit.layers import ChannelAffine, ConvNormAct, DropPath, LiteMLA
 from qtvit.models.efficientvit import EfficientViT, checkpoint_filter_fn, fuse_for_inference
 
 DATA = Path(__file__).parent / "data" / "efficientvit"
-from _paths import SHARED_FIXTURES as SHARED  # noqa: E402
+from conftest import SHARED_FIXTURES as SHARED, rel_err  # noqa: E402
 from oracle_weights import fill, probe_input  # noqa: E402  (a copy of the team's fixtures/oracle_weights.py)
 
 OFFICIAL = [f"efficientvit_{v}" for v in ("b0", "b1", "b2", "b3", "l1", "l2", "l3")]
@@ -52,10 +52,6 @@ def _input(res, batch=2):
     return torch.randn(batch, 3, *res, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
 
 
-def _rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def _fixtures():
     files = sorted(DATA.glob("*.json"))
     return [pytest.param(f, marks=pytest.mark.slow) if f.name.split("_r")[0] in BIG else f for f in files]
@@ -75,7 +71,7 @@ def test_parity_shared_fixtures_224(name, fixture):
     assert sum(p.numel() for p in model.parameters()) == ref["params"]
     with torch.no_grad():
         logits = model(_input(ref["resolution"]))
-    assert _rel_err(logits, torch.tensor(ref["logits"], dtype=torch.float64)) < 1e-9
+    assert rel_err(logits, torch.tensor(ref["logits"], dtype=torch.float64)) < 1e-9
 
 
 @pytest.mark.parametrize("path", _fixtures(), ids=lambda p: p.stem)
@@ -90,7 +86,7 @@ def test_parity_with_official_code(path):
     with torch.no_grad():
         logits = model(_input(res))
     assert logits.shape == (2, 1000)
-    assert _rel_err(logits, torch.tensor(ref["logits"], dtype=torch.float64)) < 1e-9
+    assert rel_err(logits, torch.tensor(ref["logits"], dtype=torch.float64)) < 1e-9
 
 
 @pytest.mark.parametrize("name", OFFICIAL)

@@ -15,8 +15,8 @@ from qtvit.layers.l2vit_blocks import FusedLocalConcentration, LocalConcentratio
 from qtvit.models.l2vit import L2Vit
 
 DATA = Path(__file__).parent / "data" / "l2vit"
-from _paths import SHARED_FIXTURES as SHARED  # noqa: E402
-from oracle_weights import fill as _fill  # noqa: E402  (a copy of the team's fixtures/oracle_weights.py)
+from conftest import SHARED_FIXTURES as SHARED, rel_err  # noqa: E402
+from oracle_weights import fill as _fill, probes  # noqa: E402  (a copy of the team's fixtures/oracle_weights.py)
 NAMES = ["l2vit_tiny", "l2vit_small", "l2vit_base", "l2vit_base_384", "l2vit_nano"]
 
 
@@ -34,19 +34,8 @@ def _load_official(name: str, keys: list) -> L2Vit:
 
 
 def _probes(feats: list[torch.Tensor]) -> dict[str, list]:
-    """The shared fixtures' ``oracle_weights.probes`` for stage maps stage0..stage3."""
-    out = {}
-    for i, f in enumerate(feats):
-        name = f"stage{i}"
-        f = f - f.mean(dim=(2, 3), keepdim=True)
-        g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-        w = torch.randn((8,) + tuple(f.shape[1:]), generator=g, dtype=torch.float64)
-        out[name] = torch.einsum("bchw,pchw->bp", f.double(), w)
-    return out
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
+    """The shared fixtures' ``oracle_weights.probes`` of stage maps stage0..stage3."""
+    return probes({f"stage{i}": f for i, f in enumerate(feats)})
 
 
 def _filled(model: nn.Module) -> nn.Module:
@@ -65,9 +54,9 @@ def _check_parity(name: str, fixture: dict, x: torch.Tensor, tol: float = 1e-9) 
         logits = model.forward_head(final)
     ref = torch.tensor(fixture["logits"], dtype=torch.float64)
     assert logits.shape == ref.shape
-    assert _rel(logits, ref) < tol, f"{name}: logits differ from the official code by {_rel(logits, ref):.3g}"
+    assert rel_err(logits, ref) < tol, f"{name}: logits differ from the official code by {rel_err(logits, ref):.3g}"
     for stage, p in _probes(feats).items():
-        assert _rel(p, torch.tensor(fixture["probes"][stage], dtype=torch.float64)) < tol, f"{name} {stage}"
+        assert rel_err(torch.tensor(p, dtype=torch.float64), torch.tensor(fixture["probes"][stage], dtype=torch.float64)) < tol, f"{name} {stage}"
 
 
 @pytest.mark.skipif(not (SHARED / "l2vit_t_r224.json").exists(), reason="shared fixtures not available")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from qtvit.train import train
-from test_train_utils import tiny_config, tiny_models  # noqa: F401 (a fixture)
+from conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("tiny_models")
 
@@ -22,7 +22,7 @@ _SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
     sys.path.insert(0, {tests!r})
-    from test_train_utils import register_tiny_models, tiny_config
+    from conftest import register_tiny_models, tiny_config
     from qtvit.train import train
     register_tiny_models()
     r = train(tiny_config({out!r}, model="train_tiny_gn", name="ddp", batch_size=10, epochs=2, lr=3e-3,

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import qtvit.train.checkpoint as ckpt_mod
 from qtvit.train import CheckpointError, latest_checkpoint, load_model, load_weights, reestimate_bn, save_weights, train
-from test_train_utils import SMALL_FMNIST, TinyNet, tiny_config, tiny_models  # noqa: F401 (a fixture)
+from conftest import SMALL_FMNIST, TinyNet, tiny_config
 
 
 class _NaNOnce(TinyNet):

@@ -1,0 +1,38 @@
+"""Small helpers every layer of the package shares: name suggestions and image-size parsing."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Sequence
+
+__all__ = ["did_you_mean", "parse_size"]
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """``"; did you mean a, b?"`` for the closest of `choices` to `name`, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def parse_size(size: str | int | Sequence[int]) -> tuple[int, int]:
+    """An image size as (H, W): ``224`` or ``"224"`` -> (224, 224); ``"512x1024"`` or ``(512, 1024)`` -> (512, 1024).
+
+    Raises ValueError naming the value for anything else, or for a side below 1.
+    """
+    bad = f"bad image size {size!r}: give one side (224) or HxW (512x1024), each at least 1"
+    if isinstance(size, bool):
+        raise ValueError(bad)
+    if isinstance(size, int):
+        sides = [size]
+    elif isinstance(size, str):
+        try:
+            sides = [int(p) for p in size.lower().replace("×", "x").split("x")]
+        except ValueError:
+            raise ValueError(bad) from None
+    else:
+        try:
+            sides = [int(s) for s in size]
+        except (TypeError, ValueError):
+            raise ValueError(bad) from None
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise ValueError(bad)
+    return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
