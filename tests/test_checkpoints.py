@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import qtvit
-from qtvit import checkpoints
-from qtvit.checkpoints import CheckpointError, adapt_input_conv, load_checkpoint, save_pretrained
+from qtvit import checkpoints, save_pretrained
+from qtvit.checkpoints import CheckpointError, adapt_input_conv, load_checkpoint
 
 from _tiny_model import TinyNet, randomize, registered, to_official
 
@@ -202,7 +202,7 @@ def test_save_pretrained_round_trip(tiny, tmp_path):
     expected = model(X)
     for rebuilt in (qtvit.create_model(tiny, checkpoint_path=out),  # name + directory
                     qtvit.create_model(checkpoint_path=out / "model.safetensors"),  # the file alone
-                    checkpoints.load_pretrained_dir(out)):
+                    qtvit.create_model(checkpoint_path=out)):
         assert rebuilt.model_args["act_layer"] is nn.GELU and rebuilt.model_args["widths"] == [4, 6, 12]
         assert rebuilt.kernel_name == "relu" and isinstance(rebuilt.stem[2], nn.GELU)
         assert rebuilt.load_report.ok and rebuilt.load_report.dropped == []
@@ -216,7 +216,7 @@ def test_save_records_reset_classifier_and_tied_tensors(tiny, tmp_path):
     model.head_alias = nn.Linear(8, 5)
     model.head_alias.weight = model.head.weight
     save_pretrained(model, tmp_path)
-    rebuilt = checkpoints.load_pretrained_dir(tmp_path)
+    rebuilt = qtvit.create_model(checkpoint_path=tmp_path)
     assert rebuilt.model_args["num_classes"] == 5  # read from the weights, not the stale creation args
     assert _same(model, rebuilt)
 
@@ -240,7 +240,7 @@ def test_save_is_atomic(tiny, tmp_path, monkeypatch):
             f.write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints, "save_file", boom)
+    monkeypatch.setattr(checkpoints.save, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(randomize(model), tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
@@ -253,7 +253,7 @@ def test_refuses_foreign_types_in_config(tiny, tmp_path):
     cfg["model_args"]["act_layer"] = {"__type__": "os:system"}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="refusing to import 'os:system'"):
-        checkpoints.load_pretrained_dir(tmp_path)
+        qtvit.create_model(checkpoint_path=tmp_path)
 
 
 def test_mismatch_names_the_saved_architecture(tiny, tmp_path):

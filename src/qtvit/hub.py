@@ -1,12 +1,19 @@
-"""Download pretrained weights once into a local cache (urllib only: no extra dependency).
+"""The one downloader of the package: pretrained weights and datasets, fetched once into a local cache (urllib
+only: no extra dependency).
 
-The cache is ``$QTVIT_CACHE`` or ``~/.cache/qtvit``; a file is stored under its URL's base name, so a user without
-network can put a file there by hand (the error messages say which name and where). ``$QTVIT_PRETRAINED_URL_BASE``
-redirects every pretrained URL to a mirror: ``<base>/<file name>`` (tests point it at a loopback server).
+The cache is ``$QTVIT_CACHE``, else ``$XDG_CACHE_HOME/qtvit``, else ``~/.cache/qtvit``; a file is stored under its
+URL's base name, so a user without network can put a file there by hand (the error messages say which name and
+where). ``$QTVIT_PRETRAINED_URL_BASE`` redirects every pretrained URL to a mirror: ``<base>/<file name>`` (tests
+point it at a loopback server).
+
+A cached file is verified before it is reused: against the expected sha256 when the caller has one, otherwise
+against the sha256 recorded (in ``.<name>.sha256`` beside it) when it was downloaded; and by the caller's ``check``
+(e.g. "is it a readable checkpoint"). A cached file that fails is deleted and downloaded again, once.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -15,10 +22,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Callable
+
+from ._io import default_file_mode, write_text
 
 __all__ = ["DownloadError", "download", "get_cache_dir", "resolve_url"]
 
 _CHUNK = 1 << 20
+_logger = logging.getLogger(__name__)
 
 
 class DownloadError(OSError):
@@ -26,11 +37,15 @@ class DownloadError(OSError):
 
 
 def get_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The weights cache: ``cache_dir`` if given, else ``$QTVIT_CACHE``, else ``~/.cache/qtvit``."""
+    """The cache: ``cache_dir`` if given, else ``$QTVIT_CACHE``, else ``$XDG_CACHE_HOME/qtvit``, else
+    ``~/.cache/qtvit``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get("QTVIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "qtvit"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "qtvit"
 
 
 def resolve_url(url: str) -> str:
@@ -65,6 +80,26 @@ def _check_hash(digest: str, sha256: str | None, what: str, fix: str) -> None:
         raise DownloadError(f"{what} has sha256 {digest}, expected {expected}. {fix}")
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
+
+
+def _cached_problem(path: Path, sha256: str | None, check: Callable[[Path], None] | None) -> str | None:
+    """Why the cached ``path`` cannot be reused, or None when it can."""
+    recorded = _sidecar(path).read_text().strip() if _sidecar(path).is_file() else None
+    expected = (sha256 or recorded or "").lower()
+    if expected:
+        digest = _sha256(path)
+        if not digest.startswith(expected):
+            return f"its sha256 is {digest}, expected {expected}"
+    if check is not None:
+        try:
+            check(path)
+        except (ValueError, OSError) as e:
+            return str(e)
+    return None
+
+
 def download(
     url: str,
     cache_dir: str | os.PathLike | None = None,
@@ -72,20 +107,43 @@ def download(
     progress: bool = True,
     timeout: float = 30.0,
     file_name: str | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Return the local path of ``url``'s file, downloading it into the cache first if it is not there yet.
 
     The download goes to a temporary file in the cache directory that is renamed into place only once it is
     complete (and matches ``sha256``, a hex digest or a prefix of at least 8 digits), so an interrupted download
-    never leaves a truncated file under the final name. A cached file is reused without any request; with
-    ``sha256`` it is checked first. Raises DownloadError naming the file and its cache path when offline.
+    never leaves a truncated file under the final name; without ``sha256`` the digest of the download is recorded
+    beside it. A cached file is reused without any request once it passes the hash and ``check`` (a callable that
+    raises ValueError/OSError for an unusable file); a cached file that fails is deleted and downloaded again.
+    Raises DownloadError naming the file and its cache path when offline.
     """
+    if sha256 is not None and len(sha256) < 8:
+        raise ValueError(f"sha256 {sha256!r} is too short: give at least 8 hex digits")
     folder = get_cache_dir(cache_dir)
     path = folder / (file_name or url_file_name(url))
     if path.is_file():
-        _check_hash(_sha256(path), sha256, f"cached file {path}", "Delete it to download it again.")
-        return path
+        problem = _cached_problem(path, sha256, check)
+        if problem is None:
+            return path
+        _logger.warning("cached file %s is damaged (%s); deleting it and downloading it again", path, problem)
+        path.unlink()
+        _sidecar(path).unlink(missing_ok=True)
+    _fetch(url, path, sha256, progress, timeout)
+    if check is not None:
+        try:
+            check(path)
+        except (ValueError, OSError) as e:
+            path.unlink(missing_ok=True)
+            _sidecar(path).unlink(missing_ok=True)
+            raise DownloadError(f"the file downloaded from {url} cannot be used ({str(e)[:300]}); nothing was "
+                                "cached. The server may be serving an error page or a damaged file: try again later "
+                                f"or download it by hand to {path}.") from e
+    return path
 
+
+def _fetch(url: str, path: Path, sha256: str | None, progress: bool, timeout: float) -> None:
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     by_hand = (
         f"Without network, download {url} elsewhere and put it at {path} "
@@ -113,13 +171,19 @@ def download(
                 raise DownloadError(f"cannot download {url} ({reason}). {by_hand}") from e
             out.flush()
             os.fsync(out.fileno())
-        _check_hash(h.hexdigest(), sha256, f"downloaded file {url}", "The file on the server differs; nothing "
+        digest = h.hexdigest()
+        _check_hash(digest, sha256, f"downloaded file {url}", "The file on the server differs; nothing "
                     "was cached. Check the url, or pass sha256=None if the change is expected.")
+        if total is not None and os.path.getsize(tmp) != total:
+            raise DownloadError(f"downloading {url} stopped after {os.path.getsize(tmp)} of {total} bytes; nothing "
+                                f"was cached. Try again. {by_hand}")
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would hide the cache from other users
         os.replace(tmp, path)
+        if sha256 is None:  # nothing to check a later reuse against: remember what a complete download was
+            write_text(_sidecar(path), digest + "\n")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def _progress_bar(total: int | None, name: str, enabled: bool):
