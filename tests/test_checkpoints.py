@@ -272,3 +272,305 @@ def test_reads_qtvit_train_weights(tiny, tmp_path):
     save_file(src.state_dict(), tmp_path / "model.safetensors", metadata={"qtvit": json.dumps(meta)})
     model = qtvit.create_model(checkpoint_path=tmp_path / "model.safetensors")
     assert _same(model, src) and model.model_args == {"widths": [4, 6, 6], "num_classes": 4, "in_chans": 3}
+
+
+# ------------------------------------------------------------------------------------------------ one format
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_save_weights_carries_the_config_and_rebuilds(tiny, tmp_path):
+    model = randomize(qtvit.create_model(tiny, num_classes=4, widths=[4, 6, 6]))
+    model.pretrained_cfg.update(label_names=list("abcd"), dataset="fashion-mnist", recipe="fmnist")
+    path = checkpoints.save_weights(model, tmp_path / "w" / "model.safetensors")
+    assert path == tmp_path / "w" / "model.safetensors" and os.listdir(path.parent) == ["model.safetensors"]
+    assert path.stat().st_mode & 0o777 == _umask_mode()  # the umask's mode, not mkstemp's 0600
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert set(meta) == {"format", checkpoints.CONFIG_KEY} and checkpoints.CONFIG_KEY == "qtvit_config"
+    cfg = checkpoints.read_config(path)
+    assert cfg == json.loads(meta["qtvit_config"]) and cfg["architecture"] == tiny
+    assert cfg["model_args"] == {"num_classes": 4, "in_chans": 3, "widths": [4, 6, 6]}
+    pcfg = cfg["pretrained_cfg"]
+    assert pcfg["label_names"] == list("abcd") and pcfg["dataset"] == "fashion-mnist" and pcfg["recipe"] == "fmnist"
+    assert pcfg["input_size"] == [3, 32, 32] and pcfg["mean"] == [0.5] * 3 and "file" not in pcfg
+    rebuilt = qtvit.create_model(checkpoint_path=path).eval()
+    assert rebuilt.pretrained_cfg["label_names"] == list("abcd")
+    torch.testing.assert_close(rebuilt(X), model(X), rtol=0, atol=0)
+
+
+class _DDP(nn.Module):  # the one attribute of DistributedDataParallel that matters here
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+class _Compiled(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self._orig_mod = module
+
+
+def test_model_config_unwraps_ddp_compile_and_features(tiny, tmp_path):
+    model = qtvit.create_model(tiny, num_classes=3)
+    plain = checkpoints.model_config(model)
+    assert checkpoints.model_config(_DDP(_Compiled(model))) == plain
+    feats = qtvit.create_model(tiny, num_classes=3, features_only=True, out_indices=(1, 2))
+    cfg = checkpoints.model_config(feats)
+    assert cfg["architecture"] == tiny and cfg["features_only"] is True and cfg["out_indices"] == [1, 2]
+    out = checkpoints.save_weights(_DDP(model), tmp_path / "m.safetensors")
+    assert "module.stem.0.weight" not in load_file_keys(out) and "stem.0.weight" in load_file_keys(out)
+
+
+def load_file_keys(path):
+    from safetensors.torch import load_file
+    return set(load_file(str(path)))
+
+
+def test_layer_types_round_trip_including_partial(tiny, tmp_path):
+    import functools
+    act = functools.partial(nn.GELU, approximate="tanh")
+    model = qtvit.create_model(tiny, act_layer=act)
+    cfg = checkpoints.model_config(model)
+    assert cfg["model_args"]["act_layer"] == {"__type__": "torch.nn.modules.activation:GELU",
+                                              "kwargs": {"approximate": "tanh"}}
+    back = checkpoints.decode_model_args(cfg)["act_layer"]
+    assert back.func is nn.GELU and back.keywords == {"approximate": "tanh"} and back.args == ()
+    save_pretrained(model, tmp_path)
+    assert qtvit.create_model(checkpoint_path=tmp_path).stem[2].approximate == "tanh"
+
+
+@pytest.mark.parametrize("name", ["torch.serialization:os.abort", "os:system", "builtins:eval", "torch:load",
+                                  "qtvit.hub:download", "torch.nn.modules.activation:GELU.__init__",
+                                  "subprocess:Popen", "torch.nn:modules.activation.GELU", 42])
+def test_decode_refuses_names_outside_the_allow_list(tiny, tmp_path, monkeypatch, name):
+    called = []
+    monkeypatch.setattr(os, "abort", lambda *a: called.append(a))
+    monkeypatch.setattr(os, "system", lambda *a: called.append(a))
+    with pytest.raises(CheckpointError, match=rf"refusing to import {repr(name)[:20]}.*not one of the layer types"):
+        checkpoints.decode_model_args({"architecture": tiny, "model_args": {"act_layer": {"__type__": name}}})
+    save_pretrained(qtvit.create_model(tiny), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["model_args"]["act_layer"] = {"__type__": name}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="refusing to import"):
+        qtvit.create_model(checkpoint_path=tmp_path)
+    assert called == []
+
+
+def test_decode_renames_img_size_for_efficientvit_family():
+    for arch in ("qtvit_1", "efficientvit_b1"):
+        args = checkpoints.decode_model_args({"architecture": arch, "model_args": {"img_size": 28, "kernel": "qt"}})
+        assert args == {"pos_embed_size": 28, "kernel": "qt"}
+    assert checkpoints.decode_model_args({"architecture": "l2vit_tiny", "model_args": {"img_size": 28}}) == {
+        "img_size": 28}
+    with pytest.raises(CheckpointError, match="malformed layer type"):
+        checkpoints.decode_model_args({"architecture": "x", "model_args": {"a": {"__type__": "x", "extra": 1}}})
+
+
+def test_encode_refuses_types_outside_the_allow_list(tmp_path):
+    model = TinyNet()
+    model.model_args = {"act_layer": nn.Conv2d}
+    with pytest.raises(ValueError, match=r"cannot record the constructor argument act_layer=.*LAYER_TYPES"):
+        save_pretrained(model, tmp_path, config={"architecture": "x"})
+
+
+# ------------------------------------------------------------------------------------------------ training checkpoints
+
+
+def _state(step):
+    return {"optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+            "global_step": step, "history": [{"top1": 50.0}], "best": {"top1": 1.5, "which": "model"},
+            "rng": [{"torch": torch.get_rng_state(), "numpy": ["MT19937", list(range(4)), 1, 0, 0.0]}],
+            "note": None, "flag": True}
+
+
+def test_save_checkpoint_layout_latest_keep_and_resume(tiny, tmp_path):
+    model, ema = randomize(qtvit.create_model(tiny), 1), randomize(qtvit.create_model(tiny), 2)
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".step_00000003.killed").mkdir(parents=True)  # a write killed earlier
+    (run / "checkpoints" / ".step_00000003.killed" / "model.safetensors").write_bytes(b"half")
+    first = checkpoints.save_checkpoint(run, 5, model, _state(5), ema=ema, keep=2)
+    assert first == run / "checkpoints" / "step_00000005"
+    assert sorted(os.listdir(first)) == ["ema.safetensors", "model.safetensors", "train_state.pt"]
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest", "step_00000005"]  # the stale temp folder is gone
+    assert all((first / f).stat().st_mode & 0o777 == _umask_mode() for f in os.listdir(first))
+    checkpoints.save_checkpoint(run, 10, model, _state(10), keep=2)
+    checkpoints.save_checkpoint(run, 15, model, _state(15), keep=2)
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest", "step_00000010", "step_00000015"]
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000015\n"
+    assert checkpoints.latest_checkpoint(run) == run / "checkpoints" / "step_00000015"
+    state = checkpoints.load_train_state(run / "checkpoints" / "step_00000015")
+    assert state["global_step"] == 15 and torch.equal(state["optimizer"]["state"][0]["exp_avg"], torch.ones(3))
+    assert state["rng"][0]["numpy"] == ["MT19937", [0, 1, 2, 3], 1, 0, 0.0] and state["note"] is None
+    assert checkpoints.load_train_state(run)["global_step"] == 15  # a run folder: its latest
+    # re-saving a step replaces it whole; a pointer that names no checkpoint falls back to the newest complete one
+    checkpoints.save_checkpoint(run, 15, model, _state(16), ema=ema, keep=2)
+    assert checkpoints.load_train_state(run)["global_step"] == 16
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest", "step_00000010", "step_00000015"]
+    (run / "checkpoints" / "latest").write_text("../../elsewhere\n")
+    assert checkpoints.latest_checkpoint(run) == run / "checkpoints" / "step_00000015"
+    dst = qtvit.create_model(tiny)
+    assert load_checkpoint(dst, first.parent / "step_00000015").ok and _same(dst, model)
+    assert load_checkpoint(dst, run / "checkpoints" / "step_00000015", use_ema=True).state_key == "ema"
+    assert _same(dst, ema)
+    assert checkpoints.latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_resolve_weights_paths_and_errors(tiny, tmp_path):
+    model = qtvit.create_model(tiny)
+    run = tmp_path / "run"
+    ck = checkpoints.save_checkpoint(run, 7, model, _state(7))
+    assert checkpoints.resolve_weights(ck) == ck / "model.safetensors"
+    assert checkpoints.resolve_weights(run) == ck / "model.safetensors"  # no best/ yet
+    best = checkpoints.save_weights(model, run / "best" / "model.safetensors")
+    assert checkpoints.resolve_weights(run) == best
+    assert checkpoints.resolve_weights(run, prefer="latest") == ck / "model.safetensors"
+    assert checkpoints.resolve_weights(best) == best
+    assert checkpoints.resolve_weights(save_pretrained(model, tmp_path / "sp")) == tmp_path / "sp" / "model.safetensors"
+    with pytest.raises(ValueError, match="prefer='newest'"):
+        checkpoints.resolve_weights(run, prefer="newest")
+    with pytest.raises(FileNotFoundError, match=r"missing does not exist"):
+        checkpoints.resolve_weights(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty has no model\.safetensors .*checkpoints/"):
+        checkpoints.resolve_weights(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"no train_state\.pt in .*empty; --resume takes"):
+        checkpoints.load_train_state(tmp_path / "empty")
+
+
+def _legacy_run(tmp_path, name):
+    """A run folder exactly as qtvit.train wrote it before the one format (metadata key "qtvit", numpy RNG)."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    src = randomize(TinyNet(num_classes=4, widths=(4, 6, 6)))
+    meta = {"model": name, "num_classes": 4, "in_chans": 3, "img_size": 32, "crop_pct": 1.0,
+            "interpolation": "bicubic", "mean": [0.3] * 3, "std": [0.2] * 3, "class_names": list("wxyz"),
+            "dataset": "folder", "recipe": "fmnist", "model_kwargs": {"widths": [4, 6, 6]}}
+    run = tmp_path / "old_run"
+    step = run / "checkpoints" / "step_00000012"
+    step.mkdir(parents=True)
+    sd = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(sd, step / "model.safetensors", metadata={"format": "pt", "qtvit": json.dumps(meta)})
+    torch.save({"global_step": 12, "rng": [{"numpy": np.random.get_state(), "torch": torch.get_rng_state()}],
+                "history": [], "lr": np.float64(0.5)}, step / "train_state.pt")
+    (run / "checkpoints" / "latest").write_text("step_00000012\n")
+    (run / "best").mkdir()
+    save_file(sd, run / "best" / "model.safetensors", metadata={"format": "pt", "qtvit": json.dumps(meta)})
+    (run / "best" / "config.json").write_text(json.dumps({**meta, "top1": 80.0, "epoch": 2}))
+    return run, src
+
+
+def test_legacy_run_folders_still_load_and_resume(tiny, tmp_path):
+    import numpy as np
+
+    run, src = _legacy_run(tmp_path, tiny)
+    for path in (run, run / "best", run / "checkpoints" / "step_00000012",
+                 run / "checkpoints" / "step_00000012" / "model.safetensors"):
+        cfg = checkpoints.read_config(path)
+        assert cfg["architecture"] == tiny and cfg["model_args"] == {"widths": [4, 6, 6], "num_classes": 4,
+                                                                     "in_chans": 3}, path
+        assert cfg["pretrained_cfg"]["input_size"] == [3, 32, 32] and cfg["pretrained_cfg"]["label_names"] == list(
+            "wxyz") and cfg["pretrained_cfg"]["mean"] == [0.3] * 3 and cfg["pretrained_cfg"]["recipe"] == "fmnist"
+        model = qtvit.create_model(checkpoint_path=path)
+        assert _same(model, src) and model.pretrained_cfg["label_names"] == list("wxyz")
+    state = checkpoints.load_train_state(run)
+    assert state["global_step"] == 12 and state["lr"] == 0.5
+    kind, keys, pos, *_ = state["rng"][0]["numpy"]
+    assert kind == "MT19937" and isinstance(keys, np.ndarray) and keys.dtype == np.uint32 and keys.shape == (624,)
+
+
+# ------------------------------------------------------------------------------------------------ full disk
+
+
+class _FillingDisk:
+    """The disk-usage probe of a disk that fills up during the write: room at first, ``left`` bytes after."""
+
+    def __init__(self, left):
+        self.left, self.full = left, False
+
+    def __call__(self, path):
+        return self.left if self.full else 10 ** 12
+
+    def torch_save(self, obj, f, *a, **k):  # what torch.save raises on a full disk: the errno is lost
+        self.full = True
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+
+def test_full_disk_during_checkpoint_keeps_the_previous(tiny, tmp_path, monkeypatch):
+    import errno
+
+    from qtvit import _io
+    model = qtvit.create_model(tiny)
+    run = tmp_path / "run"
+    checkpoints.save_checkpoint(run, 5, model, _state(5))
+    disk = _FillingDisk(2048)
+    monkeypatch.setattr(checkpoints.save.torch, "save", disk.torch_save)
+    monkeypatch.setattr(_io, "disk_free", disk)
+    with pytest.raises(OSError) as e:
+        checkpoints.save_checkpoint(run, 10, model, _state(10))
+    msg = str(e.value)
+    assert e.value.errno == errno.ENOSPC
+    assert f"disk full while writing {run / 'checkpoints' / 'step_00000010'}" in msg
+    assert f"{run / 'checkpoints'} has 2.0 KiB free" in msg and "needs about" in msg
+    assert "previous checkpoint step_00000005 is intact" in msg and "free space or change --output" in msg
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest", "step_00000005"]  # no half-written folder
+    assert checkpoints.load_train_state(run)["global_step"] == 5
+
+
+def test_atomic_write_explains_torch_save_on_a_full_disk(tmp_path, monkeypatch):
+    import errno
+
+    from qtvit import _io
+    target = tmp_path / "state.pt"
+    target.write_bytes(b"previous")
+    disk = _FillingDisk(100)
+    monkeypatch.setattr(_io, "disk_free", disk)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half a file")
+        try:  # torch.save on a full disk: the stream error, then the container's "unexpected pos"
+            raise RuntimeError("basic_ios::clear: iostream error")
+        except RuntimeError:
+            disk.torch_save(None, tmp)
+
+    with pytest.raises(OSError) as e:
+        _io.atomic_write(target, write, size=400_000)
+    assert e.value.errno == errno.ENOSPC and "inline_container" in str(e.value)
+    assert f"{tmp_path} has 100 B free and this write needs about 390.6 KiB" in str(e.value)
+    assert "previous file, if any, is intact" in str(e.value)
+    assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["state.pt"]
+
+
+def test_disk_full_detection(tmp_path, monkeypatch):
+    import errno
+
+    from qtvit import _io
+    from safetensors import SafetensorError
+
+    def fail(exc):
+        def write(tmp):
+            raise exc
+        return write
+
+    # safetensors keeps the OS's words; plenty of free space does not hide them
+    with pytest.raises(OSError, match=r"disk full while writing .*w\.safetensors") as e:
+        _io.atomic_write(tmp_path / "w.safetensors", fail(SafetensorError(
+            "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left\" })")))
+    assert e.value.errno == errno.ENOSPC
+    # other failures pass through unchanged, even with little space left
+    monkeypatch.setattr(_io, "disk_free", lambda path: 10)
+    with pytest.raises(TypeError, match="not a tensor"):
+        _io.atomic_write(tmp_path / "x", fail(TypeError("not a tensor")), size=5)
+    # a known size above the free space fails before writing anything
+    called = []
+    with pytest.raises(OSError, match=r"has 10 B free and this write needs about 1\.0 KiB"):
+        _io.atomic_write(tmp_path / "y", lambda tmp: called.append(tmp), size=1024)
+    assert called == [] and os.listdir(tmp_path) == []

@@ -80,8 +80,8 @@ def disk_full_error(exc: BaseException, target: str | os.PathLike, needed: int |
     A failure counts as a full disk when it says so (errno or message), or when a write failed (OSError,
     RuntimeError, safetensors' error) and the folder now has less free space than ``needed`` bytes.
     """
-    if getattr(exc, "_qtvit_explained", False) and exc.__cause__ is not None:
-        exc = exc.__cause__  # explained by an inner writer: explain the original failure again, for this target
+    reason = getattr(exc, "_qtvit_reason", None)  # explained by an inner writer: explain it again for this target
+    reason = reason or f"{type(exc).__name__}: {str(exc).strip()[:300]}"
     folder = Path(target).parent
     free = disk_free(folder)
     io_failure = isinstance(exc, (OSError, RuntimeError)) or "serializ" in str(exc).lower()
@@ -89,9 +89,9 @@ def disk_full_error(exc: BaseException, target: str | os.PathLike, needed: int |
         return None
     need = f"about {format_bytes(needed)}" if needed is not None else "more"
     err = OSError(errno.ENOSPC, f"disk full while writing {target}: {folder} has {format_bytes(free)} free and "
-                                f"this write needs {need}. Free space or change --output (write elsewhere); {kept}. "
-                                f"[{type(exc).__name__}: {str(exc).strip()[:300]}]")
-    err._qtvit_explained = True
+                                f"this write needs {need}: free space or change --output (write elsewhere); {kept}. "
+                                f"[{reason}]")
+    err._qtvit_reason = reason
     return err
 
 
@@ -106,7 +106,7 @@ def atomic_write(dst: str | os.PathLike, write: Callable[[str], None], *, size: 
     dst.parent.mkdir(parents=True, exist_ok=True)
     free = disk_free(dst.parent)
     if size is not None and free is not None and free < size:
-        raise disk_full_error(OSError(errno.ENOSPC, "not enough free space to start"), dst, size)
+        raise disk_full_error(OSError(errno.ENOSPC, "checked before writing, nothing was written"), dst, size)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -184,11 +184,15 @@ def _from_legacy(meta: Mapping) -> dict | None:
     """The config of weights written by qtvit.train before CONFIG_KEY existed (see the module docstring)."""
     if not meta.get("model"):
         return None
-    args = dict(meta.get("model_kwargs") or {})
-    args.update({k: meta[k] for k in ("num_classes", "in_chans") if meta.get(k)})
-    pcfg: dict[str, Any] = {}
-    if meta.get("in_chans") and meta.get("img_size"):
-        pcfg["input_size"] = [int(meta["in_chans"]), int(meta["img_size"]), int(meta["img_size"])]
+    try:
+        args = dict(meta.get("model_kwargs") or {})
+        args.update({k: int(meta[k]) for k in ("num_classes", "in_chans") if meta.get(k)})
+        pcfg: dict[str, Any] = {}
+        if meta.get("in_chans") and meta.get("img_size"):
+            pcfg["input_size"] = [int(meta["in_chans"]), int(meta["img_size"]), int(meta["img_size"])]
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the legacy qtvit.train metadata {dict(meta)!r:.300} is malformed ({e}); the file is "
+                              "damaged: pass the model name to create_model and load the weights alone") from e
     for old, new in (("crop_pct", "crop_pct"), ("interpolation", "interpolation"), ("mean", "mean"), ("std", "std"),
                      ("class_names", "label_names"), ("dataset", "dataset"), ("recipe", "recipe"),
                      ("num_classes", "num_classes")):
@@ -229,7 +233,10 @@ def read_config(path: str | Path) -> dict | None:
     """
     p = Path(path).expanduser()
     if p.is_dir() and (p / CONFIG_NAME).is_file():
-        return _checked(read_json(p / CONFIG_NAME, "model config"), str(p / CONFIG_NAME))
+        cfg = read_json(p / CONFIG_NAME, "model config")
+        if isinstance(cfg, dict) and "architecture" not in cfg and "model" in cfg:
+            cfg = _from_legacy(cfg)  # best/config.json of a run trained before CONFIG_KEY: the legacy fields
+        return _checked(cfg, str(p / CONFIG_NAME))
     weights = resolve_weights(p)
     if not is_safetensors(weights):
         return None

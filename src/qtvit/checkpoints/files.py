@@ -48,6 +48,9 @@ _NUMPY_GLOBALS = [
     (np.core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
     (np.core.multiarray.scalar, "numpy.core.multiarray.scalar"),
 ]
+# numpy >= 1.25 pickles a dtype with its class (numpy.dtypes.UInt32DType): the plain numeric ones, not object/void
+_NUMPY_GLOBALS += [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None))
+                   if n.endswith("DType") and n not in ("ObjectDType", "VoidDType", "StringDType")]
 
 
 class CheckpointError(ValueError):
@@ -150,11 +153,11 @@ def torch_load(path: Path, allow: list | None = None, what: str = "checkpoint") 
         with torch.serialization.safe_globals(allow):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
         if found:
             raise CheckpointError(
                 f"{what} {path} holds Python objects that safe loading (weights_only=True) refuses, such as "
-                f"{found.group(1)}; qtvit never runs code from a file. If you trust the file, extract its weights "
+                f"{found.group(1) or found.group(2)}; qtvit never runs code from a file. If you trust the file, extract its weights "
                 "once: torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')") from e
         raise _corrupt(path, e, what) from e
     except Exception as e:  # zip, EOF, struct, unicode errors of a damaged file: all mean the same to the user
