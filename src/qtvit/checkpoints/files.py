@@ -153,11 +153,12 @@ def torch_load(path: Path, allow: list | None = None, what: str = "checkpoint") 
         with torch.serialization.safe_globals(allow):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
+        found = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)|but got <class '([^']+)'>", str(e), re.I)
         if found:
+            name = found.group(1) or found.group(2)
             raise CheckpointError(
                 f"{what} {path} holds Python objects that safe loading (weights_only=True) refuses, such as "
-                f"{found.group(1) or found.group(2)}; qtvit never runs code from a file. If you trust the file, extract its weights "
+                f"{name}; qtvit never runs code from a file. If you trust the file, extract its weights "
                 "once: torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')") from e
         raise _corrupt(path, e, what) from e
     except Exception as e:  # zip, EOF, struct, unicode errors of a damaged file: all mean the same to the user
