@@ -80,6 +80,9 @@ def test_cache_dir_from_environment(server, tmp_path, monkeypatch):
     assert hub.get_cache_dir() == tmp_path / "env"
     assert hub.download(f"{server.url}/w/weights.pt", progress=False) == tmp_path / "env" / "weights.pt"
     monkeypatch.delenv("QTVIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.get_cache_dir() == tmp_path / "xdg" / "qtvit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     assert hub.get_cache_dir() == hub.Path.home() / ".cache" / "qtvit"
 
 
@@ -93,9 +96,11 @@ def test_hash_mismatch_caches_nothing(server, tmp_path):
     with pytest.raises(DownloadError, match=r"has sha256 [0-9a-f]{64}, expected 00000000"):
         hub.download(f"{server.url}/w/weights.pt", cache_dir=tmp_path, sha256="0" * 64, progress=False)
     assert os.listdir(tmp_path) == []
+    # a cached file that does not match is no longer reused forever: it is deleted and downloaded again, once
     (tmp_path / "weights.pt").write_bytes(b"something else")
-    with pytest.raises(DownloadError, match=r"cached file .*weights\.pt has sha256 .*Delete it"):
-        hub.download(f"{server.url}/w/weights.pt", cache_dir=tmp_path, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    path = hub.download(f"{server.url}/w/weights.pt", cache_dir=tmp_path, sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+                        progress=False)
+    assert path.read_bytes() == PAYLOAD and server.requests == ["/w/weights.pt"] * 2
     with pytest.raises(ValueError, match="too short"):
         hub.download(f"{server.url}/w/weights.pt", cache_dir=tmp_path, sha256="abc")
 
@@ -125,7 +130,7 @@ def test_pretrained_through_url_base(tmp_path, monkeypatch):
         model = qtvit.create_model("_tinynet_url", pretrained=True).eval()
         qtvit.create_model("_tinynet_url", pretrained=True)  # from the cache
         assert s.requests == ["/mirror/tiny_r32.pt"]
-    assert os.listdir(tmp_path / "cache") == ["tinynet.pt"]  # cached under pretrained_cfg["file"]
+    assert sorted(os.listdir(tmp_path / "cache")) == [".tinynet.pt.sha256", "tinynet.pt"]  # under cfg["file"]
     x = torch.randn(1, 3, 16, 16)
     torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
 
@@ -152,3 +157,75 @@ def test_real_pretrained_cfgs_offline(tmp_path, monkeypatch):
     # QT-ViT weights are on Google Drive only: the error points there and at the cache file name
     with pytest.raises(ValueError, match=rf"published at https://drive\.google\.com/.*{tmp_path / 'qtvit_1_r224.pt'}"):
         qtvit.create_model("qtvit_1", pretrained=True)
+
+
+# ------------------------------------------------------------------------------------------------ verified reuse
+
+
+def test_recorded_digest_catches_a_damaged_cache(server, tmp_path):
+    url = f"{server.url}/w/weights.pt"
+    path = hub.download(url, cache_dir=tmp_path, progress=False)
+    sidecar = tmp_path / ".weights.pt.sha256"
+    assert sidecar.read_text().strip() == hashlib.sha256(PAYLOAD).hexdigest()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # readable like any file the user writes
+    assert hub.download(url, cache_dir=tmp_path, progress=False) == path and len(server.requests) == 1
+    path.write_bytes(PAYLOAD[:1000])  # truncated later (a full disk, a killed copy)
+    assert hub.download(url, cache_dir=tmp_path, progress=False).read_bytes() == PAYLOAD
+    assert len(server.requests) == 2
+    # offline, a damaged cached file is not handed out: it is removed and the error says how to get it
+    path.write_bytes(b"damaged")
+    offline = f"http://127.0.0.1:{_closed_port()}/w/weights.pt"
+    with pytest.raises(DownloadError, match=r"cannot download .*put it at"):
+        hub.download(offline, cache_dir=tmp_path, progress=False, timeout=5)
+    assert not path.exists() and not sidecar.exists()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_unreadable_cached_checkpoint_is_downloaded_again(tmp_path, monkeypatch):
+    from qtvit.models._pretrained import pretrained_file
+
+    src = randomize(TinyNet())
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "tiny.pt")
+    good = (tmp_path / "tiny.pt").read_bytes()
+    monkeypatch.setenv("QTVIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "tiny.pt").write_bytes(good[:300])  # put there by hand, truncated: no digest to compare
+    with _Server({"/w/tiny.pt": good, "/w/html.pt": b"<html>quota exceeded</html>"}) as s:
+        cfg = {"url": f"{s.url}/w/tiny.pt"}
+        path = pretrained_file("tiny", cfg, progress=False)
+        assert open(path, "rb").read() == good and s.requests == ["/w/tiny.pt"]
+        assert pretrained_file("tiny", cfg, progress=False) == path and s.requests == ["/w/tiny.pt"]
+        # a server that answers with something that is not a checkpoint: nothing is cached, the error says so
+        with pytest.raises(DownloadError, match=r"downloaded from .*html\.pt cannot be used .*nothing was cached"):
+            pretrained_file("tiny", {"url": f"{s.url}/w/html.pt"}, progress=False)
+    assert sorted(os.listdir(tmp_path / "cache")) == [".tiny.pt.sha256", "tiny.pt"]
+    model = TinyNet()
+    model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    assert torch.equal(model.head.weight, src.head.weight)
+
+
+def test_fashion_mnist_downloads_through_the_hub(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import qtvit.data.fashion_mnist as fm
+    from conftest import SMALL_FMNIST
+
+    files = {f"/fm/{p.name}": p.read_bytes() for p in Path(SMALL_FMNIST).glob("*.gz")}
+    monkeypatch.delenv("QTVIT_FASHION_MNIST", raising=False)
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setenv("QTVIT_CACHE", str(tmp_path / "cache"))
+    with _Server(files) as s:
+        monkeypatch.setattr(fm, "_MIRRORS", (s.url + "/fm/",))
+        folder = fm.find_fashion_mnist()
+        assert folder == tmp_path / "cache" / "fashion-mnist" and len(s.requests) == 4
+        images, labels = fm.load_fashion_mnist("test")
+        assert images.shape[1:] == (28, 28) and len(images) == len(labels) > 0
+        victim = folder / "t10k-labels-idx1-ubyte.gz"
+        victim.write_bytes(victim.read_bytes()[:20])  # damaged in the cache: fetched again when next used
+        assert fm.find_fashion_mnist() == folder and s.requests[4:] == ["/fm/t10k-labels-idx1-ubyte.gz"]
+    assert torch.equal(fm.load_fashion_mnist("test")[1], labels)

@@ -4,34 +4,28 @@ Where the files are looked for, in order:
 1. the folder given by the caller (``--data``), which must hold the four idx files (gzipped or not);
 2. ``$QTVIT_FASHION_MNIST``;
 3. Debian's ``dataset-fashion-mnist`` package: ``/usr/share/datasets/fashion-mnist``;
-4. the cache ``$XDG_CACHE_HOME/qtvit/fashion-mnist`` (``~/.cache/...``), downloaded there once when the machine
-   has internet (``download=True``).
+4. the cache ``fashion-mnist/`` in qtvit's cache (``$QTVIT_CACHE``, else ``$XDG_CACHE_HOME/qtvit``, else
+   ``~/.cache/qtvit``), downloaded there once by ``qtvit.hub.download`` when the machine has internet
+   (``download=True``); a cached file that is damaged is downloaded again.
 Otherwise a FileNotFoundError says how to get them.
 """
 from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import struct
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import hub
+from ..constants import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
 __all__ = [
     "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "DEBIAN_DIR",
     "read_idx", "write_idx", "find_fashion_mnist", "load_fashion_mnist",
 ]
-
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-# Training-set pixel statistics (of x / 255), used when the model's pretrained_cfg has no 1-channel mean/std.
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {
@@ -98,24 +92,19 @@ def _has_all(folder: Path) -> bool:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "qtvit" / "fashion-mnist"
+    return hub.get_cache_dir() / "fashion-mnist"
 
 
 def _download(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     for stem in (s for pair in _FILES.values() for s in pair):
-        if _file_in(folder, stem):
-            continue
+        if _file_in(folder, stem) and not (folder / (stem + ".gz")).is_file():
+            continue  # an uncompressed copy someone put there
         last_error: Exception | None = None
         for mirror in _MIRRORS:
-            try:
-                with urllib.request.urlopen(mirror + stem + ".gz", timeout=30) as r, \
-                        tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
-                    shutil.copyfileobj(r, tmp)
-                os.replace(tmp.name, folder / (stem + ".gz"))
+            try:  # one downloader for the package: cached, verified on reuse, damaged copies fetched again
+                hub.download(mirror + stem + ".gz", cache_dir=folder, progress=False, check=read_idx)
                 break
-            except Exception as e:  # no network, DNS, HTTP error: try the next mirror, then give up
+            except OSError as e:  # no network, DNS, HTTP error: try the next mirror, then give up
                 last_error = e
         else:
             raise FileNotFoundError(f"Fashion-MNIST is not on this machine and downloading {stem}.gz failed "
@@ -135,6 +124,8 @@ def find_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
     candidates = [Path(p) for p in [os.environ.get("QTVIT_FASHION_MNIST")] if p] + [DEBIAN_DIR, _cache_dir()]
     for folder in candidates:
         if folder.is_dir() and _has_all(folder):
+            if download and folder == _cache_dir():
+                _download(folder)  # qtvit's own downloads are verified on reuse; a damaged one is fetched again
             return folder
     if download:
         _download(_cache_dir())
