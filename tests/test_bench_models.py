@@ -1,11 +1,14 @@
 """Model benchmark: rows, fields, FLOPs, the skip guard, CSV/plot/table and the interleaved timer."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from qtvit.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table,
-                                parse_size, plot, read_csv, write_csv)
+from qtvit._utils import parse_size
+from qtvit.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table, plot,
+                                read_csv, write_csv)
 
 
 def test_parse_size():
@@ -14,7 +17,7 @@ def test_parse_size():
     assert parse_size("512×1024") == (512, 1024)
     assert parse_size(96) == (96, 96)
     for bad in ("a", "0", "1x2x3", "-4"):
-        with pytest.raises(ValueError, match="bad size"):
+        with pytest.raises(ValueError, match="bad image size"):
             parse_size(bad)
 
 
@@ -73,6 +76,11 @@ def test_csv_plot_and_table(rows, tmp_path):
     assert len(back) == len(rows) and back[0]["model"] == "qtvit_nano"
     plot(back, tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    # written atomically with the mode any file the user writes gets (0644 under umask 022), no temporary left
+    assert sorted(os.listdir(tmp_path)) == ["m.csv", "m.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~umask for f in ("m.csv", "m.png"))
     table = markdown_table(back, batch=1)
     lines = table.splitlines()
     assert lines[0] == "| model | mode | 32 | 32x48 |" and len(lines) == 4
@@ -99,3 +107,15 @@ def test_interleaved_rows():
     assert [r["model"] for r in rows] == ["qtvit_nano", "efficientvit_nano"]
     assert all(list(r) == FIELDS and r["time_ms"] > 0 and r["runs"] == 2 and r["mode"] == "eager" for r in rows)
     assert rows[0]["gmacs"] == pytest.approx(rows[1]["gmacs"], rel=0.02)  # QT adds almost no MACs
+
+
+def test_measure_writers_fail_cleanly(tmp_path, monkeypatch):
+    from qtvit.bench import measure
+
+    path = tmp_path / "r.csv"
+    measure.write_csv([{"a": 1}], path, "first", ["a"])
+    with pytest.raises(ValueError, match="not in fieldnames"):  # a row that does not fit leaves the old file
+        measure.write_csv([{"a": 2, "b": 3}], path, "second", ["a"])
+    assert read_csv(path) == [{"a": "1"}] and os.listdir(tmp_path) == ["r.csv"]
+    measure.write_csv([{"a": 2, "b": 3}], path, "second", ["a"], extrasaction="ignore")
+    assert read_csv(path) == [{"a": "2"}]

@@ -1,6 +1,8 @@
 """Figures: explicit attention maps of one query (rows sum to 1) and the Pareto plot."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -110,6 +112,11 @@ def test_pareto_from_a_benchmark_csv(tmp_path):
                                                                         ("efficientvit_b1", 79.4, 11.0)}
     with pytest.raises(ValueError, match="no measured"):
         pareto_rows_from_benchmark(path, size="1024")
+    from qtvit.viz import write_pareto_csv
+    out = write_pareto_csv(got, tmp_path / "fig" / "pareto.csv", "test machine")
+    assert out.read_text().splitlines()[:2] == ["# test machine", "model,family,top1,latency_ms,params_m,gmacs"]
+    assert {r["model"] for r in read_pareto_csv(out)} == {"qtvit_1", "efficientvit_b1"}
+    assert os.listdir(out.parent) == ["pareto.csv"]  # atomic: no temporary left beside it
 
 
 def test_figure_cli(tmp_path, capsys):

@@ -33,13 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bench.measure import save_figure
+from ._utils import parse_size
+from .bench.measure import read_csv, save_figure, write_csv
 
 __all__ = [
     "PAPER_KERNELS", "PAPER_TOP1", "default_image", "load_image", "patch_tokens", "model_tokens", "attention_rows",
     "plot_attention_maps", "read_pareto_csv", "pareto_front", "plot_pareto", "pareto_rows_from_benchmark",
-    "add_figure_parser",
+    "write_pareto_csv", "add_figure_parser",
 ]
+PARETO_FIELDS = ["model", "family", "top1", "latency_ms", "params_m", "gmacs"]
 
 PAPER_KERNELS = ("softmax", "relu", "taylor1", "taylor2", "qt")
 
@@ -257,7 +259,6 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
 def pareto_rows_from_benchmark(bench_csv: str | Path, *, mode: str = "eager", size: str = "224",
                                batch: int = 1, top1: dict[str, float] | None = None) -> list[dict]:
     """Pareto rows from a ``qtvit benchmark models`` CSV: its latency at (mode, size, batch), the papers' top-1."""
-    from .bench.models import parse_size, read_csv
 
     h, w = parse_size(size)
     top1 = PAPER_TOP1 if top1 is None else top1
@@ -275,14 +276,9 @@ def pareto_rows_from_benchmark(bench_csv: str | Path, *, mode: str = "eager", si
     return rows
 
 
-def _write_pareto_csv(rows: Sequence[dict], path: Path, comment: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        f.write(f"# {comment}\n")
-        w = csv.DictWriter(f, fieldnames=["model", "family", "top1", "latency_ms", "params_m", "gmacs"],
-                           extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+def write_pareto_csv(rows: Sequence[dict], path: str | Path, comment: str) -> Path:
+    """The Pareto plot's points as CSV (``# comment`` first), through the benchmarks' atomic CSV writer."""
+    return write_csv(list(rows), path, comment, PARETO_FIELDS, extrasaction="ignore")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -358,7 +354,7 @@ def _pareto_cli(args: argparse.Namespace) -> int:
         title = f"top-1: papers (ImageNet, 224 px); latency: {args.mode}, batch {args.batch}, {args.size} px, " \
                 f"{machine}"
         csv_out = args.out.with_suffix(".csv")
-        _write_pareto_csv(rows, csv_out, title)
+        write_pareto_csv(rows, csv_out, title)
         print(f"wrote {csv_out}")
     path = plot_pareto(rows, args.out, title=title)
     print(f"wrote {path}")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import ctypes
 import platform
-from pathlib import Path
 import statistics
+from pathlib import Path
 import time
 from typing import Any, Callable, Sequence
 
 import torch
+
+from .._io import atomic_write
 
 
 def _release_free_heap() -> None:
@@ -97,16 +99,18 @@ def device_line(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def write_csv(rows: list[dict], path: Path, header: str, fields: Sequence[str]) -> None:
-    """Results as CSV with a ``# machine`` first line (read back by ``read_csv``), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(f"# {header}\n")
-        w = csv.DictWriter(f, fieldnames=list(fields))
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+def write_csv(rows: list[dict], path: str | Path, header: str, fields: Sequence[str], *,
+              extrasaction: str = "raise") -> Path:
+    """Results as CSV with a ``# header`` first line (read back by ``read_csv``), written atomically.
+    ``extrasaction="ignore"`` drops row keys that are not ``fields``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            f.write(f"# {header}\n")
+            w = csv.DictWriter(f, fieldnames=list(fields), extrasaction=extrasaction)
+            w.writeheader()
+            w.writerows(rows)
+
+    return atomic_write(path, write)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -116,14 +120,15 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, title: str = "") -> Path:
-    """Title, tight layout, save (creating the folder) and close a matplotlib figure."""
+    """Title, tight layout, save atomically (creating the folder) and close a matplotlib figure."""
     import matplotlib.pyplot as plt
 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    fmt = path.suffix.lstrip(".").lower() or "png"  # the temporary name's suffix would not tell matplotlib
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
+    finally:
+        plt.close(fig)

@@ -25,15 +25,18 @@ sizes of that model, mode and batch are skipped; a batch-B point whose batch-1 t
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
+from .._utils import parse_size
 from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
 from .measure import write_csv as write_results_csv
 
@@ -43,23 +46,6 @@ DEFAULT_SIZES = ["224", "384", "512", "768", "1024", "512x1024"]
 MODES = ("eager", "fused", "compile", "onnxruntime")
 FIELDS = ["model", "params_m", "height", "width", "batch", "mode", "dtype", "device", "time_ms", "runs",
           "images_per_s", "gflops", "gmacs", "peak_mib", "setup_s", "note"]
-
-
-def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
-    """'224' -> (224, 224); '512x1024' -> (512, 1024) as (H, W)."""
-    if isinstance(text, int):
-        return text, text
-    if not isinstance(text, str):
-        h, w = text
-        return int(h), int(w)
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        sides = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"bad size {text!r}: use a side (224) or HxW (512x1024)") from None
-    if len(sides) not in (1, 2) or min(sides) < 1:
-        raise ValueError(f"bad size {text!r}: use a side (224) or HxW (512x1024)")
-    return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
 
 
 def size_label(h: int, w: int) -> str:
@@ -119,6 +105,87 @@ class _Forms:
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
 
 
+@dataclass
+class _Plan:
+    """What every point of one ``benchmark_models`` call shares."""
+
+    sizes: list[tuple[int, int]]
+    batches: list[int]
+    compile_sizes: set[tuple[int, int]]
+    repeats: int
+    budget_s: float
+    max_call_s: float
+    memory: bool
+
+
+def _new_row(model: str, params_m: float, h: int, w: int, batch: int, mode: str, flops: int | None) -> dict:
+    row = dict.fromkeys(FIELDS, "")
+    row.update(model=model, params_m=params_m, height=h, width=w, batch=batch, mode=mode, dtype="float32",
+               device="cpu", runs=0)
+    if flops is not None:
+        row.update(gflops=round(flops / 1e9, 4), gmacs=round(flops / 2e9, 4))
+    return row
+
+
+def _skip_note(plan: _Plan, stopped: dict[int, tuple[int, str]], si: int, batch: int, mode: str,
+               hw: tuple[int, int], batch1_s: float) -> str:
+    """Why the point is not run ("" to run it); records a batch estimated too slow in ``stopped``."""
+    est = batch1_s * batch
+    if batch in stopped and si >= stopped[batch][0]:
+        return stopped[batch][1]
+    if mode == "compile" and hw not in plan.compile_sizes:
+        return "skipped: not in compile_sizes (compiling takes about a minute per shape)"
+    if batch > 1 and est > plan.max_call_s:
+        stopped[batch] = (si + 1, f"skipped: estimated over {plan.max_call_s:g} s per call at a smaller size")
+        return f"skipped: about {est:.0f} s per call (batch-1 time x {batch}) > max-call"
+    return ""
+
+
+def _measure(fn: Callable[[], None], plan: _Plan) -> tuple[float, int, int | None, bool]:
+    """(seconds, runs, peak bytes, too slow): the first call is the warm-up, the guard and the memory measure."""
+    device = torch.device("cpu")
+    t0 = time.perf_counter()
+    mem = peak_memory_bytes(fn, device) if plan.memory else None
+    if not plan.memory:
+        fn()
+    first = time.perf_counter() - t0
+    if first > plan.max_call_s:
+        return first, 1, mem, True
+    t, times = median_time(fn, device, repeats=plan.repeats, warmup=0, budget_s=plan.budget_s)
+    return t, len(times), mem, False
+
+
+def _mode_rows(name: str, params_m: float, mode: str, forms: "_Forms", plan: _Plan,
+               flops_of: Callable[[int, int], int | None], on_row: Callable[[dict], None] | None) -> list[dict]:
+    """The rows of one model in one mode, smallest size first, skipping what the guard rules out."""
+    stopped: dict[int, tuple[int, str]] = {}  # batch -> (first size index to skip, why)
+    batch1: dict[tuple[int, int], float] = {}
+    rows = []
+    for si, (h, w) in enumerate(plan.sizes):
+        flops = flops_of(h, w)
+        for batch in plan.batches:
+            row = _new_row(name, params_m, h, w, batch, mode, flops)
+            row["note"] = _skip_note(plan, stopped, si, batch, mode, (h, w), batch1.get((h, w), 0.0))
+            if not row["note"]:
+                fn, setup = forms.build(mode, h, w, batch)
+                t, runs, mem, too_slow = _measure(fn, plan)
+                del fn
+                if too_slow:
+                    row["note"] = f"one run: {t:.0f} s > max-call {plan.max_call_s:g} s; larger sizes skipped"
+                    for b in plan.batches:  # larger sizes, and larger batches, would take longer still
+                        if b >= batch and b not in stopped:
+                            stopped[b] = (si + 1, f"skipped: a smaller size took over {plan.max_call_s:g} s per call")
+                if batch == 1:
+                    batch1[(h, w)] = t
+                row.update(time_ms=round(t * 1e3, 3), runs=runs, images_per_s=round(batch / t, 2),
+                           peak_mib="" if mem is None else round(mem / 2 ** 20, 1),
+                           setup_s=round(setup, 2) if setup else "")
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    return rows
+
+
 def benchmark_models(
     models: Iterable[str],
     sizes: Iterable[str | int | Sequence[int]],
@@ -146,72 +213,25 @@ def benchmark_models(
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     size_list = sorted((parse_size(s) for s in sizes), key=lambda hw: (hw[0] * hw[1], hw))
     batch_list = sorted(set(int(b) for b in batch_sizes))
-    compile_set = set(size_list) if compile_sizes is None else {parse_size(s) for s in compile_sizes}
     if not size_list or not batch_list or min(batch_list) < 1:
         raise ValueError("need at least one size and positive batch sizes")
-    device = torch.device("cpu")
+    compile_set = set(size_list) if compile_sizes is None else {parse_size(s) for s in compile_sizes}
+    plan = _Plan(size_list, batch_list, compile_set, repeats, budget_s, max_call_s, memory)
     rows: list[dict] = []
     for name in models:
         torch.manual_seed(0)
         model = create_model(name, num_classes=num_classes).eval()
         params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
         in_chans = getattr(model, "in_chans", 3)
-        flop_cache: dict[tuple[int, int], int] = {}
+
+        @functools.lru_cache(maxsize=None)
+        def flops_of(h: int, w: int, model=model, in_chans=in_chans) -> int | None:
+            return count_flops(model, (1, in_chans, h, w)) if flops else None
+
         with tempfile.TemporaryDirectory() as tmp:
             forms = _Forms(model, Path(tmp))
             for mode in modes:
-                stopped: dict[int, tuple[int, str]] = {}  # batch -> (first size index to skip, why)
-                batch1: dict[tuple[int, int], float] = {}
-                for si, (h, w) in enumerate(size_list):
-                    if flops and (h, w) not in flop_cache:
-                        flop_cache[(h, w)] = count_flops(model, (1, in_chans, h, w))
-                    for batch in batch_list:
-                        row = dict(model=name, params_m=params_m, height=h, width=w, batch=batch, mode=mode,
-                                   dtype="float32", device=device.type, time_ms="", runs=0, images_per_s="",
-                                   gflops="", gmacs="", peak_mib="", setup_s="", note="")
-                        if flops:
-                            row.update(gflops=round(flop_cache[(h, w)] / 1e9, 4),
-                                       gmacs=round(flop_cache[(h, w)] / 2e9, 4))
-                        est = batch1.get((h, w), 0.0) * batch
-                        if batch in stopped and si >= stopped[batch][0]:
-                            row["note"] = stopped[batch][1]
-                        elif mode == "compile" and (h, w) not in compile_set:
-                            row["note"] = "skipped: not in compile_sizes (compiling takes about a minute per shape)"
-                        elif batch > 1 and est > max_call_s:
-                            row["note"] = f"skipped: about {est:.0f} s per call (batch-1 time x {batch}) > max-call"
-                            stopped[batch] = (si + 1, f"skipped: estimated over {max_call_s:g} s per call at a "
-                                                      "smaller size")
-                        if row["note"]:
-                            rows.append(row)
-                            if on_row:
-                                on_row(row)
-                            continue
-                        fn, setup = forms.build(mode, h, w, batch)
-                        # The first call is the warm-up, timed as the guard, and the memory measurement.
-                        t0 = time.perf_counter()
-                        mem = peak_memory_bytes(fn, device) if memory else None
-                        if not memory:
-                            fn()
-                        first = time.perf_counter() - t0
-                        if first > max_call_s:
-                            t, runs = first, 1
-                            row["note"] = f"one run: {first:.0f} s > max-call {max_call_s:g} s; larger sizes skipped"
-                            for b in batch_list:  # larger sizes, and larger batches, would take longer still
-                                if b >= batch and b not in stopped:
-                                    stopped[b] = (si + 1, f"skipped: a smaller size took over {max_call_s:g} s per "
-                                                          "call")
-                        else:
-                            t, times = median_time(fn, device, repeats=repeats, warmup=0, budget_s=budget_s)
-                            runs = len(times)
-                        if batch == 1:
-                            batch1[(h, w)] = t
-                        row.update(time_ms=round(t * 1e3, 3), runs=runs, images_per_s=round(batch / t, 2),
-                                   peak_mib="" if mem is None else round(mem / 2 ** 20, 1),
-                                   setup_s=round(setup, 2) if setup else "")
-                        rows.append(row)
-                        if on_row:
-                            on_row(row)
-                        del fn
+                rows += _mode_rows(name, params_m, mode, forms, plan, flops_of, on_row)
     return rows
 
 
