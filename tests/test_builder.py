@@ -114,9 +114,11 @@ def test_features_only(tiny):
 def test_features_only_save_and_reload(tiny, tmp_path):
     feats = qtvit.create_model(tiny, features_only=True, out_indices=(1, 2))
     randomize(feats.model)
-    checkpoints.save_pretrained(feats, tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["out_indices"] == [1, 2]
-    again = checkpoints.load_pretrained_dir(tmp_path).eval()
+    qtvit.save_pretrained(feats, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["out_indices"] == [1, 2]
+    again = qtvit.create_model(checkpoint_path=tmp_path, features_only=cfg["features_only"],
+                               out_indices=cfg["out_indices"]).eval()
     assert isinstance(again, FeatureListNet) and again.out_indices == (1, 2)
     for a, b in zip(again(X), feats(X)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -150,8 +152,8 @@ def test_zoo_features_and_round_trip(name, tmp_path):
         assert tuple(o.shape) == (1, c, math.ceil(64 / r), math.ceil(64 / r))
     if n_params > 15e6:  # the round trip is the same code for every size; the small ones prove it per family
         return
-    checkpoints.save_pretrained(model, tmp_path)
-    again = checkpoints.load_pretrained_dir(tmp_path)
+    qtvit.save_pretrained(model, tmp_path)
+    again = qtvit.create_model(checkpoint_path=tmp_path)
     assert again.pretrained_cfg["architecture"] == name and again.load_report.ok
     assert type(again) is type(model) and _same(again, model)
 
