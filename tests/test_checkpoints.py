@@ -133,7 +133,7 @@ def test_non_strict_loads_what_fits():
     src = randomize(TinyNet(widths=(4, 8, 16)))
     dst = TinyNet()
     before = dst.stages[1][0].weight.clone()
-    report = load_checkpoint(dst, src.state_dict(), strict=False)
+    report = load_checkpoint(dst, src.state_dict(), adapt=False, strict=False)
     assert {m[0] for m in report.mismatched} >= {"stages.1.0.weight", "head.weight"}
     assert torch.equal(dst.stem[0].weight, src.stem[0].weight)  # fitting keys loaded
     assert torch.equal(dst.stages[1][0].weight, before)  # mismatched ones left alone
@@ -160,10 +160,18 @@ def test_partial_new_parameters_are_missing():
         load_checkpoint(TinyNet(pos_embed=True), sd)
 
 
+def test_adapt_is_the_default():
+    src = randomize(TinyNet(num_classes=1000)).state_dict()
+    report = load_checkpoint(TinyNet(num_classes=10), src)
+    assert report.dropped == ["head.weight", "head.bias"] and report.ok
+    import inspect
+    assert list(inspect.signature(load_checkpoint).parameters) == ["model", "path", "adapt", "strict", "use_ema"]
+
+
 def test_classifier_size_mismatch_hint_and_adapt():
     src = randomize(TinyNet(num_classes=1000)).state_dict()
     with pytest.raises(CheckpointError, match=r"head.weight: checkpoint \(1000, 8\) vs model \(10, 8\).*drops it"):
-        load_checkpoint(TinyNet(num_classes=10), src)
+        load_checkpoint(TinyNet(num_classes=10), src, adapt=False)
     dst = TinyNet(num_classes=10)
     report = load_checkpoint(dst, src, adapt=True)
     assert report.dropped == ["head.weight", "head.bias"] and report.ok

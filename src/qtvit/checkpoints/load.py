@@ -199,27 +199,28 @@ def _model_name(model: nn.Module) -> str:
 
 def load_checkpoint(
     model: nn.Module,
-    checkpoint: str | os.PathLike | Mapping,
+    path: str | os.PathLike | Mapping,
+    adapt: bool = True,
     strict: bool = True,
     use_ema: bool | None = None,
-    adapt: bool = False,
 ) -> LoadReport:
     """Load a checkpoint of any supported format into ``model`` (see the module docstring for the rules).
 
     Args:
         model: a qtvit model (a features_only wrapper loads into its backbone).
-        checkpoint: a file (.pt/.pth/.bin/.safetensors), a save_pretrained, checkpoint or run folder (as
+        path: a file (.pt/.pth/.bin/.safetensors), a save_pretrained, checkpoint or run folder (as
             ``resolve_weights``), or a checkpoint dict.
+        adapt: drop a classifier of another size and adapt the first conv to the model's input channels (False:
+            those are mismatches like any other).
         strict: raise CheckpointError naming every key that does not fit; False loads the keys that fit.
         use_ema: None prefers EMA weights when present, True requires them, False ignores them.
-        adapt: drop a classifier of another size and adapt the first conv to the model's input channels.
     Returns:
         a LoadReport (printable) listing loaded, new, dropped, adapted, missing, unexpected and mismatched keys.
     """
     model = unwrap_model(model)
     name = _model_name(model)
-    source = "the given checkpoint dict" if isinstance(checkpoint, Mapping) else f"checkpoint {checkpoint}"
-    sd, key = read_state_dict(checkpoint, use_ema)
+    source = "the given checkpoint dict" if isinstance(path, Mapping) else f"checkpoint {path}"
+    sd, key = read_state_dict(path, use_ema)
     report = LoadReport(source=source, model=name, state_key=key)
 
     filter_fn: Callable | None = getattr(model, "checkpoint_filter_fn", None)
@@ -246,9 +247,9 @@ def load_checkpoint(
 
     if strict and not report.ok:
         saved = None
-        if not isinstance(checkpoint, Mapping):
+        if not isinstance(path, Mapping):
             with contextlib.suppress(CheckpointError):  # the config only improves the message
-                saved = (read_config(checkpoint) or {}).get("architecture")
+                saved = (read_config(path) or {}).get("architecture")
         raise CheckpointError(_mismatch_message(report, model, sd, target, saved))
     bad = {m[0] for m in report.mismatched}
     fitting = {k: v for k, v in sd.items() if k in target and k not in bad}
