@@ -430,6 +430,17 @@ def test_save_checkpoint_layout_latest_keep_and_resume(tiny, tmp_path):
     assert checkpoints.latest_checkpoint(tmp_path / "nothing") is None
 
 
+def test_save_checkpoint_refuses_what_cannot_be_read_back(tiny, tmp_path):
+    import numpy as np
+    model = qtvit.create_model(tiny)
+    bad = dict(_state(3), rng=[{"numpy": ("MT19937", np.zeros(3, np.uint32))}])
+    with pytest.raises(TypeError, match=r"train_state\['rng'\]\[0\]\['numpy'\]\[1\] is a numpy\.ndarray.*torch\.from_numpy"):
+        checkpoints.save_checkpoint(tmp_path, 3, model, bad)
+    with pytest.raises(TypeError, match=r"train_state\['cfg'\] is a .*_Opaque"):
+        checkpoints.save_checkpoint(tmp_path, 3, model, {"cfg": _Opaque()})
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_resolve_weights_paths_and_errors(tiny, tmp_path):
     model = qtvit.create_model(tiny)
     run = tmp_path / "run"

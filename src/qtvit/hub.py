@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ._io import default_file_mode, write_text
+from ._io import default_file_mode, disk_full_error, write_text
 
 __all__ = ["DownloadError", "download", "get_cache_dir", "resolve_url"]
 
@@ -169,6 +169,11 @@ def _fetch(url: str, path: Path, sha256: str | None, progress: bool, timeout: fl
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
                 reason = getattr(e, "reason", e)
                 raise DownloadError(f"cannot download {url} ({reason}). {by_hand}") from e
+            except OSError as e:  # writing, not fetching: a full disk says where and how much
+                full = disk_full_error(e, path, kept="nothing was cached")
+                if full is None:
+                    raise
+                raise full from e
             out.flush()
             os.fsync(out.fileno())
         digest = h.hexdigest()

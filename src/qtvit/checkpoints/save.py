@@ -24,7 +24,7 @@ from .._io import atomic_write, disk_full_error, fsync_dir
 from .config import CONFIG_KEY, model_config, unwrap_model
 from .files import EMA_NAME, STEP_DIR, TRAIN_STATE_NAME, WEIGHTS_NAME, latest_checkpoint
 
-__all__ = ["save_weights", "save_checkpoint", "write_safetensors"]
+__all__ = ["save_weights", "save_checkpoint", "write_safetensors", "check_train_state"]
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -57,6 +57,30 @@ def _state_nbytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_state_nbytes(v) for v in obj)
     return 0
+
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def check_train_state(obj: Any, where: str = "train_state") -> None:
+    """Raise TypeError naming the first entry of ``obj`` that ``load_train_state`` could not read back: only
+    tensors, numbers, strings, bool, None and lists/tuples/dicts of those are stored (never arbitrary objects)."""
+    if isinstance(obj, (torch.Tensor, *_PLAIN)):
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_train_state(v, f"{where}[{i}]")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(k).__name__} ({k!r}); use str or int keys")
+            check_train_state(v, f"{where}[{k!r}]")
+        return
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    raise TypeError(f"{where} is a {kind}; a training checkpoint stores only tensors, numbers, strings, bool, None "
+                    "and lists/tuples/dicts of those (it is read back with torch.load(weights_only=True)). Convert "
+                    "it first, e.g. numpy arrays with torch.from_numpy(a) or a.tolist().")
 
 
 def _remove_stale(root: Path) -> None:
@@ -98,6 +122,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, tra
     A full disk raises ``OSError(ENOSPC)`` naming the folder, its free space and the checkpoint's size; the previous
     checkpoint is left intact and still named by ``latest``.
     """
+    check_train_state(train_state)  # before anything is written: a checkpoint that cannot resume is worse than none
     root = Path(run_dir).expanduser() / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale(root)
