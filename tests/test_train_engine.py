@@ -165,3 +165,88 @@ def test_mixed_precision_trains_like_fp32(tmp_path, amp):
     assert r["skipped_steps"] == 0 and len(r["step_losses"]) == 10
     for (_, a), (_, b) in zip(ref["step_losses"], r["step_losses"]):
         assert abs(a - b) < 0.05  # half-precision rounding only
+
+
+def _ctrl_c_at(monkeypatch, step: int):
+    """Press Ctrl-C (SIGINT) during training step `step`, as a user would."""
+    import signal
+
+    import qtvit.train.engine as engine
+    original = engine.train_step
+
+    def step_then_interrupt(run, state, x, y):
+        loss = original(run, state, x, y)
+        if state.global_step == step:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(engine, "train_step", step_then_interrupt)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_the_same_curve(tmp_path, monkeypatch):
+    from qtvit.train import TrainingInterrupted
+    full = train(tiny_config(tmp_path, name="full", mixup=0.4))
+    _ctrl_c_at(monkeypatch, 13)
+    with pytest.raises(TrainingInterrupted) as e:
+        train(tiny_config(tmp_path, name="cut", mixup=0.4))
+    assert e.value.checkpoint == tmp_path / "cut" / "checkpoints" / "step_00000013"  # saved after step 13
+    monkeypatch.undo()
+    rest = train(tiny_config(tmp_path, name="cut", mixup=0.4, resume=str(tmp_path / "cut")))
+    ref = dict(full["step_losses"])
+    assert [s for s, _ in rest["step_losses"]] == list(range(14, 21))
+    assert all(loss == pytest.approx(ref[s], abs=1e-6) for s, loss in rest["step_losses"])
+    assert rest["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], abs=1e-6)
+
+
+def test_max_steps_ends_like_a_finished_run(tmp_path, capsys):
+    from qtvit.train import validate
+    r = train(tiny_config(tmp_path, max_steps=3))
+    run = tmp_path / "run"
+    assert r["stopped"] and r["global_step"] == 3 and r["top1"] is not None
+    assert latest_checkpoint(run).name == "step_00000003"  # something to resume from
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["stopped"] and summary["top1"] == r["top1"]
+    assert "stopped at --max-steps 3" in capsys.readouterr().out
+    v = validate(run, data=SMALL_FMNIST, device="cpu")  # the run folder's weights reload alone
+    assert v["images"] == 100 and v["top1"] == pytest.approx(r["top1"])
+    rest = train(tiny_config(tmp_path, resume=str(run)))
+    assert rest["step_losses"][0][0] == 4 and rest["global_step"] == 20 and not rest["stopped"]
+
+
+def test_the_dataset_is_read_once_per_split(tmp_path, monkeypatch):
+    import qtvit.data as data
+    reads = []
+    original = data.load_fashion_mnist
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda split, *a, **k: reads.append(split) or original(split, *a, **k))
+    train(tiny_config(tmp_path, epochs=1, bn_reestimate_images=40))  # train, eval and BN batches
+    assert sorted(reads) == ["test", "train"]
+
+
+def test_saved_weights_describe_model_data_size_and_labels(tmp_path):
+    from qtvit.checkpoints import read_config
+    train(tiny_config(tmp_path, epochs=1, img_size=20, crop_pct=0.9))
+    config = read_config(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    pcfg = config["pretrained_cfg"]
+    assert config["architecture"] == "train_tiny" and config["model_args"]["num_classes"] == 10
+    assert pcfg["input_size"] == [1, 20, 20] and pcfg["crop_pct"] == 0.9 and pcfg["dataset"] == "fashion-mnist"
+    assert pcfg["label_names"][0] == "T-shirt/top" and len(pcfg["mean"]) == 1
+    net = load_model(tmp_path / "run")
+    assert net.pretrained_cfg["input_size"] == [1, 20, 20]
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(epochs=0), "--epochs 0 is out of range: give a value at least 1"),
+    (dict(batch_size=-4), "--batch-size -4 is out of range"),
+    (dict(limit_train=0), "leave it out to use all images"),
+    (dict(checkpoint_every_steps=-1), "--checkpoint-every-steps -1 is out of range"),
+    (dict(crop_pct=2.0), r"--crop-pct 2.0 is out of range: give a value in \(0, 1\]"),
+    (dict(img_size=0), "--img-size 0 is out of range"),
+    (dict(name="../x"), "not a single folder name"),
+    (dict(model_kwargs={"bogus": 1}), "takes no constructor argument 'bogus'"),
+    (dict(model_kwargs={"img_size": 100000}), "img_size=100000 is not a plausible image size"),
+    (dict(device="gpu"), "unknown device 'gpu'"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, option, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tmp_path, **option))
+    assert not (tmp_path / "run").exists() and not (tmp_path.parent / "x").exists()

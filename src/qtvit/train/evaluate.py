@@ -71,8 +71,17 @@ def reestimate_bn_on(model: nn.Module, batches, data_cfg: DataConfig, device: to
 
 
 # ----------------------------------------------------------------------------------------------- a saved model
-def _saved_args(net: nn.Module) -> dict:
-    return model_config(net)["model_args"]
+def _classes_and_channels(net: nn.Module) -> tuple[int, int]:
+    """(classes, input channels) of a loaded model: as recorded, else from one forward pass of a blank image."""
+    args, pcfg = model_config(net)["model_args"], net.pretrained_cfg
+    size = pcfg.get("input_size") or (3, 224, 224)
+    in_chans = args.get("in_chans") or size[0]
+    num_classes = args.get("num_classes") or pcfg.get("num_classes")
+    if not num_classes:
+        with torch.no_grad():
+            dev = next(net.parameters()).device
+            num_classes = net(torch.zeros(1, in_chans, size[-2], size[-1], device=dev)).shape[-1]
+    return int(num_classes), int(in_chans)
 
 
 def load_model(checkpoint: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
@@ -104,7 +113,7 @@ def _preprocessing(net: nn.Module, img_size: int | None, crop_pct: float | None,
         raise ValueError(f"crop_pct {crop_pct} is outside (0, 1]; pass a crop ratio such as 0.875 or 1")
     if img_size is not None and img_size < 1:
         raise ValueError(f"img_size {img_size} is not a positive image side; pass e.g. 224")
-    return resolve_data_config(net, _saved_args(net).get("in_chans"), img_size, crop_pct,
+    return resolve_data_config(net, _classes_and_channels(net)[1], img_size, crop_pct,
                                dataset_mean=dataset_mean, dataset_std=dataset_std)
 
 
@@ -116,7 +125,7 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
     d = setup_distributed(device)
     try:
         net = load_model(checkpoint, model, device=d.device)
-        num_classes = _saved_args(net)["num_classes"]
+        num_classes = _classes_and_channels(net)[0]
         info = open_dataset(data)
         if len(info.classes) > num_classes:
             raise ValueError(f"the dataset has {len(info.classes)} classes, the checkpoint {num_classes}; "
@@ -145,10 +154,9 @@ def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathL
         raise ValueError(f"topk {topk} and batch_size {batch_size} must be positive; pass --topk 5 -b 64 e.g.")
     net = load_model(checkpoint, model, device=device)
     dev = next(net.parameters()).device
-    args = _saved_args(net)
     data_cfg = _preprocessing(net, img_size, crop_pct)
     names = list(net.pretrained_cfg.get("label_names") or [])
-    names += [str(i) for i in range(len(names), args["num_classes"])]
+    names += [str(i) for i in range(len(names), _classes_and_channels(net)[0])]
     tf = EvalTransform(data_cfg.input_size[-1], data_cfg.crop_pct, data_cfg.interpolation)
     mode = "L" if data_cfg.input_size[0] == 1 else "RGB"
     for lo in range(0, len(images), batch_size):
