@@ -31,7 +31,8 @@ class DatasetInfo:
     """What a --data value names: kind ("fashion-mnist" or "folder"), where, its classes and channels.
 
     ``arrays(split)`` reads Fashion-MNIST's idx files once per split and keeps them, so the training, evaluation and
-    BN re-estimation batches of a run share one copy in memory.
+    BN re-estimation batches of a run share one copy in memory; an image folder is likewise listed once for the
+    same transform (see build_batches).
     """
     kind: str
     root: Path | None
@@ -42,6 +43,7 @@ class DatasetInfo:
     train_dir: str = "train"
     eval_dir: str = "val"
     _arrays: dict = field(default_factory=dict, repr=False, compare=False)
+    _folders: dict = field(default_factory=dict, repr=False, compare=False)
 
     def arrays(self, split: str):
         """(uint8 images, int64 labels) of Fashion-MNIST's "train" or "test" split, read on first use."""
@@ -98,12 +100,19 @@ def build_batches(info: DatasetInfo, *, train: bool, data_cfg: DataConfig, batch
         return TensorBatches(images, labels, batch_size, size, train, seed, rank, world,
                              padding=padding if train else 0, hflip=hflip and train)
     mode = "L" if data_cfg.input_size[0] == 1 else "RGB"
-    if train:
-        tf = TrainTransform(size, scale=rrc_scale, hflip=0.5 if hflip else 0.0, seed=seed)
-        ds = ImageFolder(info.root / info.train_dir, tf, mode, classes=info.classes)
-    else:
-        tf = EvalTransform(size, data_cfg.crop_pct, data_cfg.interpolation)
-        ds = ImageFolder(info.root / info.eval_dir, tf, mode, classes=info.classes)
-    if limit:
-        ds.samples = ds.samples[:limit]
+    # One listing per split and transform: the training and BN re-estimation batches share it. Sharing is safe:
+    # FolderBatches.iterate sets the dataset's epoch before each pass, and passes never interleave.
+    key = (train, mode, size, limit, tuple(rrc_scale), hflip, seed) if train else \
+        (train, mode, size, limit, data_cfg.crop_pct, data_cfg.interpolation)
+    ds = info._folders.get(key)
+    if ds is None:
+        if train:
+            tf = TrainTransform(size, scale=rrc_scale, hflip=0.5 if hflip else 0.0, seed=seed)
+            ds = ImageFolder(info.root / info.train_dir, tf, mode, classes=info.classes)
+        else:
+            tf = EvalTransform(size, data_cfg.crop_pct, data_cfg.interpolation)
+            ds = ImageFolder(info.root / info.eval_dir, tf, mode, classes=info.classes)
+        if limit:
+            ds.samples = ds.samples[:limit]
+        info._folders[key] = ds
     return FolderBatches(ds, batch_size, train, seed, rank, world, workers)
