@@ -201,8 +201,7 @@ def test_max_steps_is_not_inherited_by_a_resume(tmp_path, capsys):
 
 
 def test_predict_streams_batches_with_overrides(trained_run, tmp_path, monkeypatch, capsys):
-    import importlib
-    ev = importlib.import_module("qtvit.train.evaluate")  # the module, not the function qtvit.train.evaluate
+    import qtvit.train.evaluate as ev
     x, _ = load_fashion_mnist("test", SMALL_FMNIST)
     paths = []
     for i in range(5):

@@ -26,7 +26,8 @@ def test_idx_files_are_read_once_and_shared(monkeypatch):
     import qtvit.data as data
     reads = []
     original = data.load_fashion_mnist
-    monkeypatch.setattr(data, "load_fashion_mnist", lambda split, *a, **k: reads.append(split) or original(split, *a, **k))
+    monkeypatch.setattr(data, "load_fashion_mnist",
+                        lambda split, *a, **k: reads.append(split) or original(split, *a, **k))
     info = open_dataset(SMALL_FMNIST)
     cfg = resolve_data_config(None, 1, 28, dataset_mean=info.mean, dataset_std=info.std)
     train = build_batches(info, train=True, data_cfg=cfg, batch_size=20)

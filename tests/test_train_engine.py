@@ -217,7 +217,8 @@ def test_the_dataset_is_read_once_per_split(tmp_path, monkeypatch):
     import qtvit.data as data
     reads = []
     original = data.load_fashion_mnist
-    monkeypatch.setattr(data, "load_fashion_mnist", lambda split, *a, **k: reads.append(split) or original(split, *a, **k))
+    monkeypatch.setattr(data, "load_fashion_mnist",
+                        lambda split, *a, **k: reads.append(split) or original(split, *a, **k))
     train(tiny_config(tmp_path, epochs=1, bn_reestimate_images=40))  # train, eval and BN batches
     assert sorted(reads) == ["test", "train"]
 
@@ -250,3 +251,13 @@ def test_bad_options_are_refused_before_any_work(tmp_path, option, message):
     with pytest.raises(ValueError, match=message):
         train(tiny_config(tmp_path, **option))
     assert not (tmp_path / "run").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_resume_refuses_a_pickled_training_state(tmp_path):
+    import numpy as np
+    train(tiny_config(tmp_path, max_steps=2))
+    ckpt = latest_checkpoint(tmp_path / "run")
+    # what an older qtvit wrote: numpy's RNG state as pickled objects, which weights_only loading refuses
+    torch.save({"rng": [{"numpy": np.random.get_state()}]}, ckpt / "train_state.pt")
+    with pytest.raises(CheckpointError, match="written by an older qtvit .* cannot be loaded safely"):
+        train(tiny_config(tmp_path, resume=str(tmp_path / "run")))

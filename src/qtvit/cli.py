@@ -12,7 +12,6 @@ import dataclasses
 import importlib
 import json
 import sys
-from pathlib import Path
 
 # (module, function) of every subcommand, in the order `qtvit --help` lists them.
 COMMANDS: list[tuple[str, str]] = [

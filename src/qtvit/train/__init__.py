@@ -3,14 +3,15 @@
 distributed set-up. Needs the `train` extra (kornia, torchmetrics)."""
 from .ema import ModelEma, ema_decay_at
 from .engine import TrainingInterrupted, train
-from .evaluate import evaluate, iter_predictions, load_model, predict, reestimate_bn_on, validate
+# `evaluate` stays the module (qtvit.train.evaluate.evaluate): a function of that name would hide it.
+from .evaluate import iter_predictions, load_model, predict, reestimate_bn_on, validate
 from .optim import create_optimizer, lr_at, param_groups
 from .recipes import RECIPES, TrainConfig, check_config, list_recipes, make_config
 from .setup import build_model
 from .state import RunState
 
 __all__ = [
-    "train", "TrainingInterrupted", "evaluate", "validate", "predict", "iter_predictions", "reestimate_bn_on",
+    "train", "TrainingInterrupted", "validate", "predict", "iter_predictions", "reestimate_bn_on",
     "build_model", "load_model", "TrainConfig", "RECIPES", "make_config", "list_recipes", "check_config",
     "RunState", "ModelEma", "ema_decay_at", "create_optimizer", "param_groups", "lr_at",
 ]

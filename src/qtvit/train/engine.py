@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import pickle
 import signal
 import sys
 import threading
@@ -134,7 +135,13 @@ def resume(run: Run) -> RunState:
             load_checkpoint(run.ema.module, ckpt / "ema.safetensors")
     except CheckpointError as e:
         raise CheckpointError(f"--resume {ckpt}: {e}") from e
-    st = load_train_state(ckpt)
+    try:
+        st = load_train_state(ckpt)
+        state = RunState.from_dict(st["run"])
+    except (pickle.UnpicklingError, KeyError) as e:
+        raise CheckpointError(f"--resume {ckpt}: its train_state.pt was written by an older qtvit (or is damaged) "
+                              f"and cannot be loaded safely ({type(e).__name__}); start a new run (its weights still "
+                              f"load: qtvit validate --checkpoint {ckpt})") from e
     if st["global_batch"] != cfg.batch_size * d.world or st["seed"] != cfg.seed:
         raise ValueError(f"--resume {ckpt}: the run used global batch {st['global_batch']} and seed {st['seed']}; "
                          f"now {cfg.batch_size * d.world} and {cfg.seed}. Resume with the same --batch-size x "
@@ -143,7 +150,6 @@ def resume(run: Run) -> RunState:
     run.scaler.load_state_dict(st["scaler"])
     rngs = st["rng"]
     set_rng_state(rngs[d.rank] if len(rngs) == d.world else rngs[0], run.aug_gen)
-    state = RunState.from_dict(st["run"])
     run.saved_step = state.global_step
     run.log(f"resumed {ckpt} at epoch {state.epoch + 1} step {state.step_in_epoch} (global step {state.global_step})")
     return state

@@ -3,7 +3,6 @@ and the run folder. ``setup_run`` returns them in one ``Run`` that the loop (eng
 """
 from __future__ import annotations
 
-import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -21,20 +20,20 @@ from .distributed import DistInfo, broadcast_object
 from .ema import ModelEma
 from .optim import create_optimizer
 from .recipes import MAX_IMG_SIZE, TrainConfig, check_config
-from .tasks import Classification
+from .tasks import Classification, Task
 
 __all__ = ["Run", "setup_run", "build_model", "run_dir_of", "resumed_run_dir"]
 
-_logger = logging.getLogger(__name__)
 
 
 def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0.0, **kwargs) -> nn.Module:
     """``qtvit.create_model`` with the class count and channels of the data. Constructor arguments that the model
     does not take, or image sizes no machine could hold, are a ValueError naming the argument."""
     from ..models import create_model
-    for k, v in kwargs.items():
-        if k.endswith("size") and isinstance(v, int) and not 1 <= v <= MAX_IMG_SIZE:
-            raise ValueError(f"--model-kwargs {k}={v} is not a plausible image size; give a value in "
+    for k, v in kwargs.items():  # a size of 100000 would try to allocate hundreds of gigabytes
+        sides = v if isinstance(v, (list, tuple)) else [v]
+        if k.endswith("size") and any(isinstance(s, int) and not 1 <= s <= MAX_IMG_SIZE for s in sides):
+            raise ValueError(f"--model-kwargs {k}={v} is not a plausible image size; give sides in "
                              f"[1, {MAX_IMG_SIZE}]")
     if drop_path > 0:
         kwargs["drop_path_rate"] = drop_path
@@ -77,7 +76,7 @@ class Run:
     num_classes: int
     model: nn.Module          # the model itself; train_model is its DDP wrapper in a distributed run
     train_model: nn.Module
-    task: Classification
+    task: Task
     train_batches: object
     eval_batches: object
     bn_batches: object | None

@@ -11,6 +11,8 @@ Classification is the only task for now; segmentation comes with its own batch, 
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,7 +21,19 @@ from ..data import DataConfig, mixup_cutmix
 from ..data.transforms import BatchAugment
 from .evaluate import evaluate
 
-__all__ = ["Classification"]
+__all__ = ["Task", "Classification"]
+
+
+class Task(Protocol):
+    """What the loop asks of a task (see the module docstring)."""
+
+    metric: str
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, gen: torch.Generator): ...
+
+    def loss(self, output, target) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, batches, device: torch.device) -> dict: ...
 
 
 class Classification:
