@@ -25,7 +25,6 @@ from .tasks import Classification, Task
 __all__ = ["Run", "setup_run", "build_model", "run_dir_of", "resumed_run_dir"]
 
 
-
 def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0.0, **kwargs) -> nn.Module:
     """``qtvit.create_model`` with the class count and channels of the data. Constructor arguments that the model
     does not take, or image sizes no machine could hold, are a ValueError naming the argument."""
