@@ -27,7 +27,9 @@ _HELP = {
     "model": "model name (qtvit.list_models())", "data": "'fashion-mnist' (default), a folder of Fashion-MNIST idx "
     "files, or an ImageNet-style folder with train/ and val/", "output": "parent folder of run folders",
     "name": "run folder name (default <model>-<recipe>-<time>)", "num_classes": "classes (default: the dataset's)",
-    "img_size": "input size (default: the model's)", "crop_pct": "eval crop ratio (default: the model's)",
+    "img_size": "image size the data is cropped to, recorded in the saved weights (default: the model's); a "
+    "positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
+    "crop_pct": "eval crop ratio (default: the model's)",
     "epochs": "total epochs, warm-up included", "warmup_epochs": "linear warm-up epochs (fractions allowed)",
     "batch_size": "batch per process", "eval_batch_size": "eval batch per process", "lr": "peak learning rate",
     "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
@@ -221,7 +223,7 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--data", "--data-dir", dest="data", help="'fashion-mnist' (default), idx folder, or ImageNet-style "
                                                              "folder (its val/)")
     p.add_argument("-b", "--batch-size", type=positive_int, default=256)
-    p.add_argument("--device", type=device_arg, default="auto")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
     p.add_argument("--workers", type=nonneg_int, default=4)
@@ -247,9 +249,9 @@ def add_predict_parser(subparsers) -> None:
                               description="Print the top classes with probabilities for each image.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _saved_model_flags(p)
-    p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image")
     p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="images per forward pass")
-    p.add_argument("--device", type=device_arg, default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_predict)
 
