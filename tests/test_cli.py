@@ -115,3 +115,134 @@ def test_main_job_recipe_model_trains_and_reloads(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
     assert r["images"] == 100 and r["top1"] == pytest.approx(row["top1"])  # the same weights, the same protocol
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "-b", "0"], "argument --batch-size/-b: 0 is out of range: give a value at least 1"),
+    (["train", "-b", "-4"], "-4 is out of range"),
+    (["train", "--eval-every-epochs", "0"], "--eval-every-epochs: 0 is out of range"),
+    (["train", "--img-size", "-5"], "--img-size: -5 is out of range: give a value in [8, 4096]"),
+    (["train", "--img-size", "0"], "--img-size: 0 is out of range"),
+    (["train", "--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
+    (["train", "--epochs", "0"], "--epochs: 0 is out of range"),
+    (["train", "--epochs", "-1"], "--epochs: -1 is out of range"),
+    (["train", "--limit-train", "0"], "leave it out to use all images"),
+    (["train", "--limit-train", "-5"], "--limit-train: -5 is out of range"),
+    (["train", "--checkpoint-every-steps", "-1"], "--checkpoint-every-steps: -1 is out of range"),
+    (["train", "--crop-pct", "2"], "--crop-pct: 2 is out of range: give a value in (0, 1]"),
+    (["train", "--lr", "abc"], "'abc' is not a number"),
+    (["train", "--name", "../x"], "is not a single folder name"),
+    (["validate", "--checkpoint", "x", "-b", "0"], "0 is out of range"),
+    (["validate", "--checkpoint", "x", "--crop-pct", "1.5"], "--crop-pct: 1.5 is out of range"),
+    (["predict", "img.png", "--checkpoint", "x", "--topk", "-2"], "--topk: -2 is out of range"),
+    (["predict", "img.png", "--checkpoint", "x", "--device", "gpu"], "unknown device 'gpu'"),
+])
+def test_bad_numbers_and_names_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_bad_model_arguments_name_the_argument(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(_TRAIN + ["--output", str(tmp_path), "--model-kwargs", "bogus=1"]) == 1
+    assert "takes no constructor argument 'bogus'" in capsys.readouterr().err
+    assert main(_TRAIN + ["--output", str(tmp_path), "--model-kwargs", "img_size=100000"]) == 1
+    assert "img_size=100000 is not a plausible image size" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_predict_on_cuda_without_cuda_says_so(trained_run, capsys):
+    assert main(["predict", "x.png", "--checkpoint", str(trained_run), "--device", "cuda"]) == 1
+    assert "no CUDA device is visible; use --device cpu" in capsys.readouterr().err
+
+
+def test_interrupt_advises_resume_only_when_something_was_saved(tmp_path, monkeypatch, capsys):
+    import signal
+
+    import qtvit.train.engine as engine
+    import qtvit.train.setup as setup
+
+    def no_data(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(setup, "open_dataset", no_data)
+    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "early"]) == 130
+    err = capsys.readouterr().err
+    assert "nothing was saved" in err and "--resume" not in err
+    monkeypatch.undo()
+
+    original = engine.train_step
+
+    def step_then_interrupt(run, state, x, y):
+        loss = original(run, state, x, y)
+        if state.global_step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(engine, "train_step", step_then_interrupt)
+    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "late"]) == 130
+    err = capsys.readouterr().err
+    assert f"checkpoint {tmp_path / 'late' / 'checkpoints' / 'step_00000003'} is saved" in err
+    assert f"--resume {tmp_path / 'late'}" in err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "late"), "--no-progress"]) == 0
+    rows = (tmp_path / "late" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [10, 20]
+
+
+def test_max_steps_is_not_inherited_by_a_resume(tmp_path, capsys):
+    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "smoke", "--max-steps", "2"]) == 0
+    run = tmp_path / "smoke"
+    assert (run / "summary.json").is_file() and (run / "checkpoints" / "step_00000002").is_dir()
+    args = build_parser().parse_args(["train", "--resume", str(run)])
+    assert config_from_args(args).max_steps is None
+
+
+def test_predict_streams_batches_with_overrides(trained_run, tmp_path, monkeypatch, capsys):
+    import qtvit.train.evaluate as ev
+    x, _ = load_fashion_mnist("test", SMALL_FMNIST)
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(x[i].numpy()).save(paths[-1])
+    assert main(["predict", *paths, "--checkpoint", str(trained_run), "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    sizes = []
+    original = ev.model_input
+    monkeypatch.setattr(ev, "model_input", lambda x, *a, **k: sizes.append(len(x)) or original(x, *a, **k))
+    assert main(["predict", *paths, "--checkpoint", str(trained_run), "--json", "-b", "2"]) == 0
+    assert sizes == [2, 2, 1]
+    streamed = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in streamed] == paths
+    for a, b in zip(whole, streamed):
+        assert a["top"][0][0] == b["top"][0][0] and a["top"][0][1] == pytest.approx(b["top"][0][1], abs=1e-5)
+    assert main(["predict", paths[0], "--checkpoint", str(trained_run), "--img-size", "24", "--crop-pct", "0.5",
+                 "--topk", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_validate_reads_a_plain_torch_file_and_overrides_the_preprocessing(trained_run, tmp_path, capsys):
+    import torch
+
+    from qtvit.train import load_model
+    net = load_model(trained_run)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    assert main(["validate", "--checkpoint", str(tmp_path / "weights.pt"), "--model", "train_tiny", "--data",
+                 SMALL_FMNIST, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 100
+    assert main(["validate", "--checkpoint", str(trained_run), "--data", SMALL_FMNIST, "--json", "--img-size", "24",
+                 "--crop-pct", "0.8"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 100
+
+
+def test_img_size_is_recorded_and_a_resized_positional_embedding_is_reported(tmp_path, capsys):
+    assert main(["train", "--model", "qtvit_pico", "--data", SMALL_FMNIST, "--img-size", "32", "--max-steps", "1",
+                 "-b", "20", "--limit-train", "40", "--limit-eval", "20", "--threads", "1", "--no-progress",
+                 "--output", str(tmp_path), "--name", "r"]) == 0
+    out = capsys.readouterr().out
+    assert "positional embedding is stored for 28 px" in out and "--model-kwargs pos_embed_size=32" in out
+    from qtvit.checkpoints import read_config
+    cfg = read_config(tmp_path / "r" / "checkpoints" / "step_00000001" / "model.safetensors")
+    assert cfg["pretrained_cfg"]["input_size"] == [1, 32, 32]

@@ -10,8 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-import qtvit.train.checkpoint as ckpt_mod
-from qtvit.train import CheckpointError, latest_checkpoint, load_model, load_weights, reestimate_bn, save_weights, train
+import qtvit
+from qtvit.checkpoints import CheckpointError
+from qtvit.train import load_model, train
+# merge: these come from qtvit.checkpoints once the wt-ckpt branch is in
+from qtvit.train._ckpt_shim import latest_checkpoint, save_weights
 from conftest import SMALL_FMNIST, TinyNet, tiny_config
 
 
@@ -59,7 +62,7 @@ def test_training_learns_and_writes_the_run_folder(tmp_path):
     assert json.loads((run / "args.json").read_text())["model"] == "train_tiny"
     assert (run / "best" / "model.safetensors").is_file() and latest_checkpoint(run).name == "step_00000040"
     best = json.loads((run / "best" / "config.json").read_text())
-    assert best["top1"] == max(row["top1"] for row in rows) and best["class_names"][9] == "Ankle boot"
+    assert best["top1"] == max(row["top1"] for row in rows) and best["pretrained_cfg"]["label_names"][9] == "Ankle boot"
     with pytest.raises(ValueError, match="already holds a run; continue it with --resume"):
         train(tiny_config(tmp_path, epochs=1))  # the same run folder again: nothing is overwritten
 
@@ -69,10 +72,15 @@ def test_resume_continues_with_the_same_loss_curve(tmp_path):
     extra = dict(epochs=2, model_ema=True, model_ema_warmup_steps=3, drop_path=0.2, mixup=0.4, cutmix=0.4,
                  bn_reestimate_images=40)
     full = train(tiny_config(tmp_path, name="full", **extra))
-    # checkpoints at steps 7, 10 (end of epoch 1) and 14; "crash" at step 16: the work of steps 15-16 is lost
-    first = train(tiny_config(tmp_path, name="crash", checkpoint_every_steps=7, max_steps=16, **extra))
-    assert first["stopped"] and latest_checkpoint(tmp_path / "crash").name == "step_00000014"
-    rest = train(tiny_config(tmp_path, name="crash", checkpoint_every_steps=7, resume=str(tmp_path / "crash"), **extra))
+    # checkpoints at steps 7, 10 (end of epoch 1), 14 and 16 (--max-steps); resuming from step 14 as after a
+    # crash there: the work of steps 15-16 is redone, mid-epoch 2
+    first = train(tiny_config(tmp_path, name="crash", checkpoint_every_steps=7, max_steps=16, keep_checkpoints=2,
+                              **extra))
+    assert first["stopped"] and latest_checkpoint(tmp_path / "crash").name == "step_00000016"
+    step14 = tmp_path / "crash" / "checkpoints" / "step_00000014"
+    # the training state holds plain types only: it loads without unpickling arbitrary objects
+    assert torch.load(step14 / "train_state.pt", weights_only=True)["run"]["global_step"] == 14
+    rest = train(tiny_config(tmp_path, name="crash", checkpoint_every_steps=7, resume=str(step14), **extra))
     ref = dict(full["step_losses"])
     assert len(ref) == 20
     assert [s for s, _ in rest["step_losses"]] == list(range(15, 21))
@@ -82,6 +90,10 @@ def test_resume_continues_with_the_same_loss_curve(tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     assert [h["top1"] for h in rest["history"]] == [h["top1"] for h in full["history"]]
     assert [h["ema_top1"] for h in rest["history"]] == [h["ema_top1"] for h in full["history"]]
+    # epoch 2's row covers the whole epoch, not only the 6 steps after the resume
+    assert rest["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], abs=1e-6)
+    rows = [json.loads(line) for line in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows] == pytest.approx([h["train_loss"] for h in full["history"]], abs=1e-6)
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -92,7 +104,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod.torch, "save", no_space)
+    monkeypatch.setattr(torch, "save", no_space)
     with pytest.raises(OSError, match=r"disk full .* free space or change --output") as e:
         train(tiny_config(tmp_path, checkpoint_every_steps=5, max_steps=10, resume=str(run)))
     assert e.value.errno == errno.ENOSPC
@@ -105,21 +117,20 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_checkpoint_of_another_model_or_class_count(tmp_path):
-    m = TinyNet(num_classes=10)
-    path = tmp_path / "w.safetensors"
-    save_weights(m, path, {"model": "train_tiny", "num_classes": 10, "in_chans": 1})
+    m = qtvit.create_model("train_tiny", num_classes=10, in_chans=1)
+    path = save_weights(m, tmp_path / "w.safetensors")
     with pytest.raises(CheckpointError, match="holds weights of model 'train_tiny', not 'train_tiny_gn'"):
         load_model(path, model="train_tiny_gn")
     with pytest.raises(CheckpointError, match="trained for 10 classes, not 5"):
         load_model(path, num_classes=5)
     with pytest.raises(CheckpointError, match=r"head.weight: checkpoint \(10, 16\) vs model \(5, 16\)"):
-        load_weights(TinyNet(num_classes=5), path)
-    net, meta = load_model(path)
-    assert meta["num_classes"] == 10 and torch.equal(net.head.weight, m.head.weight)
+        qtvit.checkpoints.load_checkpoint(TinyNet(num_classes=5), path)
+    net = load_model(path)
+    assert net.head.out_features == 10 and torch.equal(net.head.weight, m.head.weight) and not net.training
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "nope.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
         load_model(tmp_path / "junk.safetensors")
 
 
@@ -132,13 +143,14 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path):
 
 def test_bn_reestimation_is_the_plain_average():
     from qtvit.data import build_batches, open_dataset, resolve_data_config
+    from qtvit.train import reestimate_bn_on
     info = open_dataset(SMALL_FMNIST)
     model = TinyNet()
     cfg = resolve_data_config(model, 1)
-    batches = build_batches(info, False, cfg, 50)
+    batches = build_batches(info, train=False, data_cfg=cfg, batch_size=50)
     bn = model.stem[1]
     bn.running_mean.fill_(5.0)
-    seen = reestimate_bn(model, batches, cfg.mean, cfg.std, torch.device("cpu"), 100)
+    seen = reestimate_bn_on(model, batches, cfg, torch.device("cpu"), 100)
     assert seen == 100 and bn.momentum == 0.1  # momentum restored
     from qtvit.data import normalize
     x = torch.cat([normalize(xb, cfg.mean, cfg.std) for xb, _ in batches.iterate(0)])[:100]
@@ -153,3 +165,99 @@ def test_mixed_precision_trains_like_fp32(tmp_path, amp):
     assert r["skipped_steps"] == 0 and len(r["step_losses"]) == 10
     for (_, a), (_, b) in zip(ref["step_losses"], r["step_losses"]):
         assert abs(a - b) < 0.05  # half-precision rounding only
+
+
+def _ctrl_c_at(monkeypatch, step: int):
+    """Press Ctrl-C (SIGINT) during training step `step`, as a user would."""
+    import signal
+
+    import qtvit.train.engine as engine
+    original = engine.train_step
+
+    def step_then_interrupt(run, state, x, y):
+        loss = original(run, state, x, y)
+        if state.global_step == step:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(engine, "train_step", step_then_interrupt)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_the_same_curve(tmp_path, monkeypatch):
+    from qtvit.train import TrainingInterrupted
+    full = train(tiny_config(tmp_path, name="full", mixup=0.4))
+    _ctrl_c_at(monkeypatch, 13)
+    with pytest.raises(TrainingInterrupted) as e:
+        train(tiny_config(tmp_path, name="cut", mixup=0.4))
+    assert e.value.checkpoint == tmp_path / "cut" / "checkpoints" / "step_00000013"  # saved after step 13
+    monkeypatch.undo()
+    rest = train(tiny_config(tmp_path, name="cut", mixup=0.4, resume=str(tmp_path / "cut")))
+    ref = dict(full["step_losses"])
+    assert [s for s, _ in rest["step_losses"]] == list(range(14, 21))
+    assert all(loss == pytest.approx(ref[s], abs=1e-6) for s, loss in rest["step_losses"])
+    assert rest["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], abs=1e-6)
+
+
+def test_max_steps_ends_like_a_finished_run(tmp_path, capsys):
+    from qtvit.train import validate
+    r = train(tiny_config(tmp_path, max_steps=3))
+    run = tmp_path / "run"
+    assert r["stopped"] and r["global_step"] == 3 and r["top1"] is not None
+    assert latest_checkpoint(run).name == "step_00000003"  # something to resume from
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["stopped"] and summary["top1"] == r["top1"]
+    assert "stopped at --max-steps 3" in capsys.readouterr().out
+    v = validate(run, data=SMALL_FMNIST, device="cpu")  # the run folder's weights reload alone
+    assert v["images"] == 100 and v["top1"] == pytest.approx(r["top1"])
+    rest = train(tiny_config(tmp_path, resume=str(run)))
+    assert rest["step_losses"][0][0] == 4 and rest["global_step"] == 20 and not rest["stopped"]
+
+
+def test_the_dataset_is_read_once_per_split(tmp_path, monkeypatch):
+    import qtvit.data as data
+    reads = []
+    original = data.load_fashion_mnist
+    monkeypatch.setattr(data, "load_fashion_mnist",
+                        lambda split, *a, **k: reads.append(split) or original(split, *a, **k))
+    train(tiny_config(tmp_path, epochs=1, bn_reestimate_images=40))  # train, eval and BN batches
+    assert sorted(reads) == ["test", "train"]
+
+
+def test_saved_weights_describe_model_data_size_and_labels(tmp_path):
+    from qtvit.checkpoints import read_config
+    train(tiny_config(tmp_path, epochs=1, img_size=20, crop_pct=0.9))
+    config = read_config(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    pcfg = config["pretrained_cfg"]
+    assert config["architecture"] == "train_tiny" and config["model_args"]["num_classes"] == 10
+    assert pcfg["input_size"] == [1, 20, 20] and pcfg["crop_pct"] == 0.9 and pcfg["dataset"] == "fashion-mnist"
+    assert pcfg["label_names"][0] == "T-shirt/top" and len(pcfg["mean"]) == 1
+    net = load_model(tmp_path / "run")
+    assert net.pretrained_cfg["input_size"] == [1, 20, 20]
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(epochs=0), "--epochs 0 is out of range: give a value at least 1"),
+    (dict(batch_size=-4), "--batch-size -4 is out of range"),
+    (dict(limit_train=0), "leave it out to use all images"),
+    (dict(checkpoint_every_steps=-1), "--checkpoint-every-steps -1 is out of range"),
+    (dict(crop_pct=2.0), r"--crop-pct 2.0 is out of range: give a value in \(0, 1\]"),
+    (dict(img_size=0), "--img-size 0 is out of range"),
+    (dict(name="../x"), "not a single folder name"),
+    (dict(model_kwargs={"bogus": 1}), "takes no constructor argument 'bogus'"),
+    (dict(model_kwargs={"img_size": 100000}), "img_size=100000 is not a plausible image size"),
+    (dict(device="gpu"), "unknown device 'gpu'"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, option, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tmp_path, **option))
+    assert not (tmp_path / "run").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_resume_refuses_a_pickled_training_state(tmp_path):
+    import numpy as np
+    train(tiny_config(tmp_path, max_steps=2))
+    ckpt = latest_checkpoint(tmp_path / "run")
+    # what an older qtvit wrote: numpy's RNG state as pickled objects, which weights_only loading refuses
+    torch.save({"rng": [{"numpy": np.random.get_state()}]}, ckpt / "train_state.pt")
+    with pytest.raises(CheckpointError, match="written by an older qtvit .* cannot be loaded safely"):
+        train(tiny_config(tmp_path, resume=str(tmp_path / "run")))

@@ -12,7 +12,6 @@ import dataclasses
 import importlib
 import json
 import sys
-from pathlib import Path
 
 # (module, function) of every subcommand, in the order `qtvit --help` lists them.
 COMMANDS: list[tuple[str, str]] = [
@@ -28,7 +27,9 @@ _HELP = {
     "model": "model name (qtvit.list_models())", "data": "'fashion-mnist' (default), a folder of Fashion-MNIST idx "
     "files, or an ImageNet-style folder with train/ and val/", "output": "parent folder of run folders",
     "name": "run folder name (default <model>-<recipe>-<time>)", "num_classes": "classes (default: the dataset's)",
-    "img_size": "input size (default: the model's)", "crop_pct": "eval crop ratio (default: the model's)",
+    "img_size": "image size the data is cropped to, recorded in the saved weights (default: the model's); a "
+    "positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
+    "crop_pct": "eval crop ratio (default: the model's)",
     "epochs": "total epochs, warm-up included", "warmup_epochs": "linear warm-up epochs (fractions allowed)",
     "batch_size": "batch per process", "eval_batch_size": "eval batch per process", "lr": "peak learning rate",
     "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
@@ -65,13 +66,83 @@ def _kv(text: str) -> tuple[str, object]:
         return k, v
 
 
-def _float_or_none(text: str):
-    return None if text.lower() in ("none", "null") else float(text)
+# ----------------------------------------------------------------------------------------------- argument types
+def bounded(kind: type, bound, hint: str = "", allow_none: bool = False):
+    """An argparse type: `kind` (int or float) within `bound` (a recipes.Bound); "none" when `allow_none`."""
+    def parse(text: str):
+        if allow_none and text.strip().lower() in ("none", "null"):
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if bound is not None and not bound.holds(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a value {bound.describe()}{hint}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
+def _bound(lo=None, hi=None, lo_open=False, hi_open=False):
+    from .train.recipes import Bound
+    return Bound(lo, hi, lo_open, hi_open)
+
+
+def positive_int(text: str) -> int:
+    return bounded(int, _bound(1))(text)
+
+
+def nonneg_int(text: str) -> int:
+    return bounded(int, _bound(0))(text)
+
+
+def fraction_in(lo: float, hi: float, lo_open: bool = True, hi_open: bool = False, allow_none: bool = False):
+    """A float in (lo, hi] by default, e.g. fraction_in(0, 1) for a crop ratio."""
+    return bounded(float, _bound(lo, hi, lo_open, hi_open), allow_none=allow_none)
+
+
+def image_size(text: str) -> int:
+    from .train.recipes import BOUNDS
+    return bounded(int, BOUNDS["img_size"], " (pixels)")(text)
+
+
+def device_arg(text: str) -> str:
+    """auto, cpu, cuda or cuda:N (whether CUDA is there is checked when the command runs)."""
+    kind, _, index = text.strip().lower().partition(":")
+    if text.strip().lower() in ("auto", "cpu") or (kind == "cuda" and (not index or index.isdigit())):
+        return text.strip().lower()
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N (N a GPU index)")
+
+
+def run_name(text: str) -> str:
+    from .train.recipes import check_run_name
+    try:
+        check_run_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--name {text!r} ")) from None
+    return text
+
+
+def _field_type(name: str, default):
+    """The argparse type of a TrainConfig field: its number kind within recipes.BOUNDS."""
+    from .train.recipes import BOUND_HINTS, BOUNDS
+    if name in ("clip_grad", "crop_pct"):
+        return bounded(float, BOUNDS[name], BOUND_HINTS.get(name, ""), allow_none=True)
+    kind = int if isinstance(default, int) or name in _INT_OR_NONE else float
+    return bounded(kind, BOUNDS.get(name), BOUND_HINTS.get(name, ""))
+
+
+_INT_OR_NONE = ("num_classes", "img_size", "threads", "limit_train", "limit_eval", "max_steps")
+_SPECIAL = {"amp": dict(choices=["none", "bf16", "fp16"]), "drop_path_schedule": dict(choices=["constant", "linear"]),
+            "device": dict(type=device_arg), "name": dict(type=run_name)}
+
+
+# ----------------------------------------------------------------------------------------------- train
 def add_train_parser(subparsers) -> None:
-    """``qtvit train``: one flag per TrainConfig field (defaults from --recipe, then the dataclass)."""
-    from .train.recipes import RECIPES, TrainConfig
+    """``qtvit train``: one flag per TrainConfig field (defaults from --recipe, then the dataclass); every number
+    checked against recipes.BOUNDS as it is parsed."""
+    from .train.recipes import BOUNDS, RECIPES, TrainConfig
     p = subparsers.add_parser(
         "train", help="train a model (Fashion-MNIST by default)",
         description="Train a model. Options left out take the --recipe's values, then the defaults shown. "
@@ -89,21 +160,19 @@ def add_train_parser(subparsers) -> None:
             kw["action"] = argparse.BooleanOptionalAction
             kw["help"] = _HELP.get(f.name, "")
         elif isinstance(default, tuple):
-            kw.update(nargs=2, type=float, metavar=("A", "B"))
+            kw.update(nargs=2, type=bounded(float, BOUNDS.get(f.name)), metavar=("A", "B"))
         elif isinstance(default, dict):
             kw.update(nargs="*", type=_kv, metavar="KEY=VALUE")
-        elif f.name in ("clip_grad", "crop_pct"):
-            kw["type"] = _float_or_none
-        elif isinstance(default, float):
-            kw["type"] = float
-        elif isinstance(default, int) or f.name in ("num_classes", "img_size", "threads", "limit_train",
-                                                     "limit_eval", "max_steps"):
-            kw["type"] = int
+        elif f.name in BOUNDS:
+            kw["type"] = _field_type(f.name, default)
+        kw.update(_SPECIAL.get(f.name, {}))
         names = [flag] + (["-b"] if f.name == "batch_size" else []) + (["--data-dir"] if f.name == "data" else [])
-        if f.name == "amp":
-            kw["choices"] = ["none", "bf16", "fp16"]
         p.add_argument(*names, **kw)
     p.set_defaults(func=run_train)
+
+
+# Options that belong to one invocation, not to the run: a resumed run does not inherit them from args.json.
+_NOT_RESUMED = ("max_steps", "resume")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -118,16 +187,12 @@ def config_from_args(args: argparse.Namespace):
         if k in given:
             given[k] = tuple(given[k])
     if args.resume:
-        from .train.checkpoint import latest_checkpoint
-        ckpt = latest_checkpoint(args.resume)
-        saved_args = None
-        if ckpt is not None:
-            run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else Path(args.resume)
-            saved_args = run / "args.json"
-        if saved_args is None or not saved_args.is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: no checkpoint with its args.json there; pass the run "
-                                    "folder that `qtvit train` printed")
-        saved = {k: v for k, v in json.loads(saved_args.read_text()).items() if k in names}
+        from .train.setup import resumed_run_dir
+        saved_args = resumed_run_dir(args.resume)[0] / "args.json"
+        if not saved_args.is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: the run folder has no args.json; pass the run folder "
+                                    "that `qtvit train` printed")
+        saved = {k: v for k, v in json.loads(saved_args.read_text()).items() if k in names and k not in _NOT_RESUMED}
         for k in ("betas", "rrc_scale"):
             saved[k] = tuple(saved[k])
         return TrainConfig(**{**saved, **given})
@@ -140,29 +205,36 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- validate, predict
+def _saved_model_flags(p) -> None:
+    p.add_argument("--img-size", type=image_size, help="input size (default: the checkpoint's)")
+    p.add_argument("--crop-pct", type=fraction_in(0, 1), help="centre-crop ratio in (0, 1] (default: the "
+                                                               "checkpoint's)")
+    p.add_argument("--model", help="model name (default: the checkpoint's)")
+    p.add_argument("--checkpoint", required=True, help="weights file (.safetensors, .pt), checkpoint folder or run "
+                                                       "folder")
+
+
 def add_validate_parser(subparsers) -> None:
     p = subparsers.add_parser("validate", help="top-1/top-5 of a checkpoint on a dataset",
                               description="Top-1 and top-5 accuracy (micro) of a checkpoint on a dataset's "
                                           "eval split, with the model's eval protocol.")
-    p.add_argument("--checkpoint", required=True, help="weights .safetensors, checkpoint folder or run folder")
-    p.add_argument("--model", help="model name (default: the checkpoint's)")
+    _saved_model_flags(p)
     p.add_argument("--data", "--data-dir", dest="data", help="'fashion-mnist' (default), idx folder, or ImageNet-style "
                                                              "folder (its val/)")
-    p.add_argument("-b", "--batch-size", type=int, default=256)
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--crop-pct", type=float)
-    p.add_argument("--device", default="auto")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=256)
+    p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--limit", type=positive_int, help="only the first N images")
+    p.add_argument("--workers", type=nonneg_int, default=4)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_validate)
 
 
 def run_validate(args: argparse.Namespace) -> int:
     from .train import validate
-    r = validate(args.checkpoint, args.model, args.data, args.batch_size, args.img_size, args.crop_pct,
-                 args.device, args.amp, args.limit, args.workers)
+    r = validate(args.checkpoint, args.model, args.data, batch_size=args.batch_size, img_size=args.img_size,
+                 crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers)
     if args.json:
         print(json.dumps(r))
     else:
@@ -176,21 +248,22 @@ def add_predict_parser(subparsers) -> None:
     p = subparsers.add_parser("predict", help="top-5 classes of images",
                               description="Print the top classes with probabilities for each image.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--checkpoint", required=True, help="weights .safetensors, checkpoint folder or run folder")
-    p.add_argument("--model", help="model name (default: the checkpoint's)")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--device", default="cpu")
+    _saved_model_flags(p)
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .train import predict
-    results = predict(args.images, args.checkpoint, args.model, args.topk, args.device)
+    from .train import iter_predictions
+    results = iter_predictions(args.images, args.checkpoint, args.model, topk=args.topk, device=args.device,
+                               batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct)
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(list(results)))
         return 0
-    for r in results:
+    for r in results:  # printed as they come: a long list shows progress
         print(r["image"])
         for name, p in r["top"]:
             print(f"  {100 * p:6.2f}%  {name}")
@@ -222,16 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     what to do), 2 for a usage error, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train.checkpoint import CheckpointError
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("\nqtvit: interrupted; `qtvit train --resume RUN_FOLDER` continues from the last checkpoint",
-              file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\nqtvit {args.command}: {_interrupted(e)}", file=sys.stderr)
         return 130
-    except (CheckpointError, ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError) as e:  # CheckpointError and FileNotFoundError included
         print(f"qtvit {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _interrupted(e: KeyboardInterrupt) -> str:
+    """What an interrupted command leaves: advise --resume only where a checkpoint exists to resume from."""
+    checkpoint, run_dir = getattr(e, "checkpoint", None), getattr(e, "run_dir", None)
+    if checkpoint is not None:
+        return f"interrupted; checkpoint {checkpoint} is saved: `qtvit train --resume {run_dir}` continues from it"
+    if hasattr(e, "checkpoint"):
+        return "interrupted before the first checkpoint: nothing was saved, so start the run again"
+    return "interrupted"
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ iterator for a model's data config.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, find_fashion_mnist,
@@ -28,7 +28,12 @@ FASHION_MNIST = "fashion-mnist"
 
 @dataclass
 class DatasetInfo:
-    """What a --data value names: kind ("fashion-mnist" or "folder"), where, its classes and channels."""
+    """What a --data value names: kind ("fashion-mnist" or "folder"), where, its classes and channels.
+
+    ``arrays(split)`` reads Fashion-MNIST's idx files once per split and keeps them, so the training, evaluation and
+    BN re-estimation batches of a run share one copy in memory; an image folder is likewise listed once for the
+    same transform (see build_batches).
+    """
     kind: str
     root: Path | None
     classes: list[str]
@@ -37,6 +42,14 @@ class DatasetInfo:
     std: tuple[float, ...] | None = None
     train_dir: str = "train"
     eval_dir: str = "val"
+    _arrays: dict = field(default_factory=dict, repr=False, compare=False)
+    _folders: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def arrays(self, split: str):
+        """(uint8 images, int64 labels) of Fashion-MNIST's "train" or "test" split, read on first use."""
+        if split not in self._arrays:
+            self._arrays[split] = load_fashion_mnist(split, self.root)
+        return self._arrays[split]
 
 
 def open_dataset(data: str | os.PathLike | None = None, download: bool = True) -> DatasetInfo:
@@ -64,18 +77,22 @@ def open_dataset(data: str | os.PathLike | None = None, download: bool = True) -
     return DatasetInfo("folder", root, classes, 3, None, None, "train", eval_dir or "val")
 
 
-def build_batches(info: DatasetInfo, train: bool, data_cfg: DataConfig, batch_size: int, seed: int = 0,
+def build_batches(info: DatasetInfo, *, train: bool, data_cfg: DataConfig, batch_size: int, seed: int = 0,
                   rank: int = 0, world: int = 1, workers: int = 4, padding: int = 2, hflip: bool = True,
                   limit: int | None = None, rrc_scale: tuple[float, float] = (0.08, 1.0)):
     """The training iterator (train=True) or the evaluation iterator of `info`, yielding uint8 image batches.
 
     Fashion-MNIST trains on a random crop of the image zero-padded by `padding` and a horizontal flip; folders on
     a random resized crop (`rrc_scale`) and a flip; both evaluate with the model's eval protocol (`data_cfg`).
-    `limit` keeps only the first `limit` images (quick runs and tests).
+    `limit` keeps only the first `limit` images (quick runs and tests); None keeps all.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size} is not a positive number of images; pass --batch-size 1 or more")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit {limit} would keep no images; pass a positive number, or leave it out to use all")
     size = data_cfg.input_size[-1]
     if info.kind == FASHION_MNIST:
-        images, labels = load_fashion_mnist("train" if train else "test", info.root)
+        images, labels = info.arrays("train" if train else "test")
         if limit:
             images, labels = images[:limit], labels[:limit]
         if data_cfg.input_size[0] != 1:  # a 3-channel model on grey images: repeat the channel
@@ -83,12 +100,19 @@ def build_batches(info: DatasetInfo, train: bool, data_cfg: DataConfig, batch_si
         return TensorBatches(images, labels, batch_size, size, train, seed, rank, world,
                              padding=padding if train else 0, hflip=hflip and train)
     mode = "L" if data_cfg.input_size[0] == 1 else "RGB"
-    if train:
-        tf = TrainTransform(size, scale=rrc_scale, hflip=0.5 if hflip else 0.0, seed=seed)
-        ds = ImageFolder(info.root / info.train_dir, tf, mode, classes=info.classes)
-    else:
-        tf = EvalTransform(size, data_cfg.crop_pct, data_cfg.interpolation)
-        ds = ImageFolder(info.root / info.eval_dir, tf, mode, classes=info.classes)
-    if limit:
-        ds.samples = ds.samples[:limit]
+    # One listing per split and transform: the training and BN re-estimation batches share it. Sharing is safe:
+    # FolderBatches.iterate sets the dataset's epoch before each pass, and passes never interleave.
+    key = (train, mode, size, limit, tuple(rrc_scale), hflip, seed) if train else \
+        (train, mode, size, limit, data_cfg.crop_pct, data_cfg.interpolation)
+    ds = info._folders.get(key)
+    if ds is None:
+        if train:
+            tf = TrainTransform(size, scale=rrc_scale, hflip=0.5 if hflip else 0.0, seed=seed)
+            ds = ImageFolder(info.root / info.train_dir, tf, mode, classes=info.classes)
+        else:
+            tf = EvalTransform(size, data_cfg.crop_pct, data_cfg.interpolation)
+            ds = ImageFolder(info.root / info.eval_dir, tf, mode, classes=info.classes)
+        if limit:
+            ds.samples = ds.samples[:limit]
+        info._folders[key] = ds
     return FolderBatches(ds, batch_size, train, seed, rank, world, workers)

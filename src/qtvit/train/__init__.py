@@ -1,13 +1,17 @@
-"""Training, evaluation and inference: the loop (engine.py), recipes, EMA, optimiser and schedule, checkpoints,
-metrics, distributed set-up. Needs the `train` extra (kornia, torchmetrics)."""
-from .checkpoint import CheckpointError, latest_checkpoint, load_weights, save_checkpoint, save_weights
+"""Training, evaluation and inference: the loop (engine.py, set up in setup.py, its state in state.py), the tasks
+(tasks.py), evaluation / validation / prediction (evaluate.py), recipes, EMA, optimiser and schedule, metrics,
+distributed set-up. Needs the `train` extra (kornia, torchmetrics)."""
 from .ema import ModelEma, ema_decay_at
-from .engine import build_model, evaluate, load_model, predict, reestimate_bn, train, validate
+from .engine import TrainingInterrupted, train
+# `evaluate` stays the module (qtvit.train.evaluate.evaluate): a function of that name would hide it.
+from .evaluate import iter_predictions, load_model, predict, reestimate_bn_on, validate
 from .optim import create_optimizer, lr_at, param_groups
-from .recipes import RECIPES, TrainConfig, list_recipes, make_config
+from .recipes import RECIPES, TrainConfig, check_config, list_recipes, make_config
+from .setup import build_model
+from .state import RunState
 
 __all__ = [
-    "train", "evaluate", "validate", "predict", "reestimate_bn", "build_model", "load_model", "TrainConfig",
-    "RECIPES", "make_config", "list_recipes", "ModelEma", "ema_decay_at", "create_optimizer", "param_groups",
-    "lr_at", "CheckpointError", "save_weights", "load_weights", "save_checkpoint", "latest_checkpoint",
+    "train", "TrainingInterrupted", "validate", "predict", "iter_predictions", "reestimate_bn_on",
+    "build_model", "load_model", "TrainConfig", "RECIPES", "make_config", "list_recipes", "check_config",
+    "RunState", "ModelEma", "ema_decay_at", "create_optimizer", "param_groups", "lr_at",
 ]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "all_reduce_mean", "broadcast_object"]
+__all__ = ["DistInfo", "resolve_device", "setup_distributed", "cleanup_distributed", "all_reduce_mean",
+           "broadcast_object"]
 
 
 @dataclass
@@ -28,6 +29,28 @@ class DistInfo:
         return self.world > 1
 
 
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """A device from "auto" (CUDA when present), "cpu", "cuda" (this process's cuda:LOCAL_RANK) or "cuda:N";
+    a ValueError naming the choices for anything else, or for CUDA where none is visible."""
+    if isinstance(device, torch.device):
+        return device
+    text = str(device).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (N a GPU index)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but no CUDA device is visible; use --device cpu")
+    n = int(index) if index else local_rank
+    if n >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0; pick one of them")
+    return torch.device("cuda", n)
+
+
 def setup_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); a single process otherwise.
 
@@ -37,15 +60,9 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-        dev = torch.device(device if ":" in device else f"cuda:{local_rank}")
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistInfo(rank, world, local_rank, local_world, dev)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
+from .._io import atomic_write
 
 __all__ = ["TopKAccuracy", "peak_memory_mb", "write_metrics"]
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["TrainConfig", "RECIPES", "make_config", "list_recipes"]
+__all__ = ["TrainConfig", "RECIPES", "make_config", "list_recipes", "check_config", "check_value", "check_run_name",
+           "BOUNDS", "BOUND_HINTS", "MAX_IMG_SIZE"]
 
 
 @dataclass
@@ -128,3 +130,84 @@ def make_config(recipe: str | None = None, **overrides) -> TrainConfig:
     values.update(overrides)
     values["recipe"] = recipe
     return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+# The largest image side accepted anywhere (data size, positional-embedding size): far above any real use, and
+# small enough that a typo (100000) is refused instead of trying to allocate hundreds of gigabytes.
+MAX_IMG_SIZE = 4096
+
+
+class Bound(NamedTuple):
+    """The values an option accepts: lo..hi, each end open or closed, None for no limit."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def describe(self) -> str:
+        if self.hi is None:
+            return f"{'above' if self.lo_open else 'at least'} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+_POSITIVE, _NONNEG, _FRACTION = Bound(1), Bound(0), Bound(0, 1)
+# One table for the library (check_config) and the command line (its argparse types): every numeric option.
+BOUNDS: dict[str, Bound] = {
+    "num_classes": _POSITIVE, "img_size": Bound(8, MAX_IMG_SIZE), "crop_pct": Bound(0, 1, lo_open=True),
+    "epochs": _POSITIVE, "warmup_epochs": _NONNEG, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE,
+    "lr": Bound(0, lo_open=True), "min_lr": _NONNEG, "warmup_lr": _NONNEG, "weight_decay": _NONNEG,
+    "opt_eps": Bound(0, lo_open=True), "clip_grad": Bound(0, lo_open=True), "smoothing": Bound(0, 1, hi_open=True),
+    "mixup": _NONNEG, "cutmix": _NONNEG, "randaug_n": _NONNEG, "randaug_m": Bound(0, 30), "reprob": _FRACTION,
+    "padding": Bound(0, 64), "drop_path": Bound(0, 1, hi_open=True), "model_ema_decay": _FRACTION,
+    "model_ema_warmup_steps": _NONNEG, "bn_reestimate_images": _NONNEG, "bn_reestimate_batch": _POSITIVE,
+    "threads": _POSITIVE, "workers": _NONNEG, "seed": _NONNEG, "checkpoint_every_steps": _NONNEG,
+    "keep_checkpoints": _POSITIVE, "eval_every_epochs": _POSITIVE, "limit_train": _POSITIVE,
+    "limit_eval": _POSITIVE, "max_steps": _POSITIVE, "betas": Bound(0, 1, hi_open=True),
+    "rrc_scale": Bound(0, 1, lo_open=True),
+}
+BOUND_HINTS = {"limit_train": "; leave it out to use all images", "limit_eval": "; leave it out to use all images",
+          "crop_pct": " (the fraction of the resized image kept by the centre crop)",
+          "img_size": " (pixels; sizes beyond that cannot be meant)"}
+
+
+def check_value(name: str, value) -> None:
+    """A ValueError naming the option and what it accepts when `value` (None: unset, always fine) is out of
+    BOUNDS; pairs (betas, rrc_scale) are checked element-wise."""
+    bound = BOUNDS.get(name)
+    if bound is None or value is None:
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not bound.holds(v):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} {value} is out of range: give a value {bound.describe()}"
+                             f"{BOUND_HINTS.get(name, '')}")
+
+
+def check_run_name(name: str | None) -> None:
+    """A run name must be one folder name: it may not climb out of --output or into a sub-folder."""
+    if name is None:
+        return
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+        raise ValueError(f"--name {name!r} is not a single folder name; give a plain name such as 'run1' (use "
+                         "--output to choose the parent folder)")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every option of `cfg` within its bounds, and the choices valid: a ValueError that says what to pass."""
+    for f in dataclasses.fields(cfg):
+        check_value(f.name, getattr(cfg, f.name))
+    check_run_name(cfg.name)
+    if cfg.rrc_scale[0] > cfg.rrc_scale[1]:
+        raise ValueError(f"--rrc-scale {cfg.rrc_scale[0]} {cfg.rrc_scale[1]}: give the smaller area first")
+    if cfg.drop_path_schedule not in ("constant", "linear"):
+        raise ValueError(f"--drop-path-schedule {cfg.drop_path_schedule!r}: use constant or linear")
+    if cfg.amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"--amp {cfg.amp!r}: use none, bf16 or fp16")
+    if not isinstance(cfg.model_kwargs, dict):
+        raise ValueError(f"model_kwargs must be a dict of constructor arguments, got {cfg.model_kwargs!r}")

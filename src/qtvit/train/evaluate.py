@@ -1,0 +1,174 @@
+"""Using a model on data: evaluation (top-1/top-5 and loss), BN re-estimation before it, and for a saved model
+(any weights file, checkpoint folder or run folder) validation on a dataset and prediction on image files.
+
+A saved model describes itself: its architecture, constructor arguments and preprocessing (input size, crop,
+interpolation, mean, std) and class names are in the file, so ``load_model`` needs nothing else; ``img_size`` and
+``crop_pct`` override the preprocessing when asked.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data import DataConfig, build_batches, normalize, open_dataset, open_image, resolve_data_config
+from ..data.transforms import EvalTransform
+from ..layers.norm import reestimate_bn
+from ._ckpt_shim import CheckpointError, model_config, read_config, resolve_weights
+from .distributed import all_reduce_mean, cleanup_distributed, resolve_device, setup_distributed
+from .metrics import TopKAccuracy
+
+__all__ = ["autocast", "model_input", "evaluate", "reestimate_bn_on", "load_model", "validate", "predict",
+           "iter_predictions"]
+
+
+def autocast(device: torch.device, amp: str):
+    """torch.autocast for --amp none | bf16 | fp16."""
+    if amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")
+
+
+def model_input(x: torch.Tensor, data_cfg: DataConfig, device: torch.device, channels_last: bool = False):
+    """A uint8 loader batch as the model's input: on the device, normalised, in the memory format asked for."""
+    x = normalize(x.to(device, non_blocking=True), data_cfg.mean, data_cfg.std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_classes: int,
+             amp: str = "none", channels_last: bool = False) -> dict:
+    """Top-1 / top-5 (micro, percent), mean cross-entropy and image count over `batches` (all processes)."""
+    was_training = model.training
+    model.eval()
+    acc = TopKAccuracy(num_classes, device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
+    for x, y in batches.iterate(0):
+        y = y.to(device)
+        with autocast(device, amp):
+            logits = model(model_input(x, data_cfg, device, channels_last)).float()
+        acc.update(logits, y)
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    top1, top5 = acc.compute()
+    n = int(sums[1])
+    return {"top1": round(top1, 4), "top5": round(top5, 4), "loss": float(sums[0] / max(n, 1)), "images": n}
+
+
+def reestimate_bn_on(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_images: int,
+                     epoch_id: int = 10**6) -> int:
+    """``layers.norm.reestimate_bn`` on training batches, averaged over processes. The batches come in the fixed
+    order of (seed, `epoch_id`), an epoch training never reaches, so the re-estimation draws no training RNG."""
+    inputs = (model_input(x, data_cfg, device) for x, _ in batches.iterate(epoch_id))
+    return reestimate_bn(model, inputs, num_images, reduce=all_reduce_mean)
+
+
+# ----------------------------------------------------------------------------------------------- a saved model
+def _classes_and_channels(net: nn.Module) -> tuple[int, int]:
+    """(classes, input channels) of a loaded model: as recorded, else from one forward pass of a blank image."""
+    args, pcfg = model_config(net)["model_args"], net.pretrained_cfg
+    size = pcfg.get("input_size") or (3, 224, 224)
+    in_chans = args.get("in_chans") or size[0]
+    num_classes = args.get("num_classes") or pcfg.get("num_classes")
+    if not num_classes:
+        with torch.no_grad():
+            dev = next(net.parameters()).device
+            num_classes = net(torch.zeros(1, in_chans, size[-2], size[-1], device=dev)).shape[-1]
+    return int(num_classes), int(in_chans)
+
+
+def load_model(checkpoint: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a saved model in eval mode: ``create_model(checkpoint_path=...)`` on a weights file (any format),
+    checkpoint folder or run folder (its best weights, else its latest checkpoint). `model` and `num_classes`,
+    when given, must match what was saved; a file without a saved config needs `model`."""
+    from ..models import create_model
+    path = resolve_weights(checkpoint)
+    saved = read_config(path)
+    arch = saved.get("architecture") if saved else None
+    if arch is None and model is None:
+        raise CheckpointError(f"{path} does not say which model it holds; pass --model")
+    if model and arch and model != arch:
+        raise CheckpointError(f"{path} holds weights of model {arch!r}, not {model!r}; pass --model {arch} "
+                              "(or leave --model out to use the checkpoint's)")
+    saved_classes = (saved or {}).get("model_args", {}).get("num_classes")
+    if num_classes and saved_classes and num_classes != saved_classes:
+        raise CheckpointError(f"{path} was trained for {saved_classes} classes, not {num_classes}; pass "
+                              f"--num-classes {saved_classes} or another checkpoint")
+    extra = {"num_classes": num_classes} if num_classes and not saved_classes else {}
+    net = create_model(model or arch, checkpoint_path=path, **extra)
+    return net.to(resolve_device(device)).eval()
+
+
+def _preprocessing(net: nn.Module, img_size: int | None, crop_pct: float | None, dataset_mean=None,
+                   dataset_std=None) -> DataConfig:
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct {crop_pct} is outside (0, 1]; pass a crop ratio such as 0.875 or 1")
+    if img_size is not None and img_size < 1:
+        raise ValueError(f"img_size {img_size} is not a positive image side; pass e.g. 224")
+    return resolve_data_config(net, _classes_and_channels(net)[1], img_size, crop_pct,
+                               dataset_mean=dataset_mean, dataset_std=dataset_std)
+
+
+def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str | None = None, *,
+             batch_size: int = 256, img_size: int | None = None, crop_pct: float | None = None,
+             device: str = "auto", amp: str = "none", limit: int | None = None, workers: int = 4) -> dict:
+    """Top-1 / top-5 (micro, percent) and loss of a saved model on a dataset's eval split (default: Fashion-MNIST
+    test), with the saved preprocessing (or `img_size` / `crop_pct`)."""
+    d = setup_distributed(device)
+    try:
+        net = load_model(checkpoint, model, device=d.device)
+        num_classes = _classes_and_channels(net)[0]
+        info = open_dataset(data)
+        if len(info.classes) > num_classes:
+            raise ValueError(f"the dataset has {len(info.classes)} classes, the checkpoint {num_classes}; "
+                             "validate on the dataset the model was trained for")
+        names = net.pretrained_cfg.get("label_names")
+        if names and list(names[:len(info.classes)]) != list(info.classes):
+            raise ValueError(f"the dataset's classes {info.classes[:5]}... differ from the checkpoint's "
+                             f"{list(names[:5])}...; validate on the dataset the model was trained for")
+        data_cfg = _preprocessing(net, img_size, crop_pct, info.mean, info.std)
+        batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size, rank=d.rank,
+                                world=d.world, workers=workers, limit=limit)
+        r = evaluate(net, batches, data_cfg, d.device, num_classes, amp)
+        r["skipped_images"] = batches.num_skipped
+        return {**r, "model": net.pretrained_cfg["architecture"], "checkpoint": str(resolve_weights(checkpoint))}
+    finally:
+        cleanup_distributed()
+
+
+@torch.no_grad()
+def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathLike, model: str | None = None, *,
+                     topk: int = 5, device: str = "cpu", batch_size: int = 64, img_size: int | None = None,
+                     crop_pct: float | None = None) -> Iterator[dict]:
+    """For each image file, in order: {"image", "top": [(class name, probability), ...]} with the `topk` most
+    likely classes. Images are decoded and run `batch_size` at a time, so any number fits in memory."""
+    if topk < 1 or batch_size < 1:
+        raise ValueError(f"topk {topk} and batch_size {batch_size} must be positive; pass --topk 5 -b 64 e.g.")
+    net = load_model(checkpoint, model, device=device)
+    dev = next(net.parameters()).device
+    data_cfg = _preprocessing(net, img_size, crop_pct)
+    names = list(net.pretrained_cfg.get("label_names") or [])
+    names += [str(i) for i in range(len(names), _classes_and_channels(net)[0])]
+    tf = EvalTransform(data_cfg.input_size[-1], data_cfg.crop_pct, data_cfg.interpolation)
+    mode = "L" if data_cfg.input_size[0] == 1 else "RGB"
+    for lo in range(0, len(images), batch_size):
+        chunk = images[lo:lo + batch_size]
+        x = torch.stack([tf(open_image(p, mode)) for p in chunk])  # a bad file raises, naming it
+        probs = net(model_input(x, data_cfg, dev)).float().softmax(-1)
+        p, i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+        for path, pp, ii in zip(chunk, p.tolist(), i.tolist()):
+            yield {"image": str(path), "top": [(names[j], float(q)) for q, j in zip(pp, ii)]}
+
+
+def predict(images: list[str | os.PathLike], checkpoint: str | os.PathLike, model: str | None = None,
+            topk: int = 5, device: str = "cpu", **kw) -> list[dict]:
+    """:func:`iter_predictions` as a list."""
+    return list(iter_predictions(images, checkpoint, model, topk=topk, device=device, **kw))

@@ -1,0 +1,181 @@
+"""Setting a run up: the model from its name, the data (opened once), the task, the optimiser and its companions,
+and the run folder. ``setup_run`` returns them in one ``Run`` that the loop (engine.py) reads.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data import DataConfig, DatasetInfo, build_batches, open_dataset, resolve_data_config
+from ._ckpt_shim import latest_checkpoint
+from .distributed import DistInfo, broadcast_object
+from .ema import ModelEma
+from .optim import create_optimizer
+from .recipes import MAX_IMG_SIZE, TrainConfig, check_config
+from .tasks import Classification, Task
+
+__all__ = ["Run", "setup_run", "build_model", "run_dir_of", "resumed_run_dir"]
+
+
+def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0.0, **kwargs) -> nn.Module:
+    """``qtvit.create_model`` with the class count and channels of the data. Constructor arguments that the model
+    does not take, or image sizes no machine could hold, are a ValueError naming the argument."""
+    from ..models import create_model
+    for k, v in kwargs.items():  # a size of 100000 would try to allocate hundreds of gigabytes
+        sides = v if isinstance(v, (list, tuple)) else [v]
+        if k.endswith("size") and any(isinstance(s, int) and not 1 <= s <= MAX_IMG_SIZE for s in sides):
+            raise ValueError(f"--model-kwargs {k}={v} is not a plausible image size; give sides in "
+                             f"[1, {MAX_IMG_SIZE}]")
+    if drop_path > 0:
+        kwargs["drop_path_rate"] = drop_path
+    try:
+        return create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        bad = [k for k in kwargs if repr(k) in str(e) or f" {k}" in str(e)]
+        if not bad:
+            raise
+        raise ValueError(f"model {name!r} takes no constructor argument {bad[0]!r} ({e}); remove it from "
+                         "--model-kwargs or check its spelling") from e
+
+
+def resumed_run_dir(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) of a --resume value: a run folder (its latest checkpoint) or a checkpoint
+    folder inside one. The one place that knows how a run folder is laid out for resuming."""
+    p = Path(path).expanduser()
+    ckpt = latest_checkpoint(p)
+    if ckpt is None:
+        raise FileNotFoundError(f"--resume {path}: no checkpoint there; pass the run folder that `qtvit train` "
+                                "printed (it holds checkpoints/latest) or one of its checkpoints/step_* folders")
+    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else p), ckpt
+
+
+def run_dir_of(cfg: TrainConfig) -> Path:
+    """The run folder: the one being resumed, or <output>/<name> (default name: <model>-<recipe>-<time>)."""
+    if cfg.resume:
+        return resumed_run_dir(cfg.resume)[0]
+    name = cfg.name or f"{cfg.model}-{cfg.recipe or 'custom'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path(cfg.output).expanduser() / name
+
+
+@dataclass
+class Run:
+    """What a run is made of; built once by setup_run, read by every part of the loop."""
+    cfg: TrainConfig
+    dist: DistInfo
+    info: DatasetInfo
+    data_cfg: DataConfig
+    num_classes: int
+    model: nn.Module          # the model itself; train_model is its DDP wrapper in a distributed run
+    train_model: nn.Module
+    task: Task
+    train_batches: object
+    eval_batches: object
+    bn_batches: object | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ModelEma | None
+    aug_gen: torch.Generator  # mixup/cutmix draws; per process
+    lr: float
+    total_steps: int
+    warmup_steps: int
+    run_dir: Path
+    log: Callable
+    drop_paths: list = field(default_factory=list)   # (module, base rate) of every drop-path layer
+    step_losses: list = field(default_factory=list)  # (global step, loss) of this process's steps, for the summary
+    saved_step: int = -1                             # the global step of the last checkpoint written
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_batches)
+
+
+def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
+    num_classes = cfg.num_classes or len(info.classes)
+    if num_classes < len(info.classes):
+        raise ValueError(f"--num-classes {num_classes} is below the dataset's {len(info.classes)} classes; leave it "
+                         "out to use the dataset's")
+    model = build_model(cfg.model, num_classes, info.in_chans, cfg.drop_path, **cfg.model_kwargs)
+    data_cfg = resolve_data_config(model, info.in_chans, cfg.img_size, cfg.crop_pct, dataset_mean=info.mean,
+                                   dataset_std=info.std)
+    # The positional embedding is stored for one size; another data size resizes it at every step.
+    stored = getattr(model, "model_args", {}).get("pos_embed_size") or model.pretrained_cfg.get("input_size")
+    stored = stored[-1] if isinstance(stored, (tuple, list)) else stored
+    has_pos_embed = any(n.endswith("pos_embed") for n, _ in model.named_parameters())
+    if has_pos_embed and stored and stored != data_cfg.input_size[-1]:
+        log(f"note: {cfg.model}'s positional embedding is stored for {stored} px and resized to the "
+            f"{data_cfg.input_size[-1]} px images at every step; store it at that size with --model-kwargs "
+            f"pos_embed_size={data_cfg.input_size[-1]}")
+    # The saved weights carry the preprocessing and the labels: the file alone rebuilds the model and its input.
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": list(data_cfg.input_size),
+                            "crop_pct": data_cfg.crop_pct, "interpolation": data_cfg.interpolation,
+                            "mean": list(data_cfg.mean), "std": list(data_cfg.std), "num_classes": num_classes,
+                            "label_names": list(info.classes) + [str(i) for i in range(len(info.classes),
+                                                                                       num_classes)],
+                            "dataset": info.kind, "recipe": cfg.recipe}
+    return model, data_cfg, num_classes
+
+
+def _batches(cfg: TrainConfig, info: DatasetInfo, data_cfg: DataConfig, d: DistInfo):
+    common = dict(data_cfg=data_cfg, seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
+    crops = dict(padding=cfg.padding, hflip=cfg.hflip, limit=cfg.limit_train, rrc_scale=tuple(cfg.rrc_scale))
+    train = build_batches(info, train=True, batch_size=cfg.batch_size, **common, **crops)
+    evals = build_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval, **common)
+    bn = None
+    if cfg.bn_reestimate_images > 0:  # training images and crops, in an order of their own
+        bn = build_batches(info, train=True, batch_size=min(cfg.bn_reestimate_batch, train.num_samples), **common,
+                           **crops)
+    return train, evals, bn
+
+
+def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
+    """Check the options, then build everything a run needs: threads and seeds, data, model, task, optimiser,
+    gradient scaler, EMA, and the run folder's path (rank 0's, which holds its time of day)."""
+    check_config(cfg)
+    device = d.device
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.local_world))
+    elif cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    log = print if d.is_main else (lambda *a, **k: None)
+    # Seeds: the same model init on every rank (DDP also broadcasts it), then per-rank streams for dropout/aug.
+    torch.manual_seed(cfg.seed)
+    info = open_dataset(cfg.data)
+    model, data_cfg, num_classes = _model_and_data(cfg, info, log)
+    train, evals, bn = _batches(cfg, info, data_cfg, d)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and d.enabled:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on CPU); leave it out")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    lr = cfg.lr * (d.world if cfg.scale_lr_by_world else 1)
+    optimizer = create_optimizer(model, lr, cfg.weight_decay, cfg.betas, cfg.opt_eps)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    ema = ModelEma(model, cfg.model_ema_decay, cfg.model_ema_warmup_steps) if cfg.model_ema else None
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + d.rank)
+    torch.manual_seed(cfg.seed + d.rank)
+    np.random.seed((cfg.seed + d.rank) % 2**32)
+    random.seed(cfg.seed + d.rank)
+    train_model = model
+    if d.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return Run(cfg=cfg, dist=d, info=info, data_cfg=data_cfg, num_classes=num_classes, model=model,
+               train_model=train_model, task=Classification(num_classes, data_cfg, cfg, cfg.amp), train_batches=train,
+               eval_batches=evals, bn_batches=bn, optimizer=optimizer, scaler=scaler, ema=ema, aug_gen=aug_gen, lr=lr,
+               total_steps=cfg.epochs * len(train), warmup_steps=round(cfg.warmup_epochs * len(train)),
+               run_dir=Path(broadcast_object(str(run_dir_of(cfg)))), log=log,
+               drop_paths=[(m, float(m.drop_prob)) for m in model.modules()
+                           if isinstance(getattr(m, "drop_prob", None), float)])
