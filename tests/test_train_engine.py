@@ -13,8 +13,7 @@ import torch.nn as nn
 import qtvit
 from qtvit.checkpoints import CheckpointError
 from qtvit.train import load_model, train
-# merge: these come from qtvit.checkpoints once the wt-ckpt branch is in
-from qtvit.train._ckpt_shim import latest_checkpoint, save_weights
+from qtvit.checkpoints import latest_checkpoint, save_weights
 from conftest import SMALL_FMNIST, TinyNet, tiny_config
 
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 
 from .._io import atomic_write
-from ._ckpt_shim import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
-                         save_checkpoint, save_weights)
+from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
+                          save_checkpoint, save_weights)
 from .distributed import all_reduce_mean, cleanup_distributed, setup_distributed
 from .evaluate import autocast, reestimate_bn_on
 from .metrics import peak_memory_mb, write_metrics

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..data import DataConfig, build_batches, normalize, open_dataset, open_image, resolve_data_config
 from ..data.transforms import EvalTransform
 from ..layers.norm import reestimate_bn
-from ._ckpt_shim import CheckpointError, model_config, read_config, resolve_weights
+from ..checkpoints import CheckpointError, model_config, read_config, resolve_weights
 from .distributed import all_reduce_mean, cleanup_distributed, resolve_device, setup_distributed
 from .metrics import TopKAccuracy
 

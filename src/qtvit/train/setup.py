@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..data import DataConfig, DatasetInfo, build_batches, open_dataset, resolve_data_config
-from ._ckpt_shim import latest_checkpoint
+from ..checkpoints import latest_checkpoint
 from .distributed import DistInfo, broadcast_object
 from .ema import ModelEma
 from .optim import create_optimizer
