@@ -214,3 +214,22 @@ def test_bombs_and_fuzzed_files_in_a_folder_are_skipped_and_counted(tmp_path):
         labels = torch.cat([y for _, y in batches.iterate(0)])
     assert labels.tolist() == [0, 0, 0] and batches.num_skipped == len(bad)
     assert any("bomb.png declares an image of 900,000,000 pixels" in str(w.message) for w in rec)
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable image")
+@pytest.mark.usefixtures("tiny_models")
+def test_bombs_are_skipped_by_training_and_reported_by_predict(folder, tmp_path, capsys):
+    from qtvit.cli import main
+    from qtvit.train import train, validate
+    from conftest import tiny_config
+    from test_images import _png_header_only
+    for split in ("train", "val"):
+        _png_header_only(folder / split / "eel" / "bomb.png", 30000, 30000)
+    r = train(tiny_config(tmp_path, data=str(folder), batch_size=4, epochs=1, workers=0))
+    assert r["history"][-1]["eval_images"] == 6  # the bomb skipped (the bug: DecompressionBombError, a crash)
+    v = validate(r["run_dir"], data=str(folder), device="cpu", workers=0)
+    assert v["images"] == 6 and v["skipped_images"] == 1
+    capsys.readouterr()
+    assert main(["predict", str(folder / "val" / "eel" / "bomb.png"), "--checkpoint", r["run_dir"]]) == 1
+    err = capsys.readouterr().err
+    assert "bomb.png declares an image of 900,000,000 pixels" in err and "Traceback" not in err
