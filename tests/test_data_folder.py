@@ -188,6 +188,9 @@ def test_symlink_loops_list_each_file_once_with_its_class(tmp_path):
     ds = ImageFolder(tmp_path)
     got = sorted((os.path.relpath(p, tmp_path), t) for p, t in ds.samples)
     assert got == [("a/0.png", 0), ("a/1.png", 0), ("b/2.png", 1), ("b/3.png", 1)]  # the bug: 164 samples
+    (tmp_path / "c").symlink_to("a")  # one folder under two class names
+    with pytest.raises(ValueError, match=r"class folders \['a', 'c'\] of .* are links to the same folder"):
+        ImageFolder(tmp_path)
 
 
 def test_links_out_of_the_folder_are_followed_once(tmp_path):

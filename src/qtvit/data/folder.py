@@ -90,7 +90,12 @@ class ImageFolder(torch.utils.data.Dataset):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
         visited: set[str] = set()
-        no_follow = [os.path.realpath(self.root)] + [os.path.realpath(self.root / c) for c in self.classes]
+        reals = {c: os.path.realpath(self.root / c) for c in self.classes}
+        aliases = [c for c in self.classes if list(reals.values()).count(reals[c]) > 1]
+        if aliases:  # the same images under two labels: no answer is right
+            raise ValueError(f"class folders {aliases} of {self.root} are links to the same folder; keep one of "
+                             "them, or give each class its own folder")
+        no_follow = [os.path.realpath(self.root), *reals.values()]
         for c in self.classes:
             d = self.root / c
             if d.is_dir():
