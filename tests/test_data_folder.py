@@ -3,6 +3,7 @@ crops, device-side augmentation and mixup/cutmix."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -37,8 +38,14 @@ def test_folder_classes_and_skipped_images(folder):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         seen = [(x, y) for x, y in batches.iterate(0)]
-    assert len(seen) == 3 and all(x.shape == (4, 3, 16, 16) and x.dtype == torch.uint8 for x, _ in seen)
-    assert batches.num_skipped == 1  # the broken image, replaced by the next readable one
+    # The broken image is left out of its batch (not replaced by another sample): 13 listed, 12 seen, 1 skipped.
+    assert len(seen) == 3 and all(x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8 for x, _ in seen)
+    assert sorted(len(x) for x, _ in seen) == [3, 4, 4] and all(len(x) == len(y) for x, y in seen)
+    assert batches.num_skipped == 1
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        list(batches.iterate(1))
+    assert batches.num_skipped == 1  # counted once, however many epochs meet it
     ev = build_batches(info, False, cfg, 4, workers=0)
     labels = torch.cat([y for _, y in ev.iterate(0)])
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
@@ -113,3 +120,119 @@ def test_training_on_a_folder_with_the_full_augmentation(folder, tmp_path):
     v = validate(r["run_dir"], data=str(folder), device="cpu", workers=0)
     correct = v["top1"] * 6 / 100  # micro top-1: a whole number of the 6 images
     assert v["images"] == 6 and abs(correct - round(correct)) < 1e-3 and v["top5"] == 100.0  # 3 classes
+
+
+# --------------------------------------------------------------------------------- unreadable images, symlinks
+def _images(d, n, seed=0, start=0):
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(start, start + n):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def _eval_batches(root, workers=0, batch_size=3):
+    from qtvit.data import FolderBatches, ImageFolder
+    return FolderBatches(ImageFolder(root, EvalTransform(8)), batch_size, False, workers=workers)
+
+
+class _SaysA(torch.nn.Module):
+    """Predicts class 0 for every image: its top-1 is the share of class-0 images among those evaluated."""
+
+    def forward(self, x):
+        return torch.tensor([5.0, 0.0]).expand(len(x), 2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_eval_images_are_skipped_not_replaced(tmp_path, workers):
+    from qtvit.train import evaluate
+    _images(tmp_path / "a", 3)
+    _images(tmp_path / "b", 2, seed=1)
+    for name in ("a/x.png", "b/y.jpg", "b/z.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    batches = _eval_batches(tmp_path, workers)
+    assert batches.num_samples == 8
+    with pytest.warns(UserWarning, match="skipping unreadable image") as rec:
+        labels = torch.cat([y for _, y in batches.iterate(0)])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1] and batches.num_skipped == 3 and len(rec) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning for a file already reported
+        r = evaluate(_SaysA(), batches, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), 2)
+    # 3 of the 5 readable images are class a: 60 %, on 5 images (the bug: 87.5 % on 8, copies of readable ones)
+    assert r["images"] == 5 and r["top1"] == pytest.approx(60.0) and batches.num_skipped == 3
+
+
+def test_a_batch_with_no_readable_image(tmp_path):
+    from qtvit.data import FolderBatches, ImageFolder
+    _images(tmp_path / "a", 1)
+    (tmp_path / "b").mkdir()
+    for i in range(3):
+        (tmp_path / "b" / f"bad{i}.png").write_bytes(b"")
+    ds = ImageFolder(tmp_path, EvalTransform(8))
+    with pytest.warns(UserWarning):  # batches [a/0, b/bad0] and [b/bad1, b/bad2]
+        sizes = [len(x) for x, _ in FolderBatches(ds, 2, False, workers=0).iterate(0)]
+    assert sizes == [1]  # the all-unreadable batch is left out, not an empty or padded one
+    with pytest.warns(UserWarning):  # training on one process: the empty steps are dropped
+        assert [len(x) for x, _ in FolderBatches(ds, 1, True, workers=0).iterate(0)] == [1]
+    # On several processes a rank cannot drop a step the others take (they would wait for it forever); rank 0
+    # has two steps of one image and at most one of them is readable.
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"no image of training step \d .* on rank 0"):
+        list(FolderBatches(ds, 1, True, rank=0, world=2, workers=0).iterate(0))
+
+
+def test_symlink_loops_list_each_file_once_with_its_class(tmp_path):
+    from qtvit.data import ImageFolder
+    _images(tmp_path / "a", 2)
+    _images(tmp_path / "b", 2, start=2)
+    (tmp_path / "a" / "up").symlink_to("..")  # a loop through the folder
+    (tmp_path / "b" / "to_a").symlink_to("../a")  # class a's images again, under b
+    ds = ImageFolder(tmp_path)
+    got = sorted((os.path.relpath(p, tmp_path), t) for p, t in ds.samples)
+    assert got == [("a/0.png", 0), ("a/1.png", 0), ("b/2.png", 1), ("b/3.png", 1)]  # the bug: 164 samples
+    (tmp_path / "c").symlink_to("a")  # one folder under two class names
+    with pytest.raises(ValueError, match=r"class folders \['a', 'c'\] of .* are links to the same folder"):
+        ImageFolder(tmp_path)
+
+
+def test_links_out_of_the_folder_are_followed_once(tmp_path):
+    from qtvit.data import ImageFolder
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    _images(root / "a", 1)
+    _images(outside, 1, start=1)
+    (outside / "self").symlink_to(".")  # a loop outside the folder
+    (root / "b").mkdir()
+    (root / "b" / "more").symlink_to(outside)  # datasets assembled from links to other disks
+    got = sorted((os.path.relpath(p, root), t) for p, t in ImageFolder(root).samples)
+    assert got == [("a/0.png", 0), ("b/more/1.png", 1)]
+
+
+def test_bombs_and_fuzzed_files_in_a_folder_are_skipped_and_counted(tmp_path):
+    from test_images import _png_header_only, fuzz_files
+    _images(tmp_path / "a", 3)
+    bad = fuzz_files(tmp_path / "b")
+    bad.append(_png_header_only(tmp_path / "b" / "bomb.png", 30000, 30000))
+    batches = _eval_batches(tmp_path, batch_size=16)
+    assert batches.num_samples == 3 + len(bad)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        labels = torch.cat([y for _, y in batches.iterate(0)])
+    assert labels.tolist() == [0, 0, 0] and batches.num_skipped == len(bad)
+    assert any("bomb.png declares an image of 900,000,000 pixels" in str(w.message) for w in rec)
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable image")
+@pytest.mark.usefixtures("tiny_models")
+def test_bombs_are_skipped_by_training_and_reported_by_predict(folder, tmp_path, capsys):
+    from qtvit.cli import main
+    from qtvit.train import train, validate
+    from conftest import tiny_config
+    from test_images import _png_header_only
+    for split in ("train", "val"):
+        _png_header_only(folder / split / "eel" / "bomb.png", 30000, 30000)
+    r = train(tiny_config(tmp_path, data=str(folder), batch_size=4, epochs=1, workers=0))
+    assert r["history"][-1]["eval_images"] == 6  # the bomb skipped (the bug: DecompressionBombError, a crash)
+    v = validate(r["run_dir"], data=str(folder), device="cpu", workers=0)
+    assert v["images"] == 6 and v["skipped_images"] == 1
+    capsys.readouterr()
+    assert main(["predict", str(folder / "val" / "eel" / "bomb.png"), "--checkpoint", r["run_dir"]]) == 1
+    err = capsys.readouterr().err
+    assert "bomb.png declares an image of 900,000,000 pixels" in err and "Traceback" not in err

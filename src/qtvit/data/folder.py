@@ -1,35 +1,67 @@
-"""ImageNet-style image folders (``root/<class>/<image>``), decoded with PIL; no torchvision.
+"""ImageNet-style image folders (``root/<class>/<image>``), decoded with PIL (see images.py); no torchvision.
 
-An image that cannot be read or decoded is skipped and counted (``dataset.num_skipped``), never fatal: the loader
-returns the next readable image in its place, so batches keep their size and order stays deterministic.
+An image that cannot be read or decoded is skipped, never fatal and never replaced by another sample: the dataset
+returns an ``Unreadable`` marker in its place, the batch iterator (loaders.FolderBatches) drops it from the batch,
+which comes out smaller, and counts each unreadable file once.
 """
 from __future__ import annotations
 
 import os
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "open_image"]
+from .images import MAX_PIXELS_ENV, max_image_pixels, open_image, set_max_image_pixels
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "Unreadable", "open_image", "set_max_image_pixels",
+           "max_image_pixels", "MAX_PIXELS_ENV", "scan_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Decode one image file into a PIL image of `mode` ("RGB" or "L"); a clear ValueError if it is not an image."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e}); pass a JPEG, PNG, BMP, GIF, "
-                         "TIFF or WebP file") from e
+@dataclass(frozen=True)
+class Unreadable:
+    """What ImageFolder returns for a file it cannot decode: the file and why (picklable, so it crosses from
+    loader workers to the main process, which counts distinct paths)."""
+    path: str
+    reason: str
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def scan_images(class_dir: str | os.PathLike, no_follow: list[str], visited: set[str]) -> list[str]:
+    """The image files under `class_dir`, sorted by folder then name, each listed once.
+
+    Symlinked directories are followed (datasets are often assembled from links to other disks) unless they lead
+    into one of the real paths `no_follow` (the image folder and its class folders) or to one of them or above:
+    such a link lists files that belong to a class folder of their own (or loops back to them), which would count
+    them twice and under the wrong class. A directory whose real path is in `visited` (shared across the classes
+    of a folder) is not listed again, which ends loops outside the folder too. Symlinked files are listed as
+    they are.
+    """
+    found: list[tuple[str, list[str]]] = []
+    for dirpath, dirs, files in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        keep = []
+        for d in dirs:
+            sub = os.path.join(dirpath, d)
+            if os.path.islink(sub):
+                target = os.path.realpath(sub)
+                if target in visited or any(_inside(target, f) or _inside(f, target) for f in no_follow):
+                    continue
+            keep.append(d)
+        dirs[:] = keep
+        found.append((dirpath, sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))))
+    # Sorted by folder path, as earlier versions listed them, so sample indices (and seeded crops) do not change.
+    return [os.path.join(dirpath, f) for dirpath, names in sorted(found) for f in names]
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -37,6 +69,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     ``transform(image, index, epoch)`` maps a PIL image to a tensor; it gets the sample index and epoch so that
     random augmentations can be seeded per sample, making them independent of worker count, rank and resumption.
+    Item `i` is ``(tensor, class index)``, or an ``Unreadable`` marker for a file that cannot be decoded.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, mode: str = "RGB",
@@ -56,42 +89,39 @@ class ImageFolder(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
+        visited: set[str] = set()
+        reals = {c: os.path.realpath(self.root / c) for c in self.classes}
+        aliases = [c for c in self.classes if list(reals.values()).count(reals[c]) > 1]
+        if aliases:  # the same images under two labels: no answer is right
+            raise ValueError(f"class folders {aliases} of {self.root} are links to the same folder; keep one of "
+                             "them, or give each class its own folder")
+        no_follow = [os.path.realpath(self.root), *reals.values()]
         for c in self.classes:
             d = self.root / c
-            if not d.is_dir():
-                continue
-            for dirpath, _, files in sorted(os.walk(d, followlinks=True)):
-                for f in sorted(files):
-                    if f.lower().endswith(IMAGE_EXTENSIONS):
-                        self.samples.append((os.path.join(dirpath, f), self.class_to_idx[c]))
+            if d.is_dir():
+                self.samples += [(p, self.class_to_idx[c]) for p in scan_images(d, no_follow, visited)]
         if not self.samples:
             raise ValueError(f"{self.root} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
         self.targets = [t for _, t in self.samples]
         self.transform = transform
         self.mode = mode
         self.epoch = 0
-        self.skipped: set[str] = set()  # per process (each loader worker has its own); see num_skipped
+        self.skipped: set[str] = set()  # in this process only (each loader worker has its own copy)
 
     @property
     def num_skipped(self) -> int:
-        """Unreadable images met so far in this process."""
+        """Unreadable images met so far in this process; FolderBatches counts across its loader workers."""
         return len(self.skipped)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        for attempt in range(len(self.samples)):
-            i = (index + attempt) % len(self.samples)
-            path, target = self.samples[i]
-            try:
-                image = open_image(path, self.mode)
-            except (ValueError, FileNotFoundError) as e:
-                if path not in self.skipped:
-                    self.skipped.add(path)
-                    warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
-                continue
-            x = self.transform(image, index, self.epoch) if self.transform is not None else image
-            # Returning the skip flag lets the main process count skips made inside loader workers.
-            return x, target, attempt
-        raise ValueError(f"no image under {self.root} could be read")
+        path, target = self.samples[index]
+        try:
+            image = open_image(path, self.mode)
+        except (ValueError, FileNotFoundError) as e:
+            self.skipped.add(path)
+            return Unreadable(path, str(e))
+        x = self.transform(image, index, self.epoch) if self.transform is not None else image
+        return x, target

@@ -7,13 +7,15 @@ without saved state, and a resumed run re-enters an epoch at any step.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import torch
 
+from .folder import Unreadable
 from .transforms import tensor_eval_images, tensor_train_images
 
-__all__ = ["epoch_order", "TensorBatches", "FolderBatches"]
+__all__ = ["epoch_order", "TensorBatches", "FolderBatches", "collate_readable"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -97,15 +99,38 @@ class _EpochSampler(torch.utils.data.Sampler):
         return sum(max(0, min(self.b, n - s * self.g - self.rank * self.b)) for s in range(self.start, self.steps))
 
 
+def collate_readable(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Unreadable]]:
+    """DataLoader collate for ImageFolder items: the readable ones stacked, the ``Unreadable`` markers returned apart
+    (so the batch shrinks rather than borrowing other samples). (None, None, markers) when none could be read."""
+    readable = [it for it in items if not isinstance(it, Unreadable)]
+    unreadable = [it for it in items if isinstance(it, Unreadable)]
+    if not readable:
+        return None, None, unreadable
+    x, y = torch.utils.data.default_collate(readable)
+    return x, y, unreadable
+
+
 class FolderBatches:
-    """Batches of an ImageFolder decoded and cropped in DataLoader workers: (uint8 (B, C, S, S), labels (B,))."""
+    """Batches of an ImageFolder decoded and cropped in DataLoader workers: (uint8 (B, C, S, S), labels (B,)).
+
+    An unreadable image is left out of its batch, which comes out smaller; ``num_skipped`` counts distinct
+    unreadable files, once each however many epochs or loader workers meet them (the workers report the files,
+    this process counts them). A batch with no readable image at all is not yielded. In training with several
+    processes that would leave this rank a step short of the others, which then wait for it forever in the
+    gradient all-reduce, so it is an error there instead.
+    """
 
     def __init__(self, dataset, batch_size: int, train: bool, seed: int = 0, rank: int = 0, world: int = 1,
                  workers: int = 4):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
         self.steps, self.global_batch = _shard(len(dataset), batch_size, rank, world, train)
-        self.num_skipped = 0
+        self.skipped_paths: set[str] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct unreadable images met so far, over every epoch and loader worker of this process."""
+        return len(self.skipped_paths)
 
     def __len__(self) -> int:
         return self.steps
@@ -120,9 +145,17 @@ class FolderBatches:
         sampler = _EpochSampler(order, self.steps, start_step, self.global_batch, self.batch_size, self.rank)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(), drop_last=False,
+            pin_memory=torch.cuda.is_available(), drop_last=False, collate_fn=collate_readable,
             # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG.
             generator=torch.Generator().manual_seed(self.seed + epoch))
-        for x, y, skipped in loader:
-            self.num_skipped += int(skipped.sum())
-            yield x, y
+        for step, (x, y, unreadable) in enumerate(loader, start=start_step):
+            for u in unreadable:
+                if u.path not in self.skipped_paths:
+                    self.skipped_paths.add(u.path)
+                    warnings.warn(f"skipping unreadable image: {u.reason}", stacklevel=2)
+            if x is not None:
+                yield x, y
+            elif self.train and self.world > 1:
+                raise ValueError(f"no image of training step {step} (epoch {epoch}) on rank {self.rank} could be "
+                                 f"read (first: {unreadable[0].reason}); with several processes every rank needs "
+                                 "a batch at every step: remove or repair the unreadable files")
