@@ -33,7 +33,7 @@ def test_folder_classes_and_skipped_images(folder):
     info = open_dataset(folder)
     assert info.kind == "folder" and info.classes == ["cat", "dog", "eel"] and info.eval_dir == "val"
     cfg = resolve_data_config(None, 3, 16, crop_pct=0.875)
-    batches = build_batches(info, True, cfg, 4, seed=1, workers=0)
+    batches = build_batches(info, train=True, data_cfg=cfg, batch_size=4, seed=1, workers=0)
     assert batches.num_samples == 13  # 12 images + the broken one; the .txt is not listed
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -46,7 +46,7 @@ def test_folder_classes_and_skipped_images(folder):
         warnings.simplefilter("always")
         list(batches.iterate(1))
     assert batches.num_skipped == 1  # counted once, however many epochs meet it
-    ev = build_batches(info, False, cfg, 4, workers=0)
+    ev = build_batches(info, train=False, data_cfg=cfg, batch_size=4, workers=0)
     labels = torch.cat([y for _, y in ev.iterate(0)])
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -55,8 +55,8 @@ def test_folder_classes_and_skipped_images(folder):
 def test_workers_give_the_same_batches(folder):
     info = open_dataset(folder)
     cfg = resolve_data_config(None, 3, 16)
-    a = [x for x, _ in build_batches(info, True, cfg, 4, seed=2, workers=0).iterate(1)]
-    b = [x for x, _ in build_batches(info, True, cfg, 4, seed=2, workers=2).iterate(1)]
+    a = [x for x, _ in build_batches(info, train=True, data_cfg=cfg, batch_size=4, seed=2, workers=0).iterate(1)]
+    b = [x for x, _ in build_batches(info, train=True, data_cfg=cfg, batch_size=4, seed=2, workers=2).iterate(1)]
     assert all(torch.equal(p, q) for p, q in zip(a, b)) and len(a) == 3
 
 
@@ -144,7 +144,8 @@ class _SaysA(torch.nn.Module):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_unreadable_eval_images_are_skipped_not_replaced(tmp_path, workers):
-    from qtvit.train import evaluate
+    from qtvit.data import DataConfig
+    from qtvit.train.evaluate import evaluate
     _images(tmp_path / "a", 3)
     _images(tmp_path / "b", 2, seed=1)
     for name in ("a/x.png", "b/y.jpg", "b/z.png"):
@@ -156,7 +157,7 @@ def test_unreadable_eval_images_are_skipped_not_replaced(tmp_path, workers):
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1] and batches.num_skipped == 3 and len(rec) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning for a file already reported
-        r = evaluate(_SaysA(), batches, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), 2)
+        r = evaluate(_SaysA(), batches, DataConfig(mean=(0.5,) * 3, std=(0.5,) * 3), torch.device("cpu"), 2)
     # 3 of the 5 readable images are class a: 60 %, on 5 images (the bug: 87.5 % on 8, copies of readable ones)
     assert r["images"] == 5 and r["top1"] == pytest.approx(60.0) and batches.num_skipped == 3
 

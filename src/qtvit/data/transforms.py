@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "DataConfig", "resolve_data_config", "EvalTransform", "TrainTransform", "pil_to_uint8",
     "normalize", "tensor_eval_images", "tensor_train_images", "mixup_cutmix", "BatchAugment",
@@ -31,8 +33,8 @@ class DataConfig:
     input_size: tuple[int, int, int] = (3, 224, 224)
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 def resolve_data_config(model: nn.Module | None = None, in_chans: int | None = None, img_size: int | None = None,
@@ -46,8 +48,8 @@ def resolve_data_config(model: nn.Module | None = None, in_chans: int | None = N
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     c = in_chans or (cfg.get("input_size") or (3,))[0]
     size = img_size or (cfg.get("input_size") or (3, 224, 224))[-1]
-    m = mean or cfg.get("mean") or (0.485, 0.456, 0.406)
-    s = std or cfg.get("std") or (0.229, 0.224, 0.225)
+    m = mean or cfg.get("mean") or IMAGENET_MEAN
+    s = std or cfg.get("std") or IMAGENET_STD
     if len(m) != c or len(s) != c:
         if dataset_mean is not None and len(dataset_mean) == c:
             m, s = dataset_mean, dataset_std
