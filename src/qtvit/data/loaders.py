@@ -115,9 +115,9 @@ class FolderBatches:
 
     An unreadable image is left out of its batch, which comes out smaller; ``num_skipped`` counts distinct
     unreadable files, once each however many epochs or loader workers meet them (the workers report the files,
-    this process counts them). A batch with no readable image at all is not yielded. In training with several
-    processes that would leave this rank a step short of the others, which then wait for it forever in the
-    gradient all-reduce, so it is an error there instead.
+    this process counts them). An evaluation batch with no readable image at all is not yielded; in training it
+    is an error, because every step counts (the schedule, the resume position, and on several processes the other
+    ranks, which would wait for it forever in the gradient all-reduce).
     """
 
     def __init__(self, dataset, batch_size: int, train: bool, seed: int = 0, rank: int = 0, world: int = 1,
@@ -155,7 +155,8 @@ class FolderBatches:
                     warnings.warn(f"skipping unreadable image: {u.reason}", stacklevel=2)
             if x is not None:
                 yield x, y
-            elif self.train and self.world > 1:
+            elif self.train:
+                # A training step counts (schedule, resume position, the other ranks' all-reduce): it needs a batch.
                 raise ValueError(f"no image of training step {step} (epoch {epoch}) on rank {self.rank} could be "
-                                 f"read (first: {unreadable[0].reason}); with several processes every rank needs "
-                                 "a batch at every step: remove or repair the unreadable files")
+                                 f"read (first: {unreadable[0].reason}); every training step needs at least one "
+                                 "readable image: remove or repair the unreadable files")
