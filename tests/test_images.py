@@ -2,6 +2,7 @@
 against decompression bombs; refused formats; fuzzed files end in a ValueError naming the file."""
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 import zlib
@@ -129,6 +130,9 @@ def pixel_limit(monkeypatch):
     monkeypatch.delenv(images.MAX_PIXELS_ENV, raising=False)
     monkeypatch.setattr(images, "_applied_env", None)
     yield monkeypatch
+    monkeypatch.undo()  # first: its setenv calls recorded values that set_max_image_pixels wrote behind its back
+    os.environ.pop(images.MAX_PIXELS_ENV, None)
+    images._applied_env = None
     Image.MAX_IMAGE_PIXELS = saved
 
 
