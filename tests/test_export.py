@@ -15,10 +15,10 @@ SIZES = [(64, 64), (64, 96)]  # one square, one not
 
 
 def _small_l(**kw):
-    # QT-ViT-4's L-type layout at small widths; img_size=64 makes the stored positional embedding (2x2) match a
+    # QT-ViT-4's L-type layout at small widths; pos_embed_size=64 makes the stored positional embedding (2x2) match a
     # 64 px input exactly, which exercises the exporter's trace-size bump (see qtvit.export).
     return qtvit.create_model("qtvit_4", widths=(8, 16, 32, 64, 128), depths=(1, 1, 1, 1, 1), head_widths=(64, 64),
-                              img_size=64, num_classes=10, **kw)
+                              pos_embed_size=64, num_classes=10, **kw)
 
 
 MODELS = {
@@ -69,8 +69,10 @@ def test_bad_arguments(tmp_path):
     model = qtvit.create_model("qtvit_nano", num_classes=10)
     with pytest.raises(ValueError, match="opset"):
         export_onnx(model, tmp_path / "x.onnx", 32, opset=10)
-    with pytest.raises(ValueError, match="input size"):
+    with pytest.raises(ValueError, match="bad image size"):
         export_onnx(model, tmp_path / "x.onnx", (32, 32, 3))
+    with pytest.raises(ValueError, match="is a folder"):
+        export_onnx(model, tmp_path, 32)
     with pytest.raises(FileNotFoundError, match="no ONNX file"):
         onnx_session(tmp_path / "missing.onnx")
 
