@@ -107,3 +107,39 @@ def test_calibrated_model_has_order_one_logits_and_a_visible_pos_embed():
         y0 = model(x)
     assert 0.05 < float(y.abs().max()) < 1e3
     assert float((y - y0).abs().max()) > 2e-4  # the embedding moves the logits by more than the check's atol
+
+
+def test_cli_refuses_to_overwrite_unless_asked(tmp_path, capsys):
+    out = tmp_path / "nano.onnx"
+    out.write_bytes(b"keep me")
+    argv = ["export", "qtvit_nano", "--num-classes", "10", "--img-size", "32", "--output", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and out.read_bytes() == b"keep me"
+    assert main(argv + ["--overwrite"]) == 0
+    assert out.read_bytes() != b"keep me" and onnx_session(out) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nano.onnx"]  # written atomically: no temporary left
+
+
+def test_cli_output_folder_gets_model_named_file(tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main(["export", "qtvit_nano", "--num-classes", "10", "--img-size", "32", "--output", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["qtvit_nano.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]  # no <dir>.tmp beside it
+
+
+def test_cli_checkpoint_loads_through_create_model(tmp_path):
+    src = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 32)
+    torch.save({"model": src.state_dict()}, tmp_path / "trained.pth")
+    out = tmp_path / "trained.onnx"
+    assert main(["export", "qtvit_nano", "--num-classes", "10", "--img-size", "32", "--checkpoint",
+                 str(tmp_path / "trained.pth"), "--output", str(out)]) == 0
+    row = check_onnx(src, out, [32], batch_size=2)[0]  # the graph holds the checkpoint's weights
+    assert row["max_abs_diff"] <= 1e-4 and row["max_abs_output"] > 0.05
+
+
+def test_export_is_reexported_from_the_models():
+    from qtvit.models.inference import inference_form as models_inference_form
+
+    assert inference_form is models_inference_form

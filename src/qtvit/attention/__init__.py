@@ -18,11 +18,11 @@ from .core import DEFAULT_CHUNK_SIZE, check_qkv, kronecker_square, linear_attent
 from .kernels import KERNELS
 
 __all__ = [
-    "AttentionKernel", "KERNELS", "DEFAULT_CHUNK_SIZE", "KernelFactory", "attend", "attention_map", "create_kernel",
+    "AttentionKernel", "KERNELS", "DEFAULT_CHUNK_SIZE", "KernelFactory", "KernelLayer", "attend", "attention_map", "create_kernel",
     "kernel_factory", "list_kernels", "kronecker_square", "linear_attention", "softmax_attention",
 ]
 
-KernelLayer = Callable[[int, int], nn.Module]
+KernelLayer = Callable[[int, int], nn.Module]  # (head_dim, num_heads) -> attention kernel module
 
 
 def list_kernels() -> list[str]:

@@ -15,14 +15,12 @@ Blocks:
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention import kernel_factory
+from ..attention import KernelLayer, kernel_factory
 from .drop import DropPath
 from .fold import bn_scale_shift, fuse_conv_bn
 
@@ -141,7 +139,7 @@ class LinearGlobalAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
-                 kernel_layer: Callable[[int, int], nn.Module] | None = None):
+                 kernel_layer: KernelLayer | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -266,7 +264,7 @@ class LGABlock(nn.Module):
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
             drop_path: float = 0.0,
-            kernel_layer: Callable[[int, int], nn.Module] | None = None,
+            kernel_layer: KernelLayer | None = None,
             lcm_kernel_size: int = 7,
             act_layer: type[nn.Module] = nn.GELU,
             norm_layer: type[nn.Module] = nn.LayerNorm,

@@ -14,19 +14,17 @@ concatenation ``[original heads, 5x5 heads, ...]``, i.e. ``num_heads = heads * (
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import kernel_factory
+from ..attention import KernelLayer, kernel_factory
 from .conv import ConvNormAct, DropPath, LayerType, MBConv
 from .fold import ChannelAffine, bn_scale_shift
 
 __all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock", "KernelLayer"]
-
-KernelLayer = Callable[[int, int], nn.Module]  # (head_dim, num_heads) -> attention kernel, see kernel_factory
 
 
 class QKVAggregation(nn.Module):

@@ -18,14 +18,14 @@ Fashion-MNIST on CPU, defaults ``num_classes=10, in_chans=1``).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import kernel_factory
+from ..attention import KernelLayer, kernel_factory
 from ..constants import FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..layers.l2vit_blocks import ConvStem, Downsample, LGABlock, LocalConcentration, LWABlock
 from ..layers.weight_init import trunc_normal_init_
@@ -49,7 +49,7 @@ class L2VitStage(nn.Module):
             window_size: int = 7,
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
-            kernel_layer: Callable[[int, int], nn.Module] | None = None,
+            kernel_layer: KernelLayer | None = None,
             lcm_kernel_size: int = 7,
             drop_path: Sequence[float] | float = 0.0,
             act_layer: type[nn.Module] = nn.GELU,
@@ -141,7 +141,7 @@ class L2Vit(nn.Module):
             window_size: int = 7,
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
-            kernel: str | Callable[[int, int], nn.Module] | None = None,
+            kernel: str | KernelLayer | None = None,
             kernel_options: dict[str, Any] | None = None,
             lcm_kernel_size: int = 7,
             drop_rate: float = 0.0,
