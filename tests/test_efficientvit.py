@@ -384,3 +384,25 @@ def test_constructor_called_directly_loads_pretrained_weights(tmp_path, monkeypa
     features = efficientvit.qtvit_nano(pretrained=True, features_only=True, out_indices=(3, 4))
     assert torch.equal(features.model.head.fc.weight, src.head.fc.weight)
     assert features.feature_info.channels() == [64, 128]
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_one_batchnorm_fold_for_conv_and_affine(affine):
+    from qtvit.layers.fold import ChannelAffine, bn_scale_shift, fuse_conv_bn
+
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, padding=1, groups=3).double()
+    bn = nn.BatchNorm2d(6, affine=affine).double().eval()
+    bn.running_mean.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+    bn.running_var.copy_(torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+    if affine:
+        bn.weight.data.normal_(generator=g)
+        bn.bias.data.normal_(generator=g)
+    x = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ChannelAffine.from_batchnorm(bn)(conv(x)), bn(conv(x)), rtol=1e-12, atol=1e-12)
+    scale, shift = bn_scale_shift(bn)
+    assert scale.shape == shift.shape == (6,)
+    with pytest.raises(ValueError, match="track_running_stats=True"):
+        bn_scale_shift(nn.BatchNorm2d(6, track_running_stats=False))

@@ -4,6 +4,10 @@
     qtvit export qtvit_1 --format onnx --checkpoint qtvit1.pth --output q1.onnx --check
     qtvit export l2vit_tiny --format onnx --img-size 384 512 --static --output l2vit_384x512.onnx
 
+``--output`` may name a folder (the file is then ``<folder>/<model>.onnx``); an existing file is replaced only with
+``--overwrite``, and every file is written beside its target and renamed into place (no partial file on failure).
+``--checkpoint`` loads through ``create_model(checkpoint_path=...)``, so any checkpoint format it reads works.
+
 The graph has one input ``input`` (B, C, H, W) and one output ``logits`` (B, classes); with ``dynamic=True``
 (the default) B, H and W are free. Exporter: the TorchScript-based one (``torch.onnx.export(dynamo=False)``),
 because it exports every model of the zoo in seconds with free H and W; the torch.export-based one (``dynamo=True``,
