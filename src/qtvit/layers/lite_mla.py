@@ -24,7 +24,7 @@ from ..attention import KernelLayer, kernel_factory
 from .conv import ConvNormAct, DropPath, LayerType, MBConv
 from .fold import ChannelAffine, bn_scale_shift
 
-__all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock", "KernelLayer"]
+__all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock"]
 
 
 class QKVAggregation(nn.Module):
