@@ -9,9 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import qtvit
-from qtvit.attention import list_kernels
+from qtvit.attention import kernel_factory, list_kernels
 from qtvit.layers import ChannelAffine, ConvNormAct, DropPath, LiteMLA
-from qtvit.models.efficientvit import EfficientViT, checkpoint_filter_fn, fuse_for_inference
+from qtvit.models.efficientvit import EfficientViT, checkpoint_filter_fn
+from qtvit.models.inference import inference_form
 
 DATA = Path(__file__).parent / "data" / "efficientvit"
 from conftest import SHARED_FIXTURES as SHARED, rel_err  # noqa: E402
@@ -173,7 +174,7 @@ def test_any_input_size(name, hw):
 def test_qt_shortcut_per_token_equals_official_square_reshape():
     """The shortcut acts per token: on a square map it equals the official (b e) c w h BatchNorm2d + GELU."""
     torch.manual_seed(0)
-    attn = LiteMLA(32, head_dim=16, kernel="qt", pos_embed_size=(4, 4), v_shortcut=True).eval()
+    attn = LiteMLA(32, head_dim=16, kernel_layer=kernel_factory("qt"), pos_embed_size=(4, 4), v_shortcut=True).eval()
     attn.v_norm.running_mean.normal_()
     attn.v_norm.running_var.uniform_(0.5, 2)
     v = torch.randn(2, attn.num_heads, 16, 25)  # (B, E, d, N), a 5x5 map
@@ -252,7 +253,7 @@ def test_inference_form_equals_eager(name, hw, monkeypatch):
         model = _load_official(name, json.loads((DATA / f"{fixture}.json").read_text())["keys"])
     model.eval()
     x = torch.randn(2, model.in_chans, *hw, generator=torch.Generator().manual_seed(0))
-    fused = fuse_for_inference(model, hw)
+    fused = inference_form(model, hw)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert any(isinstance(m, ChannelAffine) for m in fused.modules()) == name.startswith("qtvit")
     assert all(isinstance(m.norm, nn.Identity) and m.conv.bias is not None
@@ -337,3 +338,71 @@ def test_qtvit_forward_backward_under_autocast(dtype):
     assert out.shape == (4, 10) and torch.isfinite(out.float()).all()
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_untrained_qtvit_pico_on_an_all_zero_batch_has_finite_gradients():
+    """Issue 9.3: zero tokens reach the qt kernel (black images, zero pos-embed at init); no NaN may come back."""
+    torch.manual_seed(0)
+    model = qtvit.create_model("qtvit_pico", num_classes=10, in_chans=1).train()
+    model(torch.zeros(4, 1, 28, 28)).logsumexp(-1).sum().backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert bad == []
+
+
+def test_pos_embed_size_is_recorded_and_drives_the_cfg():
+    nano = qtvit.create_model("qtvit_nano", num_classes=10)
+    assert nano.pos_embed_size == 28 and nano.pretrained_cfg["input_size"] == (3, 28, 28)
+    big = qtvit.create_model("qtvit_nano", num_classes=10, pos_embed_size=64, in_chans=1)
+    assert big.pretrained_cfg["input_size"] == (1, 64, 64) and big.pretrained_cfg["pool_size"] == (8, 8)
+    assert [tuple(m.pos_embed.shape[-2:]) for m in big.modules() if isinstance(m, LiteMLA)] == [(16, 16), (8, 8)]
+    assert qtvit.create_model("efficientvit_b0").pretrained_cfg["input_size"] == (3, 224, 224)
+    with pytest.raises(ValueError, match="renamed pos_embed_size"):
+        qtvit.create_model("qtvit_nano", img_size=32)
+
+
+def test_constructor_called_directly_loads_pretrained_weights(tmp_path, monkeypatch):
+    """pretrained=True works without create_model: the constructor loads through the builder."""
+    from qtvit.models import _builder, efficientvit
+
+    src = qtvit.create_model("qtvit_nano")
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_()
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "qtvit_nano.pt")
+    asked = []
+
+    def resolver(name, cfg, progress=True):
+        asked.append(name)
+        return str(tmp_path / "qtvit_nano.pt")
+
+    monkeypatch.setattr(_builder, "pretrained_file", resolver)
+    model = efficientvit.qtvit_nano(pretrained=True)
+    assert asked == ["qtvit_nano"] and model.load_report.ok
+    assert model.pretrained_cfg["architecture"] == "qtvit_nano"
+    for (name, a), b in zip(model.state_dict().items(), src.state_dict().values()):
+        assert torch.equal(a, b), name
+    features = efficientvit.qtvit_nano(pretrained=True, features_only=True, out_indices=(3, 4))
+    assert torch.equal(features.model.head.fc.weight, src.head.fc.weight)
+    assert features.feature_info.channels() == [64, 128]
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_one_batchnorm_fold_for_conv_and_affine(affine):
+    from qtvit.layers.fold import ChannelAffine, bn_scale_shift, fuse_conv_bn
+
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, padding=1, groups=3).double()
+    bn = nn.BatchNorm2d(6, affine=affine).double().eval()
+    bn.running_mean.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+    bn.running_var.copy_(torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+    if affine:
+        bn.weight.data.normal_(generator=g)
+        bn.bias.data.normal_(generator=g)
+    x = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ChannelAffine.from_batchnorm(bn)(conv(x)), bn(conv(x)), rtol=1e-12, atol=1e-12)
+    scale, shift = bn_scale_shift(bn)
+    assert scale.shape == shift.shape == (6,)
+    with pytest.raises(ValueError, match="track_running_stats=True"):
+        bn_scale_shift(nn.BatchNorm2d(6, track_running_stats=False))

@@ -15,10 +15,10 @@ SIZES = [(64, 64), (64, 96)]  # one square, one not
 
 
 def _small_l(**kw):
-    # QT-ViT-4's L-type layout at small widths; img_size=64 makes the stored positional embedding (2x2) match a
+    # QT-ViT-4's L-type layout at small widths; pos_embed_size=64 makes the stored positional embedding (2x2) match a
     # 64 px input exactly, which exercises the exporter's trace-size bump (see qtvit.export).
     return qtvit.create_model("qtvit_4", widths=(8, 16, 32, 64, 128), depths=(1, 1, 1, 1, 1), head_widths=(64, 64),
-                              img_size=64, num_classes=10, **kw)
+                              pos_embed_size=64, num_classes=10, **kw)
 
 
 MODELS = {
@@ -69,8 +69,10 @@ def test_bad_arguments(tmp_path):
     model = qtvit.create_model("qtvit_nano", num_classes=10)
     with pytest.raises(ValueError, match="opset"):
         export_onnx(model, tmp_path / "x.onnx", 32, opset=10)
-    with pytest.raises(ValueError, match="input size"):
+    with pytest.raises(ValueError, match="bad image size"):
         export_onnx(model, tmp_path / "x.onnx", (32, 32, 3))
+    with pytest.raises(ValueError, match="is a folder"):
+        export_onnx(model, tmp_path, 32)
     with pytest.raises(FileNotFoundError, match="no ONNX file"):
         onnx_session(tmp_path / "missing.onnx")
 
@@ -105,3 +107,39 @@ def test_calibrated_model_has_order_one_logits_and_a_visible_pos_embed():
         y0 = model(x)
     assert 0.05 < float(y.abs().max()) < 1e3
     assert float((y - y0).abs().max()) > 2e-4  # the embedding moves the logits by more than the check's atol
+
+
+def test_cli_refuses_to_overwrite_unless_asked(tmp_path, capsys):
+    out = tmp_path / "nano.onnx"
+    out.write_bytes(b"keep me")
+    argv = ["export", "qtvit_nano", "--num-classes", "10", "--img-size", "32", "--output", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and out.read_bytes() == b"keep me"
+    assert main(argv + ["--overwrite"]) == 0
+    assert out.read_bytes() != b"keep me" and onnx_session(out) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nano.onnx"]  # written atomically: no temporary left
+
+
+def test_cli_output_folder_gets_model_named_file(tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main(["export", "qtvit_nano", "--num-classes", "10", "--img-size", "32", "--output", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["qtvit_nano.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]  # no <dir>.tmp beside it
+
+
+def test_cli_checkpoint_loads_through_create_model(tmp_path):
+    src = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 32)
+    torch.save({"model": src.state_dict()}, tmp_path / "trained.pth")
+    out = tmp_path / "trained.onnx"
+    assert main(["export", "qtvit_nano", "--num-classes", "10", "--img-size", "32", "--checkpoint",
+                 str(tmp_path / "trained.pth"), "--output", str(out)]) == 0
+    row = check_onnx(src, out, [32], batch_size=2)[0]  # the graph holds the checkpoint's weights
+    assert row["max_abs_diff"] <= 1e-4 and row["max_abs_output"] > 0.05
+
+
+def test_export_is_reexported_from_the_models():
+    from qtvit.models.inference import inference_form as models_inference_form
+
+    assert inference_form is models_inference_form

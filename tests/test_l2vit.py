@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -329,6 +328,33 @@ def test_other_kernel_in_global_blocks():
     assert len(temps) == 4 and all(torch.allclose(t, torch.full_like(t, 32 ** -0.5)) for t in temps)
     with pytest.raises(ValueError, match="unknown attention kernel"):
         l2vit.l2vit_nano(kernel="nope")
+
+
+def test_kernel_options_reach_the_global_blocks_and_stay_json_friendly():
+    import qtvit
+
+    model = qtvit.create_model("l2vit_nano", kernel="qt", kernel_options=dict(scale=2.0))
+    scales = [m.scale.item() for n, m in model.named_modules() if n.endswith("attn.kernel")]
+    assert scales == [2.0] * 4 and model.kernel == "qt"
+    assert model.model_args == {"kernel": "qt", "kernel_options": {"scale": 2.0}}
+    default = qtvit.create_model("l2vit_nano", kernel_options=dict(den_min=1.0))
+    assert [m.den_min for n, m in default.named_modules() if n.endswith("attn.kernel")] == [1.0] * 4
+    with pytest.raises(ValueError, match="kernel_options must be a dict"):
+        qtvit.create_model("l2vit_nano", kernel_options=[1])
+
+
+def test_fuse_takes_the_common_signature_and_inference_form_copies():
+    from qtvit.models.inference import inference_form
+
+    torch.manual_seed(0)
+    model = _filled(l2vit.l2vit_nano()).eval()
+    x = torch.randn(2, 1, 28, 28)
+    fused = inference_form(model, (28, 28))
+    assert fused is not model and isinstance(model.stem.bn1, nn.BatchNorm2d)  # the original keeps its BatchNorms
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) and not fused.training
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+    assert model.fuse(input_size=None) is model
 
 
 # ---------------------------------------------------------------- inference form

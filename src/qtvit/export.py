@@ -4,6 +4,10 @@
     qtvit export qtvit_1 --format onnx --checkpoint qtvit1.pth --output q1.onnx --check
     qtvit export l2vit_tiny --format onnx --img-size 384 512 --static --output l2vit_384x512.onnx
 
+``--output`` may name a folder (the file is then ``<folder>/<model>.onnx``); an existing file is replaced only with
+``--overwrite``, and every file is written beside its target and renamed into place (no partial file on failure).
+``--checkpoint`` loads through ``create_model(checkpoint_path=...)``, so any checkpoint format it reads works.
+
 The graph has one input ``input`` (B, C, H, W) and one output ``logits`` (B, classes); with ``dynamic=True``
 (the default) B, H and W are free. Exporter: the TorchScript-based one (``torch.onnx.export(dynamo=False)``),
 because it exports every model of the zoo in seconds with free H and W; the torch.export-based one (``dynamo=True``,
@@ -29,6 +33,11 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from ._io import atomic_write
+from ._utils import did_you_mean, parse_size
+from .layers.norm import reestimate_bn
+from .models.inference import inference_form  # re-exported: the inference form lives with the models
+
 __all__ = ["export_onnx", "check_onnx", "calibrate_batchnorm", "onnx_session", "onnxruntime_latency", "inference_form",
            "add_export_parser", "FORMATS"]
 
@@ -37,38 +46,11 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_OPSET = 17
 
 
-def _size2(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = tuple(int(s) for s in size)
-    if len(size) == 1:
-        return size[0], size[0]
-    if len(size) != 2:
-        raise ValueError(f"input size must be one side or (H, W), got {size}")
-    return size  # type: ignore[return-value]
-
-
 def _in_chans(model: nn.Module) -> int:
     if hasattr(model, "in_chans"):
         return int(model.in_chans)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return int(cfg.get("input_size", (3,))[0])
-
-
-def inference_form(model: nn.Module, input_size: tuple[int, int] | None = None) -> nn.Module:
-    """An eval-mode copy of ``model`` with BatchNorms folded (``model.fuse``), for inputs of ``input_size``.
-
-    ``input_size=None`` keeps every size valid (EfficientViT/QT-ViT then resize the positional embedding on the
-    fly); a size also caches the resized embeddings, so that copy only accepts that size. Models without a
-    ``fuse`` method are returned as an eval-mode copy.
-    """
-    fused = copy.deepcopy(model).eval()
-    fuse = getattr(fused, "fuse", None)
-    if fuse is None:
-        return fused
-    params = inspect.signature(fuse).parameters
-    out = fuse(input_size) if "input_size" in params else fuse()
-    return out if isinstance(out, nn.Module) else fused
 
 
 def _pos_embed_matches(model: nn.Module, size: tuple[int, int], in_chans: int) -> bool:
@@ -118,7 +100,7 @@ def export_onnx(
 
     Args:
         model: any qtvit classifier (a fused model with cached positional embeddings needs ``dynamic=False``).
-        path: the .onnx file to write (parent folders are created).
+        path: the .onnx file to write (parent folders are created; an existing file is replaced atomically).
         input_size: (H, W) or one side: the traced size, and the only size accepted when ``dynamic=False``.
         dynamic: free batch, height and width axes.
         opset: ONNX opset (>= 11 for the bicubic resize of the QT-ViT positional embedding; 11, 13 and 17 tested;
@@ -126,13 +108,14 @@ def export_onnx(
         batch_size: the traced batch size (the only one accepted when ``dynamic=False``).
         dynamo: use the torch.export-based exporter instead of the TorchScript one.
     """
-    h, w = _size2(input_size)
-    if h < 1 or w < 1 or batch_size < 1:
-        raise ValueError(f"input size and batch size must be positive, got {(batch_size, h, w)}")
+    h, w = parse_size(input_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if opset < 11:
         raise ValueError(f"opset {opset} is too old: the QT-ViT positional embedding's bicubic Resize needs >= 11")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the ONNX file to write, e.g. {path / 'model.onnx'}")
     in_chans = _in_chans(model)
     traced = _trace_model(model)
     if dynamic:
@@ -144,7 +127,11 @@ def export_onnx(
                 break
             h, w = h + 32, w + 32
     x = torch.zeros(batch_size, in_chans, h, w)
-    tmp = path.with_name(path.name + ".tmp")
+    # Written beside the target and renamed into place: a failed export leaves no partial file behind.
+    return atomic_write(path, lambda tmp: _write_onnx(traced, x, tmp, dynamic, opset, dynamo))
+
+
+def _write_onnx(traced: nn.Module, x: torch.Tensor, dst: str, dynamic: bool, opset: int, dynamo: bool) -> None:
     with warnings.catch_warnings():
         # The tracer warns about every Python shape check of the model code; they hold for every size (see above).
         warnings.simplefilter("ignore")
@@ -154,37 +141,28 @@ def export_onnx(
             shapes = {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=16, max=8192),
                       3: Dim("width", min=16, max=8192)} if dynamic else None
             arg = next(iter(inspect.signature(traced.forward).parameters))
-            torch.onnx.export(traced, (x,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            torch.onnx.export(traced, (x,), dst, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_shapes={arg: shapes} if dynamic else None, opset_version=max(opset, 18),
                               dynamo=True, verbose=False)
         else:
             axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
-            torch.onnx.export(traced, (x,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            torch.onnx.export(traced, (x,), dst, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-    tmp.replace(path)
-    return path
 
 
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, input_size: int | Sequence[int] = 64, *, batch_size: int = 4,
                         seed: int = 0, pos_embed_std: float = 1.0) -> nn.Module:
     """Give a randomly initialised model non-trivial outputs, for export checks: BatchNorm running statistics from
-    one random batch (so activations stay O(1) instead of vanishing through the small init) and random positional
-    embeddings (zeros at init, which would hide their resize). In place; returns the model in eval mode."""
+    one random batch (``qtvit.layers.norm.reestimate_bn``, so activations stay O(1) instead of vanishing through the
+    small init) and random positional embeddings (zeros at init, which would hide their resize). In place; returns
+    the model in eval mode."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith("pos_embed"):
             p.copy_(torch.randn(p.shape, generator=g) * pos_embed_std)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = None  # cumulative average: the statistics of exactly this batch
-        m.reset_running_stats()
-    h, w = _size2(input_size)
-    model.train()
-    model(torch.randn(batch_size, _in_chans(model), h, w, generator=g))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
+    x = torch.randn(batch_size, _in_chans(model), *parse_size(input_size), generator=g)
+    reestimate_bn(model, [x], num_images=batch_size)
     return model.eval()
 
 
@@ -217,7 +195,7 @@ def check_onnx(
     g = torch.Generator().manual_seed(seed)
     rows = []
     for size in sizes:
-        h, w = _size2(size)
+        h, w = parse_size(size)
         x = torch.randn(batch_size, _in_chans(model), h, w, generator=g)
         with torch.no_grad():
             ref = model(x).float().numpy()
@@ -255,7 +233,9 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (any format create_model reads)")
     p.add_argument("--pretrained", action="store_true", help="load the official weights")
     p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--output", "-o", type=Path, default=None, help="output file (default: MODEL.onnx)")
+    p.add_argument("--output", "-o", type=Path, default=None,
+                   help="output file, or a folder to write MODEL.onnx in (default: MODEL.onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="S",
                    help="trace size: one side or H W (the only size accepted with --static)")
     p.add_argument("--batch-size", type=int, default=1, help="trace batch size (fixed with --static)")
@@ -268,28 +248,37 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_export_cli)
 
 
+def _output_path(args: argparse.Namespace) -> Path:
+    """``--output`` (default ``MODEL.onnx``; a folder gets ``<folder>/MODEL.onnx``), refusing to replace a file."""
+    out = args.output or Path(f"{args.model}.onnx")
+    if out.is_dir():
+        out = out / f"{args.model}.onnx"
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --output")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder; give the ONNX file to write with --output")
+    return out
+
+
 def run_export_cli(args: argparse.Namespace) -> int:
     from . import create_model, list_models
 
     if args.format.lower() not in FORMATS:
         raise ValueError(f"unknown format {args.format!r}; supported: {', '.join(FORMATS)}")
     if args.model not in list_models():
-        import difflib
-
-        close = difflib.get_close_matches(args.model, list_models(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {args.model!r}.{hint} See qtvit.list_models().")
+        raise ValueError(f"unknown model {args.model!r}{did_you_mean(args.model, list_models())} "
+                         "(qtvit.list_models() lists them)")
     if args.checkpoint is not None and not args.checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist; give a checkpoint file or run folder")
     try:
-        h, w = _size2(args.img_size)
+        h, w = parse_size(args.img_size)
     except ValueError as e:
         raise ValueError(f"--img-size: {e}") from None
+    out = _output_path(args)
     model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
                          num_classes=args.num_classes).eval()
     if args.fuse:
         model = inference_form(model, (h, w) if args.static else None)
-    out = args.output or Path(f"{args.model}.onnx")
     t0 = time.perf_counter()
     export_onnx(model, out, (h, w), dynamic=not args.static, opset=args.opset, batch_size=args.batch_size,
                 dynamo=args.dynamo)
@@ -297,12 +286,16 @@ def run_export_cli(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, {kind}, opset {args.opset}) "
           f"in {time.perf_counter() - t0:.1f} s")
     if args.check:
-        sizes = [(h, w)] if args.static else [(h, w), (h, w + 32 * max(1, w // 64))]
-        rows = check_onnx(model, out, sizes, batch_size=args.batch_size if args.static else 2)
-        for r in rows:
-            print(f"check {r['batch']}x{r['size'][0]}x{r['size'][1]}: max |onnxruntime - torch| = "
-                  f"{r['max_abs_diff']:.2e} (<= 1e-4), max |logit| {r['max_abs_output']:.2g}")
-        if max(r["max_abs_output"] for r in rows) < 1e-3:
-            print("warning: the logits are ~0 (random initial weights), so this check says little; export trained "
-                  "weights (--checkpoint/--pretrained) to check them")
+        _print_check(model, out, h, w, args)
     return 0
+
+
+def _print_check(model: nn.Module, out: Path, h: int, w: int, args: argparse.Namespace) -> None:
+    sizes = [(h, w)] if args.static else [(h, w), (h, w + 32 * max(1, w // 64))]
+    rows = check_onnx(model, out, sizes, batch_size=args.batch_size if args.static else 2)
+    for r in rows:
+        print(f"check {r['batch']}x{r['size'][0]}x{r['size'][1]}: max |onnxruntime - torch| = "
+              f"{r['max_abs_diff']:.2e} (<= 1e-4), max |logit| {r['max_abs_output']:.2g}")
+    if max(r["max_abs_output"] for r in rows) < 1e-3:
+        print("warning: the logits are ~0 (random initial weights), so this check says little; export trained "
+              "weights (--checkpoint/--pretrained) to check them")

@@ -7,18 +7,22 @@ torch.Size([1, 2, 196, 16])
 """
 from __future__ import annotations
 
-import difflib
-from typing import Any
+from typing import Any, Callable
 
+import torch.nn as nn
 from torch import Tensor
 
-from .core import DEFAULT_CHUNK_SIZE, check_qkv, linear_attention, softmax_attention
-from .kernels import KERNELS, AttentionKernel, kronecker_square
+from .._utils import did_you_mean
+from .base import AttentionKernel
+from .core import DEFAULT_CHUNK_SIZE, check_qkv, kronecker_square, linear_attention, softmax_attention
+from .kernels import KERNELS
 
 __all__ = [
-    "AttentionKernel", "KERNELS", "DEFAULT_CHUNK_SIZE", "attend", "attention_map", "create_kernel", "list_kernels",
-    "kronecker_square", "linear_attention", "softmax_attention",
+    "AttentionKernel", "KERNELS", "DEFAULT_CHUNK_SIZE", "KernelFactory", "KernelLayer", "attend", "attention_map", "create_kernel",
+    "kernel_factory", "list_kernels", "kronecker_square", "linear_attention", "softmax_attention",
 ]
+
+KernelLayer = Callable[[int, int], nn.Module]  # (head_dim, num_heads) -> attention kernel module
 
 
 def list_kernels() -> list[str]:
@@ -33,14 +37,56 @@ def create_kernel(name: str, *, head_dim: int, num_heads: int = 1, **options: An
     ``gamma``; qt_pool: ``pool``; qt_chunk: ``chunks``; qt_random: ``seed``; focused: ``focusing_factor``; l2vit:
     ``temperature``, ``den_min``).
     """
-    if name not in KERNELS:
-        close = difflib.get_close_matches(str(name), KERNELS, n=2)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown attention kernel {name!r}.{hint} Known kernels: {', '.join(KERNELS)}")
+    _check_name(name)
     try:
         return KERNELS[name](head_dim, num_heads, **options)
     except TypeError as e:  # an option the kernel does not take
         raise ValueError(f"bad option for kernel {name!r}: {e}") from None
+
+
+def _check_name(name: str) -> None:
+    if name not in KERNELS:
+        raise ValueError(f"unknown attention kernel {name!r}{did_you_mean(name, KERNELS)}; use one of "
+                         f"{', '.join(KERNELS)} (qtvit.attention.list_kernels())")
+
+
+class KernelFactory:
+    """``factory(head_dim, num_heads)`` -> ``create_kernel(name, head_dim=..., num_heads=..., **options)``.
+
+    What the models hand their attention layers (``kernel_layer``): the kernel is resolved once, in the model
+    constructor, and every block builds its own instance for its head size. ``name`` and ``options`` are the
+    JSON-friendly record of the choice.
+    """
+
+    def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
+        _check_name(name)
+        self.name = name
+        self.options = dict(options or {})
+
+    def __call__(self, head_dim: int, num_heads: int = 1) -> AttentionKernel:
+        return create_kernel(self.name, head_dim=head_dim, num_heads=num_heads, **self.options)
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"kernel_factory({self.name!r}{opts})"
+
+
+def kernel_factory(kernel: str | KernelLayer, **options: Any) -> KernelLayer:
+    """Resolve a model's ``kernel`` argument once into a ``(head_dim, num_heads) -> nn.Module`` factory.
+
+    ``kernel`` is a name from ``list_kernels()`` (with that kernel's ``options``), or already a callable of
+    ``(head_dim, num_heads)`` returning an attention module (then ``options`` must be empty). An unknown name
+    fails here; an unknown option when the first layer is built.
+    """
+    if isinstance(kernel, str):
+        return KernelFactory(kernel, options)
+    if callable(kernel):
+        if options:
+            raise ValueError(f"kernel options {sorted(options)} only apply to a kernel given by name; bind them "
+                             "into your kernel factory instead")
+        return kernel
+    raise ValueError(f"kernel must be a kernel name ({', '.join(KERNELS)}) or a callable (head_dim, num_heads) -> "
+                     f"nn.Module, got {type(kernel).__name__}")
 
 
 def _kernel_for(q: Tensor, k: Tensor, v: Tensor, kernel: str, options: dict[str, Any]) -> AttentionKernel:

@@ -2,8 +2,9 @@
 
 Every kernel gives two paths to the same numbers:
 - the fast one, ``forward(q, k, v)``: the feature maps φ(q), φ(k) through the shared linear core (O(N·d_φ·dv));
-- the reference one, ``similarity(q, k)``: the N×N similarity written straight from the formula, never through φ
-  where a closed form exists, so the tests check the feature map against the math and not against itself.
+- the reference one, ``similarity(q, k)``: the N×N similarity of ``qtvit.attention.reference``, written straight
+  from the formula, never through φ where a closed form exists, so the tests check the feature map against the
+  math and not against itself.
 
 Notation: q, k of shape (B, H, N, d), v (B, H, N, dv); s = q·k/√d; x̂ = x/‖x‖₂; x² is element-wise.
 Kernels with learnable parameters (qt, qt_paper, focused, l2vit) carry them here, so models use this same code.
@@ -11,131 +12,24 @@ Kernels with learnable parameters (qt, qt_paper, focused, l2vit) carry them here
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .base import AttentionKernel
 from .core import (
-    DEFAULT_CHUNK_SIZE,
-    check_qkv,
     compute_dtype,
-    explicit_attention,
     fp32_island,
-    linear_attention,
+    kronecker_square,
+    l2norm,
+    normalize,
     result_dtype,
-    row_normalise,
     softmax_attention,
     to_input_dtype,
 )
-
-
-class AttentionKernel(nn.Module):
-    """Base class: a similarity Sim(q, k) = φ(q)·φ(k) and the attention it defines.
-
-    ``normalize=True`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j / (Σ_j Sim(q_i, k_j) + eps);
-    ``normalize=False`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j.
-    """
-
-    name: ClassVar[str] = ""
-    normalize: ClassVar[bool] = True
-
-    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-15,
-                 chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> None:
-        super().__init__()
-        if head_dim < 1 or num_heads < 1:
-            raise ValueError(f"head_dim and num_heads must be >= 1, got head_dim={head_dim}, num_heads={num_heads}")
-        self.head_dim = head_dim
-        self.num_heads = num_heads
-        self.eps = eps
-        self.chunk_size = chunk_size
-
-    def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, num_heads={self.num_heads}, feature_dim={self.feature_dim}"
-
-    # --- the formula ---------------------------------------------------------------------------------------------
-    @property
-    def feature_dim(self) -> int:
-        """d_φ, the length of φ(x)."""
-        return self.head_dim
-
-    def phi(self, x: Tensor) -> Tensor:
-        """φ(x) without its constant entries (those are ``constant``): what the linear core multiplies."""
-        raise NotImplementedError
-
-    def constant(self, dtype: torch.dtype) -> Tensor | None:
-        """c such that the constant entries of φ(q) and φ(k) contribute c² to every similarity, or None.
-
-        The core adds c²·Σ_j [v_j, 1] instead of appending constant columns to every token's features.
-        """
-        return None
-
-    def features(self, x: Tensor) -> Tensor:
-        """The full feature map φ(x), constant entries included (d_φ = ``feature_dim`` columns)."""
-        c = self.constant(x.dtype)
-        f = self.phi(x)
-        return f if c is None else torch.cat([f, c.expand(*x.shape[:-1], 1)], dim=-1)
-
-    def token_stats(self, k: Tensor) -> Any:
-        """Statistics over all key tokens that φ needs (N, a logsumexp...), computed once before chunking."""
-        return None
-
-    def phi_q(self, q: Tensor, stats: Any) -> Tensor:
-        return self.phi(q)
-
-    def phi_k(self, k: Tensor, stats: Any) -> Tensor:
-        return self.phi(k)
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        """The explicit (B, H, Nq, N) similarity, O(N²). Kernels override it with their closed form."""
-        stats = self.token_stats(k)
-        sim = self.phi_q(q, stats) @ self.phi_k(k, stats).transpose(-1, -2)
-        c = self.constant(q.dtype)
-        return sim if c is None else sim + c * c
-
-    def finish(self, out: Tensor) -> Tensor:
-        """Turn φ(q)·[KV, Σφ(k)] into the output: divide by the normaliser column."""
-        if not self.normalize:
-            return out
-        return out[..., :-1] / (out[..., -1:] + self.eps)
-
-    def normalise_map(self, sim: Tensor) -> Tensor:
-        return row_normalise(sim, self.eps) if self.normalize else sim
-
-    # --- the two paths -------------------------------------------------------------------------------------------
-    def _check(self, q: Tensor, k: Tensor, v: Tensor | None = None) -> None:
-        check_qkv(q, k, k[..., :1] if v is None else v)
-        if q.shape[-1] != self.head_dim:
-            raise ValueError(
-                f"{self.name} kernel was built for head_dim={self.head_dim} but q has head dim {q.shape[-1]}; "
-                f"create it with create_kernel({self.name!r}, head_dim={q.shape[-1]}, ...)"
-            )
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Linear-time attention, (B, H, Nq, d), (B, H, N, d), (B, H, N, dv) -> (B, H, Nq, dv)."""
-        self._check(q, k, v)
-        dtype = result_dtype(q, k, v)
-        ct = compute_dtype(dtype)
-        with fp32_island(q.device):
-            out = linear_attention(self, q.to(ct), k.to(ct), v.to(ct), chunk_size=self.chunk_size)
-        return to_input_dtype(out, dtype)
-
-    def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
-        """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""
-        self._check(q, k)
-        ct = compute_dtype(result_dtype(q, k))
-        with fp32_island(q.device):
-            return self.normalise_map(self.similarity(q.to(ct), k.to(ct)))
-
-    def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """The O(N²) reference output: attention_map(q, k) @ v."""
-        self._check(q, k, v)
-        with fp32_island(q.device):
-            dtype = result_dtype(q, k, v)
-            out = explicit_attention(self.attention_map(q, k), v.to(compute_dtype(dtype)))
-        return to_input_dtype(out, dtype)
 
 
 class SoftmaxKernel(AttentionKernel):
@@ -160,11 +54,6 @@ class SoftmaxKernel(AttentionKernel):
             out = softmax_attention(q.to(ct), k.to(ct), v.to(ct), scale=self.head_dim ** -0.5)
         return to_input_dtype(out, dtype)
 
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        # Shifted by the row max: the same map after normalisation, and no overflow.
-        logits = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
-        return torch.exp(logits - logits.amax(dim=-1, keepdim=True))
-
     def normalise_map(self, sim: Tensor) -> Tensor:
         return sim / sim.sum(dim=-1, keepdim=True)
 
@@ -180,9 +69,6 @@ class ReLUKernel(AttentionKernel):
     def phi(self, x: Tensor) -> Tensor:
         return F.relu(x)
 
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return F.relu(q) @ F.relu(k).transpose(-1, -2)
-
 
 class EluKernel(AttentionKernel):
     """elu: φ(x) = ELU(x) + 1 > 0. d_φ = d, O(N·d·dv). Source: Katharopoulos et al., 2020."""
@@ -191,9 +77,6 @@ class EluKernel(AttentionKernel):
 
     def phi(self, x: Tensor) -> Tensor:
         return F.elu(x) + 1
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2)
 
 
 class CosineKernel(AttentionKernel):
@@ -215,10 +98,6 @@ class CosineKernel(AttentionKernel):
     def phi_k(self, k: Tensor, stats: Any) -> Tensor:
         return normalize(k) / math.sqrt(stats)
 
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        norms = l2norm(q) * l2norm(k).transpose(-1, -2)
-        return (q @ k.transpose(-1, -2)) / norms.clamp_min(1e-12) / k.shape[2]
-
 
 class MeanKernel(AttentionKernel):
     """mean: φ(x) = x/√N, so Sim = q·k/N, unnormalised (PolyNL's mean over tokens). d_φ = d, O(N·d·dv).
@@ -237,9 +116,6 @@ class MeanKernel(AttentionKernel):
 
     def phi_k(self, k: Tensor, stats: Any) -> Tensor:
         return k / math.sqrt(stats)
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return (q @ k.transpose(-1, -2)) / k.shape[2]
 
 
 class SigmoidSoftmaxKernel(AttentionKernel):
@@ -261,9 +137,6 @@ class SigmoidSoftmaxKernel(AttentionKernel):
     def phi_k(self, k: Tensor, stats: Any) -> Tensor:
         return torch.exp(k - stats)
 
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return torch.sigmoid(q) @ torch.softmax(k, dim=2).transpose(-1, -2)
-
 
 class AngularKernel(AttentionKernel):
     """angular: Sim = 1/2 + q̂·k̂/π, the first-order expansion of 1 − θ(q, k)/π. φ(x) = [x̂/√π, 1/√2].
@@ -283,9 +156,6 @@ class AngularKernel(AttentionKernel):
 
     def constant(self, dtype: torch.dtype) -> Tensor:
         return torch.tensor(0.5 ** 0.5, dtype=dtype)
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return 0.5 + (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)) / math.pi
 
 
 class Taylor1Kernel(AttentionKernel):
@@ -307,9 +177,6 @@ class Taylor1Kernel(AttentionKernel):
     def constant(self, dtype: torch.dtype) -> Tensor:
         return torch.tensor(1.0, dtype=dtype)
 
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return 1 + (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-
 
 class Taylor2Kernel(AttentionKernel):
     """taylor2: Sim = 1 + s + s²/2, the exact second-order Taylor expansion of exp(s), s = q·k/√d.
@@ -330,10 +197,6 @@ class Taylor2Kernel(AttentionKernel):
 
     def constant(self, dtype: torch.dtype) -> Tensor:
         return torch.tensor(0.5 ** 0.5, dtype=dtype)
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        return 1 + s + s * s / 2
 
 
 class QTKernel(AttentionKernel):
@@ -366,10 +229,6 @@ class QTKernel(AttentionKernel):
 
     def constant(self, dtype: torch.dtype) -> Tensor:
         return self.scale.to(dtype)
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        s = self.scale.to(q.dtype)
-        return self.squared_direction(q) @ self.squared_direction(k).transpose(-1, -2) + s * s
 
 
 class QTPaperKernel(AttentionKernel):
@@ -406,11 +265,6 @@ class QTPaperKernel(AttentionKernel):
         const = torch.stack([g, torch.ones_like(g)]).expand(*x.shape[:-1], 2) / math.sqrt(2)
         return torch.cat([self.phi(x), const], dim=-1)
 
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        a, b, g = (p.to(q.dtype) for p in (self.alpha, self.beta, self.gamma))
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        return 0.5 * (a * a * ((q * q) @ (k * k).transpose(-1, -2)) + 2 * b * b * s + g * g + 1)
-
 
 class _ReducedTaylor2Kernel(AttentionKernel):
     """Shared form of QT-ViT Table 3's reductions of the Kronecker term (Eq. 10 with a cheaper quadratic block).
@@ -440,13 +294,6 @@ class _ReducedTaylor2Kernel(AttentionKernel):
     def features(self, x: Tensor) -> Tensor:
         return F.pad(self.phi(x), (0, 2), value=0.5 ** 0.5)
 
-    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        return 1 + s + 0.5 * self.quadratic_similarity(q, k)
-
 
 class QTPoolKernel(_ReducedTaylor2Kernel):
     """qt_pool: the Kronecker term of channel-average-pooled inputs, y = avgpool_p(x) ∈ R^{d/p}.
@@ -474,9 +321,6 @@ class QTPoolKernel(_ReducedTaylor2Kernel):
     def quadratic(self, x: Tensor) -> Tensor:
         return kronecker_square(self.pooled(x)) * (self.pool / math.sqrt(self.head_dim))
 
-    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return self.pool ** 2 * (self.pooled(q) @ self.pooled(k).transpose(-1, -2)) ** 2 / self.head_dim
-
 
 class QTChunkKernel(_ReducedTaylor2Kernel):
     """qt_chunk: the Kronecker term of each of c channel chunks, concatenated (cross-chunk products dropped).
@@ -503,10 +347,6 @@ class QTChunkKernel(_ReducedTaylor2Kernel):
     def quadratic(self, x: Tensor) -> Tensor:
         return kronecker_square(self.split(x)).flatten(-2) * math.sqrt(self.chunks / self.head_dim)
 
-    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        per_chunk = torch.einsum("bhigc,bhjgc->bhijg", self.split(q), self.split(k))
-        return self.chunks * (per_chunk ** 2).sum(-1) / self.head_dim
-
 
 class QTRandomKernel(_ReducedTaylor2Kernel):
     """qt_random: d randomly chosen products x_i·x_j out of the d² of the Kronecker term.
@@ -531,11 +371,6 @@ class QTRandomKernel(_ReducedTaylor2Kernel):
     def quadratic(self, x: Tensor) -> Tensor:
         return x[..., self.pairs[:, 0]] * x[..., self.pairs[:, 1]]
 
-    def quadratic_similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        # Σ_{(i,j)∈S} (q_i k_i)(q_j k_j), from the element-wise products of every query-key pair.
-        prod = q.unsqueeze(-2) * k.unsqueeze(-3)  # (B, H, Nq, N, d)
-        return (prod[..., self.pairs[:, 0]] * prod[..., self.pairs[:, 1]]).sum(-1)
-
 
 class FocusedKernel(AttentionKernel):
     """focused: FLatten's focused function with p = 3.
@@ -558,9 +393,6 @@ class FocusedKernel(AttentionKernel):
         x = F.relu(x / F.softplus(self.scale.to(x.dtype))) + 1e-6
         xp = x ** self.focusing_factor
         return xp * (l2norm(x) / l2norm(xp))
-
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return self.phi(q) @ self.phi(k).transpose(-1, -2)  # φ is the definition: no closed form
 
 
 class L2ViTKernel(AttentionKernel):
@@ -591,28 +423,8 @@ class L2ViTKernel(AttentionKernel):
     def finish(self, out: Tensor) -> Tensor:
         return out[..., :-1] * self._tau(out) / out[..., -1:].clamp_min(self.den_min)
 
-    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
-        return F.relu(q) @ F.relu(k).transpose(-1, -2)
-
     def normalise_map(self, sim: Tensor) -> Tensor:
         return sim * self._tau(sim) / sim.sum(dim=-1, keepdim=True).clamp_min(self.den_min)
-
-
-# --- helpers -----------------------------------------------------------------------------------------------------
-def kronecker_square(x: Tensor) -> Tensor:
-    """K_r(x) = vec(x ⊗ x): all products x_i x_j, so ⟨K_r(a), K_r(b)⟩ = ⟨a, b⟩² (QT-ViT Eq. 5-6)."""
-    return (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
-
-
-def l2norm(x: Tensor) -> Tensor:
-    """‖x‖₂ over the last axis, keepdim. Written out: torch's vector norm is ~50× slower on the transposed
-    (token-major view of channel-major) q and k that LiteMLA hands over."""
-    return (x * x).sum(dim=-1, keepdim=True).sqrt()
-
-
-def normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """x/‖x‖₂ over the last axis, as F.normalize (norm clamped at eps)."""
-    return x / l2norm(x).clamp_min(eps)
 
 
 KERNELS: dict[str, type[AttentionKernel]] = {

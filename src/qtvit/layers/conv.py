@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .drop import DropPath
+from .fold import fuse_conv_bn
 
 __all__ = [
     "LayerType",
@@ -30,25 +31,10 @@ __all__ = [
     "MBConv",
     "FusedMBConv",
     "ResBlock",
-    "fuse_conv_bn",
     "out_size",
 ]
 
 LayerType = Callable[..., nn.Module]
-
-
-@torch.no_grad()
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Return a conv (with bias) equal to ``bn(conv(x))`` in eval mode: ``w' = w * g / sqrt(var + eps)``."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused
 
 
 class ConvNormAct(nn.Module):

@@ -20,13 +20,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention import create_kernel
+from ..attention import KernelLayer, kernel_factory
 from .drop import DropPath
+from .fold import bn_scale_shift, fuse_conv_bn
 
 __all__ = [
     "DropPath", "ConvPosEnc", "Mlp", "WindowAttention", "LinearGlobalAttention", "LocalConcentration",
     "FusedLocalConcentration", "LWABlock", "LGABlock", "ConvStem", "Downsample", "depthwise_conv2d",
-    "fold_bn_into_conv",
 ]
 
 
@@ -133,18 +133,20 @@ class LinearGlobalAttention(nn.Module):
 
     With the default kernel "l2vit" this is the official enhanced linear attention: per head
     ``o_i = (relu(q_i) @ (tau_h * sum_j relu(k_j)^T v_j)) / max(relu(q_i) . sum_j relu(k_j), 100)``, where the
-    learnable ``tau_h`` is the kernel's ``temperature`` (official ``attn.temperature``). Any other kernel name swaps
-    the formula (e.g. "relu", "qt", "softmax") with the same qkv/proj projections.
+    learnable ``tau_h`` is the kernel's ``temperature`` (official ``attn.temperature``). Another kernel factory
+    (``qtvit.attention.kernel_factory("relu")``, "qt", "softmax"...) swaps the formula with the same qkv/proj
+    projections.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, kernel: str = "l2vit"):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
+                 kernel_layer: KernelLayer | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.kernel = create_kernel(kernel, head_dim=self.head_dim, num_heads=num_heads)
+        self.kernel = (kernel_layer or kernel_factory("l2vit"))(self.head_dim, num_heads)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -194,8 +196,7 @@ class FusedLocalConcentration(nn.Module):
     def __init__(self, lcm: LocalConcentration):
         super().__init__()
         bn = lcm.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
+        scale, shift = bn_scale_shift(bn)
         self.conv1 = lcm.conv1
         self.act = lcm.act
         w = lcm.conv2.weight.detach()
@@ -263,7 +264,7 @@ class LGABlock(nn.Module):
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
             drop_path: float = 0.0,
-            kernel: str = "l2vit",
+            kernel_layer: KernelLayer | None = None,
             lcm_kernel_size: int = 7,
             act_layer: type[nn.Module] = nn.GELU,
             norm_layer: type[nn.Module] = nn.LayerNorm,
@@ -271,7 +272,7 @@ class LGABlock(nn.Module):
         super().__init__()
         self.cpe1 = ConvPosEnc(dim)
         self.norm1 = norm_layer(dim)
-        self.attn = LinearGlobalAttention(dim, num_heads, qkv_bias=qkv_bias, kernel=kernel)
+        self.attn = LinearGlobalAttention(dim, num_heads, qkv_bias=qkv_bias, kernel_layer=kernel_layer)
         self.norm_lcm = norm_layer(dim)
         self.lcm = LocalConcentration(dim, kernel_size=lcm_kernel_size, act_layer=act_layer)
         self.norm2 = norm_layer(dim)
@@ -283,20 +284,6 @@ class LGABlock(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.lcm(self.norm_lcm(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-@torch.no_grad()
-def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv equal to ``bn(conv(x))`` with ``bn`` in eval mode (the BN directly follows the conv)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype,
-    )
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused
 
 
 class ConvStem(nn.Module):
@@ -330,8 +317,8 @@ class ConvStem(nn.Module):
     @torch.no_grad()
     def fuse(self) -> None:
         """Fold both BatchNorms (eval statistics) into the convs, in place."""
-        self.conv1 = fold_bn_into_conv(self.conv1, self.bn1)
-        self.conv2 = fold_bn_into_conv(self.conv2, self.bn2)
+        self.conv1 = fuse_conv_bn(self.conv1, self.bn1)
+        self.conv2 = fuse_conv_bn(self.conv2, self.bn2)
         self.bn1, self.bn2 = nn.Identity(), nn.Identity()
 
 

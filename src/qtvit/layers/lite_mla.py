@@ -14,16 +14,17 @@ concatenation ``[original heads, 5x5 heads, ...]``, i.e. ``num_heads = heads * (
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import create_kernel
+from ..attention import KernelLayer, kernel_factory
 from .conv import ConvNormAct, DropPath, LayerType, MBConv
+from .fold import ChannelAffine, bn_scale_shift
 
-__all__ = ["QKVAggregation", "ChannelAffine", "LiteMLA", "EfficientViTBlock"]
+__all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock"]
 
 
 class QKVAggregation(nn.Module):
@@ -38,37 +39,12 @@ class QKVAggregation(nn.Module):
         return self.conv_pw(self.conv_dw(x))
 
 
-class ChannelAffine(nn.Module):
-    """``x * weight + bias`` per channel (dim 1): the inference form of an eval-mode BatchNorm."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias", bias.detach().clone())
-
-    @classmethod
-    @torch.no_grad()
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> "ChannelAffine":
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        return cls(scale, bn.bias - bn.running_mean * scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * self.weight.reshape(shape) + self.bias.reshape(shape)
-
-
 def _channel_affine(norm: nn.Module) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """(scale, shift) of a norm that is a fixed per-channel affine (eval BatchNorm, ChannelAffine), else None."""
     if isinstance(norm, ChannelAffine):
-        return norm.weight, norm.bias
+        return norm.scale_shift()
     if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats:
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        return scale, shift
+        return bn_scale_shift(norm)
     return None
 
 
@@ -79,8 +55,8 @@ class LiteMLA(nn.Module):
         dim: input and output channels C.
         head_dim: channels d per head; ``heads = int(C // d * heads_ratio)``.
         scales: kernel sizes of the multi-scale aggregation branches (official: ``(5,)``).
-        kernel: name of a ``qtvit.attention`` kernel ("relu" = EfficientViT, "qt" = QT-ViT, ...).
-        kernel_options: extra options of that kernel (``create_kernel(kernel, **kernel_options)``).
+        kernel_layer: the attention kernel as a factory ``(head_dim, num_heads) -> nn.Module``, e.g.
+            ``qtvit.attention.kernel_factory("qt")`` (default: "relu", EfficientViT's).
         norm_layer: norm of the output projection and of the QT shortcut (BatchNorm2d; pass eps via partial).
         pos_embed_size: (h, w) of a learnable positional embedding added to K (QT-ViT), or None.
         v_shortcut: add QT-ViT's ``GELU(BN(v))`` shortcut to the attention output.
@@ -92,8 +68,7 @@ class LiteMLA(nn.Module):
         head_dim: int = 32,
         heads_ratio: float = 1.0,
         scales: Sequence[int] = (5,),
-        kernel: str = "relu",
-        kernel_options: Optional[dict[str, Any]] = None,
+        kernel_layer: Optional[KernelLayer] = None,
         norm_layer: LayerType = nn.BatchNorm2d,
         pos_embed_size: Optional[tuple[int, int]] = None,
         v_shortcut: bool = False,
@@ -105,11 +80,10 @@ class LiteMLA(nn.Module):
         total_dim = heads * head_dim
         self.head_dim = head_dim
         self.num_heads = heads * (1 + len(scales))
-        self.kernel_name = kernel
 
         self.qkv = nn.Conv2d(dim, 3 * total_dim, 1, bias=False)
         self.aggreg = nn.ModuleList([QKVAggregation(3 * total_dim, s, groups=3 * heads) for s in scales])
-        self.kernel = create_kernel(kernel, head_dim=head_dim, num_heads=self.num_heads, **(kernel_options or {}))
+        self.kernel = (kernel_layer or kernel_factory("relu"))(head_dim, self.num_heads)
         if pos_embed_size is not None:
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_heads * head_dim, *pos_embed_size))
         else:
@@ -130,7 +104,7 @@ class LiteMLA(nn.Module):
             if (h, w) != self.pos_embed_cache_hw:
                 raise ValueError(
                     f"this LiteMLA was fused for a {self.pos_embed_cache_hw} token map but got {(h, w)}; "
-                    "fuse the model again for the new input size (fuse_for_inference(model, input_size))"
+                    "fuse the model again for the new input size (qtvit.models.inference.inference_form(model, input_size))"
                 )
             return self.pos_embed_cache
         pe = self.pos_embed
@@ -211,8 +185,7 @@ class EfficientViTBlock(nn.Module):
         scales: Sequence[int] = (5,),
         norm_layer: LayerType = nn.BatchNorm2d,
         act_layer: LayerType = nn.Hardswish,
-        kernel: str = "relu",
-        kernel_options: Optional[dict[str, Any]] = None,
+        kernel_layer: Optional[KernelLayer] = None,
         pos_embed_size: Optional[tuple[int, int]] = None,
         v_shortcut: bool = False,
         drop_path: Union[float, tuple[float, float]] = 0.0,
@@ -220,7 +193,7 @@ class EfficientViTBlock(nn.Module):
         super().__init__()
         dp_attn, dp_ffn = (drop_path, drop_path) if isinstance(drop_path, (int, float)) else drop_path
         self.attn = LiteMLA(
-            dim, head_dim, scales=scales, kernel=kernel, kernel_options=kernel_options, norm_layer=norm_layer,
+            dim, head_dim, scales=scales, kernel_layer=kernel_layer, norm_layer=norm_layer,
             pos_embed_size=pos_embed_size, v_shortcut=v_shortcut,
         )
         self.drop_path = DropPath(dp_attn) if dp_attn > 0 else nn.Identity()

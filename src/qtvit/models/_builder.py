@@ -1,8 +1,12 @@
-"""create_model: build a registered model by name, load its weights, optionally as a feature extractor."""
+"""Building models: ``build_model_with_cfg`` for the families' registered constructors and ``create_model`` by name.
+
+The one place that sets a model's ``pretrained_cfg``, loads weights (through ``qtvit.checkpoints.load_checkpoint``,
+which maps official keys with the family's ``checkpoint_filter_fn``) and wraps a model for ``features_only``.
+"""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 
@@ -10,7 +14,7 @@ from .. import checkpoints, hub
 from ._features import FeatureListNet
 from ._registry import model_entrypoint
 
-__all__ = ["create_model", "pretrained_file"]
+__all__ = ["build_model_with_cfg", "create_model", "load_pretrained", "pretrained_file", "set_pretrained_cfg"]
 
 
 def pretrained_file(name: str, cfg: dict, progress: bool = True) -> str:
@@ -31,6 +35,48 @@ def pretrained_file(name: str, cfg: dict, progress: bool = True) -> str:
     put = f" put the file at {cached}," if cached is not None else ""
     raise ValueError(f"{name} has no downloadable pretrained weights.{where} Download them by hand and{put} or pass "
                      f"create_model({name!r}, checkpoint_path=<file>); or use pretrained=False.")
+
+
+def set_pretrained_cfg(model: nn.Module, cfg: dict[str, Any], architecture: str) -> dict[str, Any]:
+    """Give ``model`` its own copy of ``cfg`` as ``pretrained_cfg`` (and timm's older alias ``default_cfg``),
+    recording ``architecture``. Returns the copy."""
+    cfg = dict(cfg, architecture=architecture)
+    model.pretrained_cfg = cfg
+    if not isinstance(getattr(type(model), "default_cfg", None), property):
+        model.default_cfg = cfg
+    return cfg
+
+
+def load_pretrained(model: nn.Module, checkpoint_path: str | os.PathLike | None = None) -> nn.Module:
+    """Load ``checkpoint_path``, or the official weights of ``model.pretrained_cfg`` (downloaded once, cached),
+    into ``model`` with the checks and adaptations of ``checkpoints.load_checkpoint``; sets ``model.load_report``."""
+    cfg = model.pretrained_cfg
+    path = checkpoint_path if checkpoint_path is not None else pretrained_file(cfg["architecture"], cfg)
+    model.load_report = checkpoints.load_checkpoint(model, path, adapt=True)
+    return model
+
+
+def build_model_with_cfg(
+    model_cls: Callable[..., nn.Module],
+    variant: str,
+    pretrained: bool = False,
+    *,
+    pretrained_cfg: dict[str, Any],
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``model_cls(**kwargs)`` with ``pretrained_cfg`` set, the official weights loaded if ``pretrained``, and
+    wrapped as a ``FeatureListNet`` if ``features_only``: what every registered constructor returns.
+
+    Weights go through ``checkpoints.load_checkpoint``, which renames official keys with ``model_cls``'s
+    ``checkpoint_filter_fn`` and adapts the classifier and the first conv to ``num_classes``/``in_chans``.
+    """
+    model = model_cls(**kwargs)
+    set_pretrained_cfg(model, pretrained_cfg, variant)
+    if pretrained:
+        load_pretrained(model)
+    return FeatureListNet(model, out_indices) if features_only else model
 
 
 def create_model(
@@ -77,19 +123,14 @@ def create_model(
     # weights are loaded here, not by the constructor, so every family gets the same checks and messages
     model = entrypoint(pretrained=False, **args)
 
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})  # a copy: family cfgs are shared dicts
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     if saved and saved.get("architecture") == name:
         cfg.update(saved.get("pretrained_cfg", {}))
-    cfg["architecture"] = name
-    model.pretrained_cfg = cfg
-    if hasattr(model, "default_cfg"):  # timm's older alias, kept pointing at the same dict
-        model.default_cfg = cfg
+    set_pretrained_cfg(model, cfg, name)
     model.model_args = args
 
-    if checkpoint_path is not None:
-        model.load_report = checkpoints.load_checkpoint(model, checkpoint_path, adapt=True)
-    elif pretrained:
-        model.load_report = checkpoints.load_checkpoint(model, pretrained_file(name, cfg), adapt=True)
+    if checkpoint_path is not None or pretrained:
+        load_pretrained(model, checkpoint_path)
     if features_only:
         return FeatureListNet(model, out_indices)
     return model

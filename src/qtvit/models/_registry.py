@@ -1,11 +1,12 @@
 """Model registry: named constructors, as in timm, so `create_model("qtvit_1")` builds a configured model."""
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from typing import Callable
 
 import torch.nn as nn
+
+from .._utils import did_you_mean
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,7 +27,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     if name not in _model_entrypoints:
-        close = difflib.get_close_matches(name, _model_entrypoints, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (qtvit.list_models() lists all {len(_model_entrypoints)})")
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, _model_entrypoints)} (qtvit.list_models() "
+                         f"lists all {len(_model_entrypoints)})")
     return _model_entrypoints[name]

@@ -18,15 +18,18 @@ Registered models (``qtvit.create_model(name, ...)``):
   and 4 px stage maps (reductions 2, 2, 4, 4, 8); attention runs on the 7x7 and 4x4 maps. ``in_chans=1`` works
   for grey images.
 
-Every constructor is ``fn(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0., **kw)``;
-``kernel=`` swaps the attention kernel of every LiteMLA for any ``qtvit.attention.list_kernels()`` name
-(``kernel_options=dict(...)`` passes its options), e.g. ``create_model("qtvit_1", kernel="relu")``.
+Every constructor is ``fn(pretrained=False, **kwargs)``: the keyword arguments of ``EfficientViT`` override the
+variant's (``num_classes``, ``in_chans``, ``drop_path_rate``...). ``kernel=`` swaps the attention kernel of every
+LiteMLA for any ``qtvit.attention.list_kernels()`` name (``kernel_options=dict(...)`` passes its options), e.g.
+``create_model("qtvit_1", kernel="relu")``; ``pretrained=True`` loads the official weights.
 
 Input sizes: all convs pad "same" (``k // 2``), so each stride-2 stage maps a side n to ceil(n / 2); any H x W
 works (e.g. 70 x 50 gives 35x25, 18x13, 9x7, 5x4, 3x2 stage maps), square or not. The QT positional embedding
-is stored for the 224 px map (14x14 / 7x7) and resized bicubically to other maps, as in the official code.
+is stored for a ``pos_embed_size`` input (224 px: 14x14 / 7x7 maps; 28 or 32 px for the small variants) and resized
+bicubically to other maps, as in the official code.
 
-Inference form: ``fuse_for_inference(model, input_size)`` (or ``model.fuse(input_size)`` in place) folds every
+Inference form: ``qtvit.models.inference.inference_form(model, input_size)`` (or ``model.fuse(input_size)`` in
+place) folds every
 BatchNorm that follows a conv into it (the head's too), turns the QT shortcut BN into a per-channel affine and
 caches the positional embeddings resized for ``input_size``.
 
@@ -35,10 +38,7 @@ EfficientViT and AMD QT-ViT ``state_dict`` to this module's names.
 """
 from __future__ import annotations
 
-import copy
 import math
-import re
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional, Sequence, Union
 
@@ -46,105 +46,25 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers.conv import ConvNormAct, DSConv, FusedMBConv, LayerType, MBConv, ResBlock, out_size
-from ..layers.lite_mla import EfficientViTBlock, LiteMLA
+from ..attention import kernel_factory
+from ..constants import FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..layers.conv import ConvNormAct, LayerType, out_size
+from ..layers.efficientvit_blocks import B_STAGES, L_STAGES, EfficientViTHead, StageSpec, make_stage
+from ..layers.lite_mla import EfficientViTBlock, KernelLayer, LiteMLA
 from ..layers.weight_init import trunc_normal_init_
+from ._builder import build_model_with_cfg
+from ._efficientvit_keys import checkpoint_filter_fn
 from ._features import feature_take_indices
 from ._registry import register_model
 
-__all__ = ["EfficientViT", "StageSpec", "B_STAGES", "L_STAGES", "fuse_for_inference", "checkpoint_filter_fn"]
+__all__ = ["EfficientViT", "StageSpec", "B_STAGES", "L_STAGES", "checkpoint_filter_fn"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GELU_TANH = partial(nn.GELU, approximate="tanh")
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Stages, head, model
+# Model (stages and head: qtvit.layers.efficientvit_blocks)
 # --------------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StageSpec:
-    """How one stage is built.
-
-    ``block`` is repeated (residual); ``down_block`` is the stage's first, non-residual block, which changes the
-    width and applies the stage stride (None for stage 0, where the stem downsamples). ``fewer_norm``: bias and no BN on all but the last conv of those conv
-    blocks. ``depth_includes_down``: the official B-series depth of stages 1-2 counts the downsample block.
-    """
-
-    block: type
-    expand_ratio: float = 4.0
-    down_block: Optional[type] = None
-    down_expand_ratio: float = 4.0
-    fewer_norm: bool = False
-    depth_includes_down: bool = False
-
-
-B_STAGES = (
-    StageSpec(DSConv, 1.0),
-    StageSpec(MBConv, 4.0, MBConv, 4.0, depth_includes_down=True),
-    StageSpec(MBConv, 4.0, MBConv, 4.0, depth_includes_down=True),
-    StageSpec(EfficientViTBlock, 4.0, MBConv, 4.0, fewer_norm=True),
-    StageSpec(EfficientViTBlock, 4.0, MBConv, 4.0, fewer_norm=True),
-)
-L_STAGES = (
-    StageSpec(ResBlock, 1.0),
-    StageSpec(FusedMBConv, 4.0, FusedMBConv, 16.0),
-    StageSpec(FusedMBConv, 4.0, FusedMBConv, 16.0),
-    StageSpec(MBConv, 4.0, MBConv, 16.0, fewer_norm=True),
-    StageSpec(EfficientViTBlock, 6.0, MBConv, 24.0, fewer_norm=True),
-)
-
-
-class EfficientViTStage(nn.Module):
-    """``blocks(downsample(x))``; stage 0 has no downsample (the stem does it)."""
-
-    def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.downsample = downsample if downsample is not None else nn.Identity()
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
-
-
-class EfficientViTHead(nn.Module):
-    """1x1 ConvNormAct -> global average pool -> Linear (no bias) + LayerNorm + act -> dropout -> Linear."""
-
-    def __init__(
-        self,
-        in_chs: int,
-        widths: tuple[int, int],
-        num_classes: int,
-        norm_layer: LayerType,
-        act_layer: LayerType,
-        ln_eps: float,
-        drop_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.in_conv = ConvNormAct(in_chs, widths[0], 1, norm_layer=norm_layer, act_layer=act_layer)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.hidden = nn.Linear(widths[0], widths[1], bias=False)
-        self.norm = nn.LayerNorm(widths[1], eps=ln_eps)
-        self.act = act_layer()
-        self.drop = nn.Dropout(drop_rate)
-        self.num_features = widths[1]
-        self.fc = nn.Linear(widths[1], num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset(self, num_classes: int) -> None:
-        if num_classes > 0:
-            ref = self.hidden.weight
-            self.fc = nn.Linear(self.num_features, num_classes).to(ref.device, ref.dtype)
-        else:
-            self.fc = nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(self.in_conv(x)).flatten(1)
-        x = self.act(self.norm(self.hidden(x)))
-        if pre_logits:
-            return x
-        return self.fc(self.drop(x))
-
-
 class EfficientViT(nn.Module):
     """EfficientViT B/L backbone + classification head; QT-ViT with ``kernel="qt", pos_embed=True, v_shortcut=True``.
 
@@ -157,10 +77,13 @@ class EfficientViT(nn.Module):
         strides: stride of the stem (stage 0) and of stages 1-4.
         norm_layer, norm_eps: BatchNorm type and eps (also the head LayerNorm's eps).
         act_layer: activation type (Hardswish for B, tanh-GELU for L).
-        kernel, kernel_options: attention kernel name of ``qtvit.attention`` and its options.
-        pos_embed: QT-ViT positional embedding on K, sized for an ``img_size`` input.
+        kernel: attention kernel of every LiteMLA, a ``qtvit.attention.list_kernels()`` name (or a factory
+            ``(head_dim, num_heads) -> nn.Module``); resolved once by ``qtvit.attention.kernel_factory``.
+        kernel_options: that kernel's options (a dict), e.g. ``dict(scale=2.0)`` for "qt".
+        pos_embed: QT-ViT positional embedding on K.
         v_shortcut: QT-ViT ``GELU(BN(v))`` shortcut.
-        img_size: input side the positional embeddings are stored for.
+        pos_embed_size: input side in pixels the positional embeddings are stored for (each attention stage keeps
+            its ``ceil(pos_embed_size / reduction)`` map; other inputs resize it bicubically).
     """
 
     # Parameters a QT-ViT model has and an EfficientViT checkpoint lacks: loading one into the other reports them
@@ -178,11 +101,11 @@ class EfficientViT(nn.Module):
         norm_layer: LayerType = nn.BatchNorm2d,
         norm_eps: float = 1e-5,
         act_layer: LayerType = nn.Hardswish,
-        kernel: str = "relu",
+        kernel: Union[str, KernelLayer] = "relu",
         kernel_options: Optional[dict[str, Any]] = None,
         pos_embed: bool = False,
         v_shortcut: bool = False,
-        img_size: int = 224,
+        pos_embed_size: int = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
         drop_rate: float = 0.0,
@@ -196,8 +119,13 @@ class EfficientViT(nn.Module):
         norm = partial(norm_layer, eps=norm_eps)
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.kernel_name = kernel
+        self.kernel_name = getattr(kernel, "name", kernel)
+        self.pos_embed_size = pos_embed_size
         self.grad_checkpointing = False
+        attn_args = dict(
+            kernel_layer=kernel_factory(kernel, **(kernel_options or {})), v_shortcut=v_shortcut, head_dim=head_dim,
+            pos_embed_size=pos_embed_size if pos_embed else None,
+        )
 
         # Repeated blocks per stage, and one drop-path rate per residual branch, rising linearly (as the official
         # apply_droppath): conv blocks have one branch, attention blocks two.
@@ -211,32 +139,10 @@ class EfficientViT(nn.Module):
         in_chs, reduction = widths[0], 1
         for i, (spec, w, n, stride) in enumerate(zip(stages, widths, n_blocks, strides)):
             reduction *= stride
-            down = None
-            if spec.down_block is not None:
-                fewer = spec.fewer_norm or spec.block is EfficientViTBlock
-                down = spec.down_block(
-                    in_chs, w, stride=stride, expand_ratio=spec.down_expand_ratio, norm_layer=norm,
-                    act_layer=act_layer, fewer_norm=fewer,
-                )
-            elif i > 0:
+            if spec.down_block is None and i > 0:
                 raise ValueError(f"stage {i} needs a down_block")
-            blocks: list[nn.Module] = []
-            for _ in range(n):
-                if spec.block is EfficientViTBlock:
-                    pe_size = (math.ceil(img_size / reduction),) * 2 if pos_embed else None
-                    blocks.append(EfficientViTBlock(
-                        w, head_dim, expand_ratio=spec.expand_ratio, norm_layer=norm, act_layer=act_layer,
-                        kernel=kernel, kernel_options=kernel_options, pos_embed_size=pe_size, v_shortcut=v_shortcut,
-                        drop_path=(next(rates), next(rates)),
-                    ))
-                else:
-                    # DSConv has no expansion (its depthwise conv keeps the width).
-                    expand = {} if spec.block is DSConv else dict(expand_ratio=spec.expand_ratio)
-                    blocks.append(spec.block(
-                        w, w, norm_layer=norm, act_layer=act_layer, fewer_norm=spec.fewer_norm, residual=True,
-                        drop_path=next(rates), **expand,
-                    ))
-            self.stages.append(EfficientViTStage(down, blocks))
+            layers = dict(norm_layer=norm, act_layer=act_layer)
+            self.stages.append(make_stage(spec, in_chs, w, n, stride, reduction, rates, layers, attn_args))
             self.feature_info.append(dict(num_chs=w, reduction=reduction, module=f"stages.{i}"))
             in_chs = w
 
@@ -356,106 +262,6 @@ class EfficientViT(nn.Module):
         return self.to(memory_format=torch.channels_last)
 
 
-def fuse_for_inference(model: EfficientViT, input_size: Optional[tuple[int, int]] = (224, 224)) -> EfficientViT:
-    """A fused eval-mode copy of ``model`` for inputs of ``input_size`` (H, W); outputs equal the eager model's.
-
-    BatchNorms after convs are folded into the convs, the QT shortcut BN becomes a per-channel affine, and the
-    QT positional embeddings are resized once for ``input_size`` (pass None to keep resizing on the fly).
-    """
-    if not isinstance(model, EfficientViT):
-        raise ValueError(f"fuse_for_inference expects an EfficientViT/QT-ViT model, got {type(model).__name__}")
-    return copy.deepcopy(model).eval().fuse(input_size)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Official checkpoints
-# --------------------------------------------------------------------------------------------------------------------
-# Sub-module names inside a block: official -> ours.
-_LEAF_RENAMES = (
-    (r"\binverted_conv\b", "conv_expand"),
-    (r"\bspatial_conv\b", "conv_expand"),
-    (r"\bdepth_conv\b", "conv_dw"),
-    (r"\bpoint_conv\b", "conv_pw"),
-)
-# Inside LiteMLA: official -> ours.
-_ATTN_RENAMES = (
-    (r"^qkv\.conv\.weight$", "qkv.weight"),
-    (r"^aggreg\.(\d+)\.0\.weight$", r"aggreg.\1.conv_dw.weight"),
-    (r"^aggreg\.(\d+)\.1\.weight$", r"aggreg.\1.conv_pw.weight"),
-    (r"^proj\.(conv|norm)\.(.+)$", r"proj.\1.\2"),
-    (r"^ones_scale1$", "kernel.scale"),  # QT-ViT
-    (r"^positional_encoding$", "pos_embed"),  # QT-ViT
-    (r"^bn\.(.+)$", r"v_norm.\1"),  # QT-ViT shortcut BN
-)
-_HEAD_RENAMES = (
-    (r"^head\.op_list\.0\.(conv|norm)\.(.+)$", r"head.in_conv.\1.\2"),
-    (r"^head\.op_list\.2\.linear\.weight$", "head.hidden.weight"),
-    (r"^head\.op_list\.2\.norm\.(.+)$", r"head.norm.\1"),
-    (r"^head\.op_list\.3\.linear\.(.+)$", r"head.fc.\1"),
-)
-
-
-def _sub(rules: Sequence[tuple[str, str]], s: str, first_only: bool = True) -> Optional[str]:
-    for pattern, repl in rules:
-        new, n = re.subn(pattern, repl, s)
-        if n and first_only:
-            return new
-        s = new
-    return None if first_only else s
-
-
-def _map_block(prefix: str, rest: str) -> Optional[str]:
-    """Map the part after ``op_list.{j}.`` of an official block key."""
-    if rest.startswith("main."):  # a conv block wrapped in ResidualBlock
-        return prefix + _sub(_LEAF_RENAMES, rest[len("main."):], first_only=False)
-    if rest.startswith("context_module.main."):
-        attn = _sub(_ATTN_RENAMES, rest[len("context_module.main."):])
-        return None if attn is None else f"{prefix}attn.{attn}"
-    if rest.startswith("local_module.main."):
-        return f"{prefix}ffn." + _sub(_LEAF_RENAMES, rest[len("local_module.main."):], first_only=False)
-    return None
-
-
-def _map_official_key(key: str, large: bool) -> Optional[str]:
-    if key.startswith("head."):
-        return _sub(_HEAD_RENAMES, key)
-    m = re.match(r"^backbone\.input_stem\.op_list\.(\d+)\.(.+)$", key)
-    if m and not large:  # EfficientViTBackbone: input_stem is our stage 0 (and stem)
-        stage, op, rest = 0, int(m.group(1)), m.group(2)
-    else:
-        m = re.match(r"^backbone\.stages\.(\d+)\.op_list\.(\d+)\.(.+)$", key)
-        if not m:
-            return None
-        # B: backbone.stages.{s} is our stage s + 1. L: backbone.stages.0 holds the stem conv and its ResBlocks.
-        stage, op, rest = int(m.group(1)) + (0 if large else 1), int(m.group(2)), m.group(3)
-    if stage == 0 and op == 0:  # the stem ConvLayer
-        mm = re.match(r"^(conv|norm)\.(.+)$", rest)
-        return f"stem.{mm.group(1)}.{mm.group(2)}" if mm else None
-    if op == 0:  # first op of stages 1-4: the stride-2 block
-        return _map_block(f"stages.{stage}.downsample.", rest) if rest.startswith("main.") else None
-    return _map_block(f"stages.{stage}.blocks.{op - 1}.", rest)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Optional[nn.Module] = None) -> dict:
-    """Convert an official mit-han-lab EfficientViT or AMD QT-ViT classification ``state_dict`` to qtvit names.
-
-    The mapping is by name (e.g. ``backbone.stages.2.op_list.1.context_module.main.qkv.conv.weight`` ->
-    ``stages.3.blocks.0.attn.qkv.weight``; ``ones_scale1`` -> ``attn.kernel.scale``; ``positional_encoding`` ->
-    ``attn.pos_embed``; QT ``bn`` -> ``attn.v_norm``). A dict already in qtvit naming is returned unchanged; a
-    ``module.`` prefix (DDP) is stripped; keys that match no rule are passed through so the loader reports them.
-    """
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-    if not any(k.startswith(("backbone.", "head.op_list.")) for k in state_dict):
-        return state_dict
-    large = "backbone.input_stem.op_list.0.conv.weight" not in state_dict
-    out = {}
-    for key, value in state_dict.items():
-        new = _map_official_key(key, large)
-        out[new if new is not None else key] = value
-    return out
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Configurations and registered constructors
 # --------------------------------------------------------------------------------------------------------------------
@@ -481,13 +287,14 @@ _ARCHS: dict[str, dict[str, Any]] = {
     "l3": dict(_L, widths=(64, 128, 256, 512, 1024), depths=(1, 2, 2, 8, 8), head_widths=(6144, 6400)),
     # Small variants for 28-32 px images: stages 1 and 3 keep the resolution.
     "nano": dict(_B, widths=(8, 16, 32, 64, 128), depths=(1, 1, 1, 1, 1), head_dim=16, head_widths=(256, 256),
-                 strides=(2, 1, 2, 1, 2), img_size=28),
+                 strides=(2, 1, 2, 1, 2), pos_embed_size=28),
     "micro": dict(_B, widths=(16, 32, 64, 128, 256), depths=(1, 2, 2, 2, 2), head_dim=16, head_widths=(512, 512),
-                  strides=(2, 1, 2, 1, 2), img_size=32),
+                  strides=(2, 1, 2, 1, 2), pos_embed_size=32),
     # The main job's model: trains to 90% on Fashion-MNIST in minutes on 2 CPU cores (one attention block, 7x7).
     "pico": dict(_B, widths=(16, 24, 32, 48, 64), depths=(0, 1, 1, 2, 1), head_dim=16, head_widths=(128, 128),
-                 strides=(2, 2, 1, 1, 2), img_size=28),
+                 strides=(2, 2, 1, 1, 2), pos_embed_size=28),
 }
+_SMALL = ("nano", "micro", "pico")
 
 
 def _cfg(url: Optional[str] = None, **kwargs: Any) -> dict[str, Any]:
@@ -512,6 +319,8 @@ def _qt_cfg(i: int) -> dict[str, Any]:
     )
 
 
+# The small variants have no pretrained weights; their statistics are Fashion-MNIST's, repeated per channel.
+_SMALL_CFG = _cfg(mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, paper_ids=None, origin_url=None)
 _PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
     "efficientvit_b0": _cfg(),  # no official ImageNet weights
     "efficientvit_b1": _cfg(_HF + "efficientvit_b1_r224.pt", crop_pct=0.95),
@@ -521,147 +330,136 @@ _PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
     "efficientvit_l2": _cfg(_HF + "efficientvit_l2_r224.pt"),
     "efficientvit_l3": _cfg(_HF + "efficientvit_l3_r224.pt"),
     **{f"qtvit_{i}": _qt_cfg(i) for i in range(1, 7)},  # QT-ViT-4 has no released weights
+    **{f"{family}_{arch}": _SMALL_CFG for family in ("efficientvit", "qtvit") for arch in _SMALL},
 }
 
 
-def _small_cfg(in_chans: int, size: int) -> dict[str, Any]:
-    # Fashion-MNIST statistics, repeated per channel; these variants have no pretrained weights.
-    return _cfg(input_size=(in_chans, size, size), pool_size=(math.ceil(size / 8),) * 2,
-                mean=(0.2860,) * in_chans, std=(0.3530,) * in_chans, paper_ids=None, origin_url=None)
+def _input_cfg(variant: str, in_chans: int, pos_embed_size: int) -> dict[str, Any]:
+    """The variant's pretrained_cfg at the size its positional embeddings are stored for."""
+    cfg = dict(_PRETRAINED_CFGS[variant], pool_size=(math.ceil(pos_embed_size / 32),) * 2)
+    channels = cfg["input_size"][0]
+    if variant.split("_")[-1] in _SMALL:  # the final map of strides 2, 1, 2, 1, 2 (or 2, 2, 1, 1, 2) is n / 8
+        channels, cfg["pool_size"] = in_chans, (math.ceil(pos_embed_size / 8),) * 2
+        cfg.update(mean=cfg["mean"] * in_chans, std=cfg["std"] * in_chans)
+    cfg["input_size"] = (channels, pos_embed_size, pos_embed_size)
+    return cfg
 
 
-def _create(
-    name: str,
-    arch: str,
-    qt: bool,
-    pretrained: bool = False,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    kernel: Optional[str] = None,
-    drop_path_rate: float = 0.0,
-    **kwargs: Any,
-) -> EfficientViT:
-    del pretrained  # weights are loaded by qtvit.create_model
-    args = dict(_ARCHS[arch], **(_QT if qt else {}))
-    if kernel is not None:
-        args["kernel"] = kernel
-    args.update(kwargs)
-    model = EfficientViT(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate, **args)
-    if arch in ("pico", "nano", "micro"):
-        cfg = _small_cfg(in_chans, args.get("img_size", 28))
-    else:
-        cfg = dict(_PRETRAINED_CFGS[name])
-    cfg["architecture"] = name
-    model.pretrained_cfg = cfg
-    model.default_cfg = cfg
-    return model
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> EfficientViT:
+    if "img_size" in kwargs:
+        raise ValueError(f"{variant}: img_size was renamed pos_embed_size (the input side in pixels the QT positional "
+                         "embeddings are stored for); pass pos_embed_size=")
+    cfg = _input_cfg(variant, kwargs.get("in_chans", 3), kwargs.get("pos_embed_size", 224))
+    return build_model_with_cfg(EfficientViT, variant, pretrained, pretrained_cfg=cfg, **kwargs)
+
+
+def _qt(arch: str) -> dict[str, Any]:
+    return dict(_ARCHS[arch], **_QT)
 
 
 @register_model
-def efficientvit_b0(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_b0(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """EfficientViT-B0 (MIT): 3.41 M params."""
-    return _create("efficientvit_b0", "b0", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("efficientvit_b0", pretrained, **dict(_ARCHS["b0"], **kwargs))
 
 
 @register_model
-def efficientvit_b1(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_b1(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """EfficientViT-B1 (MIT): 9.10 M params, 79.4% ImageNet top-1 at 224."""
-    return _create("efficientvit_b1", "b1", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("efficientvit_b1", pretrained, **dict(_ARCHS["b1"], **kwargs))
 
 
 @register_model
-def efficientvit_b2(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_b2(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """EfficientViT-B2 (MIT): 24.33 M params, 82.1% ImageNet top-1 at 224."""
-    return _create("efficientvit_b2", "b2", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("efficientvit_b2", pretrained, **dict(_ARCHS["b2"], **kwargs))
 
 
 @register_model
-def efficientvit_b3(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_b3(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """EfficientViT-B3 (MIT): 48.65 M params, 83.5% ImageNet top-1 at 224."""
-    return _create("efficientvit_b3", "b3", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("efficientvit_b3", pretrained, **dict(_ARCHS["b3"], **kwargs))
 
 
 @register_model
-def efficientvit_l1(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_l1(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """EfficientViT-L1 (MIT): 52.65 M params, 84.5% ImageNet top-1 at 224."""
-    return _create("efficientvit_l1", "l1", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("efficientvit_l1", pretrained, **dict(_ARCHS["l1"], **kwargs))
 
 
 @register_model
-def efficientvit_l2(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_l2(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """EfficientViT-L2 (MIT): 63.71 M params, 85.1% ImageNet top-1 at 224."""
-    return _create("efficientvit_l2", "l2", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("efficientvit_l2", pretrained, **dict(_ARCHS["l2"], **kwargs))
 
 
 @register_model
-def efficientvit_l3(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_l3(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """EfficientViT-L3 (MIT): 246.04 M params, 85.8% ImageNet top-1 at 224."""
-    return _create("efficientvit_l3", "l3", False, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("efficientvit_l3", pretrained, **dict(_ARCHS["l3"], **kwargs))
 
 
 @register_model
-def qtvit_1(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_1(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """QT-ViT-1 (on EfficientViT-B1): 9.35 M params, 79.6% ImageNet top-1."""
-    return _create("qtvit_1", "b1", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_1", pretrained, **dict(_qt("b1"), **kwargs))
 
 
 @register_model
-def qtvit_2(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_2(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """QT-ViT-2 (on EfficientViT-B2): 24.86 M params, 82.5% ImageNet top-1."""
-    return _create("qtvit_2", "b2", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_2", pretrained, **dict(_qt("b2"), **kwargs))
 
 
 @register_model
-def qtvit_3(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_3(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """QT-ViT-3 (on EfficientViT-B3): 49.70 M params, 83.9% ImageNet top-1."""
-    return _create("qtvit_3", "b3", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_3", pretrained, **dict(_qt("b3"), **kwargs))
 
 
 @register_model
-def qtvit_4(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_4(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """QT-ViT-4 (on EfficientViT-L1): 52.96 M params, 84.7% ImageNet top-1 (no released weights)."""
-    return _create("qtvit_4", "l1", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_4", pretrained, **dict(_qt("l1"), **kwargs))
 
 
 @register_model
-def qtvit_5(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_5(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """QT-ViT-5 (on EfficientViT-L2): 64.11 M params, 85.2% ImageNet top-1."""
-    return _create("qtvit_5", "l2", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_5", pretrained, **dict(_qt("l2"), **kwargs))
 
 
 @register_model
-def qtvit_6(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_6(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """QT-ViT-6 (on EfficientViT-L3): 246.84 M params, 86.0% ImageNet top-1."""
-    return _create("qtvit_6", "l3", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_6", pretrained, **dict(_qt("l3"), **kwargs))
 
 
 @register_model
-def efficientvit_nano(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_nano(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """Tiny B-style EfficientViT for 28-32 px inputs (Fashion-MNIST on a CPU); strides 2, 1, 2, 1, 2."""
-    return _create("efficientvit_nano", "nano", False, pretrained, num_classes, in_chans, kernel, drop_path_rate,
-                   **kwargs)
+    return _create("efficientvit_nano", pretrained, **dict(_ARCHS["nano"], **kwargs))
 
 
 @register_model
-def qtvit_nano(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_nano(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """efficientvit_nano with the QT-ViT attention (qt kernel, positional embedding on K, v shortcut)."""
-    return _create("qtvit_nano", "nano", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_nano", pretrained, **dict(_qt("nano"), **kwargs))
 
 
 @register_model
-def efficientvit_pico(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def efficientvit_pico(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """Smallest B-style EfficientViT (0.22 M) for 28 px inputs; strides 2, 2, 1, 1, 2, attention on the 7x7 map."""
-    return _create("efficientvit_pico", "pico", False, pretrained, num_classes, in_chans, kernel, drop_path_rate,
-                   **kwargs)
+    return _create("efficientvit_pico", pretrained, **dict(_ARCHS["pico"], **kwargs))
 
 
 @register_model
-def qtvit_pico(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_pico(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """efficientvit_pico with the QT-ViT attention: the main job's Fashion-MNIST model."""
-    return _create("qtvit_pico", "pico", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_pico", pretrained, **dict(_qt("pico"), **kwargs))
 
 
 @register_model
-def qtvit_micro(pretrained=False, num_classes=1000, in_chans=3, kernel=None, drop_path_rate=0.0, **kwargs):
+def qtvit_micro(pretrained: bool = False, **kwargs: Any) -> EfficientViT:
     """QT-ViT for 32 px inputs, twice the widths of qtvit_nano (16-256); strides 2, 1, 2, 1, 2."""
-    return _create("qtvit_micro", "micro", True, pretrained, num_classes, in_chans, kernel, drop_path_rate, **kwargs)
+    return _create("qtvit_micro", pretrained, **dict(_qt("micro"), **kwargs))

@@ -25,15 +25,15 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..attention import KernelLayer, kernel_factory
+from ..constants import FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..layers.l2vit_blocks import ConvStem, Downsample, LGABlock, LocalConcentration, LWABlock
 from ..layers.weight_init import trunc_normal_init_
+from ._builder import build_model_with_cfg
 from ._features import feature_take_indices
 from ._registry import register_model
 
 __all__ = ["L2Vit", "L2VitStage"]
-
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 class L2VitStage(nn.Module):
@@ -49,7 +49,7 @@ class L2VitStage(nn.Module):
             window_size: int = 7,
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
-            kernel: str = "l2vit",
+            kernel_layer: KernelLayer | None = None,
             lcm_kernel_size: int = 7,
             drop_path: Sequence[float] | float = 0.0,
             act_layer: type[nn.Module] = nn.GELU,
@@ -67,7 +67,7 @@ class L2VitStage(nn.Module):
             if j % 2 == 0:
                 blocks.append(LWABlock(window_size=window_size, **common))
             else:
-                blocks.append(LGABlock(kernel=kernel, lcm_kernel_size=lcm_kernel_size, **common))
+                blocks.append(LGABlock(kernel_layer=kernel_layer, lcm_kernel_size=lcm_kernel_size, **common))
         self.blocks = nn.Sequential(*blocks)
         self.grad_checkpointing = False
 
@@ -120,7 +120,9 @@ class L2Vit(nn.Module):
         kernel: name of the :mod:`qtvit.attention` kernel used by the LGA blocks' global attention. None means
             "l2vit" (the official enhanced linear attention, with the learnable per-head ``temperature`` that
             official checkpoints carry). Another name (e.g. "relu", "qt", "softmax") swaps only the attention
-            formula; such a model cannot load the official ``attn.temperature`` weights.
+            formula; such a model cannot load the official ``attn.temperature`` weights. A callable
+            ``(head_dim, num_heads) -> nn.Module`` is used as the kernel factory itself.
+        kernel_options: that kernel's options (a dict), e.g. ``dict(den_min=1.0)`` for "l2vit".
         lcm_kernel_size: depthwise kernel size of the local concentration module.
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic-depth rate, rising linearly from 0 over all blocks (as the official code).
@@ -139,7 +141,8 @@ class L2Vit(nn.Module):
             window_size: int = 7,
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
-            kernel: str | None = None,
+            kernel: str | KernelLayer | None = None,
+            kernel_options: dict[str, Any] | None = None,
             lcm_kernel_size: int = 7,
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
@@ -157,10 +160,12 @@ class L2Vit(nn.Module):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.kernel = kernel or "l2vit"
+        if kernel_options is not None and not isinstance(kernel_options, dict):
+            raise ValueError(f"kernel_options must be a dict of the kernel's options, got {type(kernel_options)}")
+        kernel_layer = kernel_factory(kernel or "l2vit", **(kernel_options or {}))
+        self.kernel = self.kernel_name = getattr(kernel_layer, "name", kernel)
         self.num_features = self.head_hidden_size = dims[-1]
         self.drop_rate = drop_rate
-        self.pretrained_cfg: dict[str, Any] = {}
 
         self.stem = ConvStem(in_chans, dims[0], norm_layer=norm_layer)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # cpu: also under meta
@@ -177,7 +182,7 @@ class L2Vit(nn.Module):
                 window_size=window_size,
                 mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias,
-                kernel=self.kernel,
+                kernel_layer=kernel_layer,
                 lcm_kernel_size=lcm_kernel_size,
                 drop_path=dpr[cursor:cursor + depth],
                 act_layer=act_layer,
@@ -190,16 +195,6 @@ class L2Vit(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(trunc_normal_init_)
 
-    @property
-    def default_cfg(self) -> dict[str, Any]:
-        """timm's older name for ``pretrained_cfg``."""
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict[str, Any]) -> None:
-        self.pretrained_cfg = cfg
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter-name regexes grouping stem / blocks, for layer-wise learning-rate decay."""
         return dict(
@@ -316,10 +311,11 @@ class L2Vit(nn.Module):
         return take
 
     @torch.no_grad()
-    def fuse(self) -> "L2Vit":
+    def fuse(self, input_size: tuple[int, int] | None = None) -> "L2Vit":
         """Inference form, in place: fold the stem BatchNorms into the stem convs and each LCM BatchNorm into its
         second conv (exactly, see ``FusedLocalConcentration``). Uses the BN running statistics, so the result
-        equals this model in eval mode. Returns self, set to eval mode."""
+        equals this model in eval mode. ``input_size`` is accepted for the zoo's common signature and ignored:
+        nothing in L2ViT depends on the input size. Returns self, set to eval mode."""
         self.eval()
         self.stem.fuse()
         for stage in self.stages:
@@ -366,7 +362,7 @@ def _cfg(url: str | None = None, **kwargs: Any) -> dict[str, Any]:
     # input/0.875 (bicubic) and centre-crop; at 384 px and above, warp (resize, no crop) to the square input
     cfg = dict(
         url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, crop_mode="center",
-        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.conv1",
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="stem.conv1",
         classifier="head", license="mit", paper_ids="arXiv:2501.16182",
         origin_url="https://github.com/ChuanyangZheng/L2ViT",
     )
@@ -388,79 +384,47 @@ default_cfgs: dict[str, dict[str, Any]] = {
     ),
     "l2vit_nano": _cfg(
         url=None, num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0,
-        mean=(0.2860,), std=(0.3530,), license="apache-2.0", paper_ids=None, origin_url=None,
+        mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, license="apache-2.0", paper_ids=None, origin_url=None,
     ),
 }
 
 
-def _create_l2vit(variant: str, **kwargs: Any) -> L2Vit:
-    model = L2Vit(**kwargs)
-    model.pretrained_cfg = dict(default_cfgs[variant], architecture=variant)
-    return model
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> L2Vit:
+    return build_model_with_cfg(L2Vit, variant, pretrained, pretrained_cfg=default_cfgs[variant], **kwargs)
 
 
 @register_model
-def l2vit_tiny(
-        pretrained: bool = False, num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0,
-        **kwargs: Any,
-) -> L2Vit:
-    """L2ViT-T: 28.60 M params, 4.7 GMACs at 224, 83.1 % ImageNet-1k top-1. ``pretrained`` is handled by
-    ``create_model``."""
+def l2vit_tiny(pretrained: bool = False, **kwargs: Any) -> L2Vit:
+    """L2ViT-T: 28.60 M params, 4.7 GMACs at 224, 83.1 % ImageNet-1k top-1."""
     model_args = dict(dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
-    return _create_l2vit(
-        "l2vit_tiny", num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
-        **dict(model_args, **kwargs),
-    )
+    return _create("l2vit_tiny", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def l2vit_small(
-        pretrained: bool = False, num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0,
-        **kwargs: Any,
-) -> L2Vit:
+def l2vit_small(pretrained: bool = False, **kwargs: Any) -> L2Vit:
     """L2ViT-S: 50.20 M params, 9.0 GMACs at 224, 84.1 % ImageNet-1k top-1."""
     model_args = dict(dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
-    return _create_l2vit(
-        "l2vit_small", num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
-        **dict(model_args, **kwargs),
-    )
+    return _create("l2vit_small", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def l2vit_base(
-        pretrained: bool = False, num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0,
-        **kwargs: Any,
-) -> L2Vit:
+def l2vit_base(pretrained: bool = False, **kwargs: Any) -> L2Vit:
     """L2ViT-B: 88.58 M params, 15.9 GMACs at 224, 84.4 % ImageNet-1k top-1 (trained with drop_path_rate 0.3)."""
     model_args = dict(dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-    return _create_l2vit(
-        "l2vit_base", num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
-        **dict(model_args, **kwargs),
-    )
+    return _create("l2vit_base", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def l2vit_base_384(
-        pretrained: bool = False, num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0,
-        **kwargs: Any,
-) -> L2Vit:
+def l2vit_base_384(pretrained: bool = False, **kwargs: Any) -> L2Vit:
     """L2ViT-B at 384 px with window 12 (ImageNet-22k pretrained, 1k fine-tuned: 87.0 % top-1, 47.5 GMACs)."""
     model_args = dict(dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12)
-    return _create_l2vit(
-        "l2vit_base_384", num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
-        **dict(model_args, **kwargs),
-    )
+    return _create("l2vit_base_384", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def l2vit_nano(
-        pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, drop_path_rate: float = 0.0,
-        **kwargs: Any,
-) -> L2Vit:
+def l2vit_nano(pretrained: bool = False, **kwargs: Any) -> L2Vit:
     """Ours, no official counterpart or weights: L2ViT at widths 32-256, one LWA+LGA pair per stage, for quick
     CPU training on 28 x 28 grey images (Fashion-MNIST; maps 7, 4, 2, 1). Defaults: 10 classes, 1 channel."""
-    model_args = dict(dims=(32, 64, 128, 256), depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
-    return _create_l2vit(
-        "l2vit_nano", num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
-        **dict(model_args, **kwargs),
-    )
+    model_args = dict(dims=(32, 64, 128, 256), depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), num_classes=10,
+                      in_chans=1)
+    return _create("l2vit_nano", pretrained, **dict(model_args, **kwargs))

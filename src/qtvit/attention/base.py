@@ -1,0 +1,137 @@
+"""The base of every attention kernel: a similarity Sim(q, k) = φ(q)·φ(k), its linear-time attention through the
+shared core, and its explicit O(N²) reference (``qtvit.attention.reference``).
+
+Shapes: q, k (B, H, N, d), v (B, H, N, dv).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .core import (
+    DEFAULT_CHUNK_SIZE,
+    check_qkv,
+    compute_dtype,
+    explicit_attention,
+    fp32_island,
+    linear_attention,
+    result_dtype,
+    row_normalise,
+    to_input_dtype,
+)
+from .reference import reference_similarity
+
+__all__ = ["AttentionKernel"]
+
+
+class AttentionKernel(nn.Module):
+    """Base class: a similarity Sim(q, k) = φ(q)·φ(k) and the attention it defines.
+
+    ``normalize=True`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j / (Σ_j Sim(q_i, k_j) + eps);
+    ``normalize=False`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j.
+    """
+
+    name: ClassVar[str] = ""
+    normalize: ClassVar[bool] = True
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-15,
+                 chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> None:
+        super().__init__()
+        if head_dim < 1 or num_heads < 1:
+            raise ValueError(f"head_dim and num_heads must be >= 1, got head_dim={head_dim}, num_heads={num_heads}")
+        self.head_dim = head_dim
+        self.num_heads = num_heads
+        self.eps = eps
+        self.chunk_size = chunk_size
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, num_heads={self.num_heads}, feature_dim={self.feature_dim}"
+
+    # --- the formula ---------------------------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        """d_φ, the length of φ(x)."""
+        return self.head_dim
+
+    def phi(self, x: Tensor) -> Tensor:
+        """φ(x) without its constant entries (those are ``constant``): what the linear core multiplies."""
+        raise NotImplementedError
+
+    def constant(self, dtype: torch.dtype) -> Tensor | None:
+        """c such that the constant entries of φ(q) and φ(k) contribute c² to every similarity, or None.
+
+        The core adds c²·Σ_j [v_j, 1] instead of appending constant columns to every token's features.
+        """
+        return None
+
+    def features(self, x: Tensor) -> Tensor:
+        """The full feature map φ(x), constant entries included (d_φ = ``feature_dim`` columns)."""
+        c = self.constant(x.dtype)
+        f = self.phi(x)
+        return f if c is None else torch.cat([f, c.expand(*x.shape[:-1], 1)], dim=-1)
+
+    def token_stats(self, k: Tensor) -> Any:
+        """Statistics over all key tokens that φ needs (N, a logsumexp...), computed once before chunking."""
+        return None
+
+    def phi_q(self, q: Tensor, stats: Any) -> Tensor:
+        return self.phi(q)
+
+    def phi_k(self, k: Tensor, stats: Any) -> Tensor:
+        return self.phi(k)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        """The explicit (B, H, Nq, N) similarity, O(N²): the formula of ``qtvit.attention.reference``, or
+        φ(q)·φ(k) for a kernel without one."""
+        ref = reference_similarity(self, q, k)
+        if ref is not None:
+            return ref
+        stats = self.token_stats(k)
+        sim = self.phi_q(q, stats) @ self.phi_k(k, stats).transpose(-1, -2)
+        c = self.constant(q.dtype)
+        return sim if c is None else sim + c * c
+
+    def finish(self, out: Tensor) -> Tensor:
+        """Turn φ(q)·[KV, Σφ(k)] into the output: divide by the normaliser column."""
+        if not self.normalize:
+            return out
+        return out[..., :-1] / (out[..., -1:] + self.eps)
+
+    def normalise_map(self, sim: Tensor) -> Tensor:
+        return row_normalise(sim, self.eps) if self.normalize else sim
+
+    # --- the two paths -------------------------------------------------------------------------------------------
+    def _check(self, q: Tensor, k: Tensor, v: Tensor | None = None) -> None:
+        check_qkv(q, k, k[..., :1] if v is None else v)
+        if q.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"{self.name} kernel was built for head_dim={self.head_dim} but q has head dim {q.shape[-1]}; "
+                f"create it with create_kernel({self.name!r}, head_dim={q.shape[-1]}, ...)"
+            )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Linear-time attention, (B, H, Nq, d), (B, H, N, d), (B, H, N, dv) -> (B, H, Nq, dv)."""
+        self._check(q, k, v)
+        dtype = result_dtype(q, k, v)
+        ct = compute_dtype(dtype)
+        with fp32_island(q.device):
+            out = linear_attention(self, q.to(ct), k.to(ct), v.to(ct), chunk_size=self.chunk_size)
+        return to_input_dtype(out, dtype)
+
+    def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
+        """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""
+        self._check(q, k)
+        ct = compute_dtype(result_dtype(q, k))
+        with fp32_island(q.device):
+            return self.normalise_map(self.similarity(q.to(ct), k.to(ct)))
+
+    def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The O(N²) reference output: attention_map(q, k) @ v."""
+        self._check(q, k, v)
+        with fp32_island(q.device):
+            dtype = result_dtype(q, k, v)
+            out = explicit_attention(self.attention_map(q, k), v.to(compute_dtype(dtype)))
+        return to_input_dtype(out, dtype)
