@@ -10,31 +10,12 @@ from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 
-from .. import checkpoints, hub
+from .. import checkpoints
 from ._features import FeatureListNet
+from ._pretrained import pretrained_file
 from ._registry import model_entrypoint
 
 __all__ = ["build_model_with_cfg", "create_model", "load_pretrained", "pretrained_file", "set_pretrained_cfg"]
-
-
-def pretrained_file(name: str, cfg: dict, progress: bool = True) -> str:
-    """The local path of a model's pretrained weights: downloaded (cached) from ``cfg['url']``.
-
-    Weights without a direct url (QT-ViT's are on Google Drive) are taken from the cache when a user put them
-    there (``cfg['file']`` in ``$QTVIT_CACHE`` or ``~/.cache/qtvit``); otherwise the error says where to get them.
-    """
-    url, file = cfg.get("url"), cfg.get("file")
-    if url:
-        return str(hub.download(hub.resolve_url(url), sha256=cfg.get("sha256"), progress=progress,
-                                file_name=file or None))
-    cached = hub.get_cache_dir() / file if file else None
-    if cached is not None and cached.is_file():
-        return str(cached)
-    origin = cfg.get("origin_url")
-    where = f" They are published at {origin}." if origin else ""
-    put = f" put the file at {cached}," if cached is not None else ""
-    raise ValueError(f"{name} has no downloadable pretrained weights.{where} Download them by hand and{put} or pass "
-                     f"create_model({name!r}, checkpoint_path=<file>); or use pretrained=False.")
 
 
 def set_pretrained_cfg(model: nn.Module, cfg: dict[str, Any], architecture: str) -> dict[str, Any]:
@@ -112,7 +93,7 @@ def create_model(
     if name is None:
         if saved is None:
             raise ValueError("create_model needs a model name (see qtvit.list_models()), or checkpoint_path= a "
-                             "directory or .safetensors file written by qtvit.checkpoints.save_pretrained")
+                             "directory or .safetensors file written by qtvit.save_pretrained")
         name = saved["architecture"]
     entrypoint = model_entrypoint(name)
 
