@@ -2,8 +2,7 @@
 from .attention import attend, attention_map, create_kernel, list_kernels
 from .models import create_model, list_models
 from .models._pretrained import save_pretrained
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["attend", "attention_map", "create_kernel", "list_kernels", "create_model", "list_models", "save_pretrained",
            "__version__"]

@@ -6,7 +6,7 @@
     qtvit benchmark models --profile qtvit_1 efficientvit_b1 --sizes 224 1024   # top ops by self CPU time
 
 Modes: ``eager`` (the model as built, eval mode), ``fused`` (the inference form: BatchNorms folded, positional
-embeddings cached for the size, ``qtvit.export.inference_form``), ``compile`` (``torch.compile`` of the inference
+embeddings cached for the size, ``qtvit.models.inference_form``), ``compile`` (``torch.compile`` of the inference
 form, compiled per size; its compile time is the ``setup_s`` column) and ``onnxruntime`` (the dynamic ONNX graph of
 ``qtvit export``, one export per model, CPU execution provider).
 
@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from .._utils import parse_size
+from ..models import create_model, inference_form, list_models
 from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
 from .measure import write_csv as write_results_csv
 
@@ -80,7 +81,6 @@ class _Forms:
 
     def build(self, mode: str, h: int, w: int, batch: int) -> tuple[Callable[[], None], float]:
         """(the call, its setup seconds)."""
-        from ..export import inference_form
 
         x = torch.randn(batch, self.model.in_chans if hasattr(self.model, "in_chans") else 3, h, w)
         t0 = time.perf_counter()
@@ -205,7 +205,6 @@ def benchmark_models(
 
     ``compile_sizes``: the sizes at which the ``compile`` mode is measured (default: all).
     """
-    from .. import create_model
 
     modes = list(modes)
     for mode in modes:
@@ -256,7 +255,6 @@ def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int]
                           num_classes: int = 1000) -> list[dict]:
     """Batch-1 eager latency of several models at one size, measured in turns (A B C A B C ...): the fairest
     comparison on a noisy machine; rows in the ``FIELDS`` format (mode ``eager``), e.g. for the Pareto plot."""
-    from .. import create_model
 
     h, w = parse_size(size)
     built = {}
@@ -281,8 +279,6 @@ def speed_goals(repeats: int = 9, sizes: Sequence[int] = (224, 1024), fused_size
                 on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """The issue's goals, fp32 batch 1 on this CPU: qtvit_1 / efficientvit_b1 eager at each of ``sizes`` (<= 1.10)
     and qtvit_1 eager / fused at ``fused_size`` (>= 1.3), each pair interleaved, medians of ``repeats`` runs."""
-    from .. import create_model
-    from ..export import inference_form
 
     torch.manual_seed(0)
     qt, b1 = create_model("qtvit_1").eval(), create_model("efficientvit_b1").eval()
@@ -311,9 +307,6 @@ def profile_table(name: str, size: int | Sequence[int], *, fused: bool = False, 
                   top: int = 15) -> str:
     """torch.profiler's top ops by self CPU time of ``runs`` batch-1 forwards of model ``name``."""
     from torch.profiler import ProfilerActivity, profile
-
-    from .. import create_model
-    from ..export import inference_form
 
     h, w = parse_size(size if not isinstance(size, int) else str(size))
     torch.manual_seed(0)
@@ -425,7 +418,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .. import list_models
 
     if args.threads:
         torch.set_num_threads(args.threads)

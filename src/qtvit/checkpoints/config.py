@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
+from .._version import __version__
 from .files import CONFIG_NAME, CheckpointError, is_safetensors, read_json, read_metadata, resolve_weights
 
 __all__ = ["CONFIG_KEY", "LEGACY_KEY", "LAYER_TYPES", "model_config", "read_config", "decode_model_args",
@@ -94,8 +95,6 @@ def model_config(model: nn.Module, config: Mapping | None = None) -> dict:
     ``in_chans`` are read from the weights, so a later ``reset_classifier`` is saved correctly. DDP, torch.compile
     and feature wrappers are unwrapped. ``config`` overrides the architecture or any constructor argument.
     """
-    from .. import __version__
-
     wrapper = model if getattr(model, "is_feature_wrapper", False) else None
     base = unwrap_model(model)
     pcfg = dict(getattr(base, "pretrained_cfg", None) or {})

@@ -18,6 +18,7 @@ from ..data import DataConfig, build_batches, normalize, open_dataset, open_imag
 from ..data.transforms import EvalTransform
 from ..layers.norm import reestimate_bn
 from ..checkpoints import CheckpointError, model_config, read_config, resolve_weights
+from ..models import create_model
 from .distributed import all_reduce_mean, cleanup_distributed, resolve_device, setup_distributed
 from .metrics import TopKAccuracy
 
@@ -89,7 +90,6 @@ def load_model(checkpoint: str | os.PathLike, model: str | None = None, num_clas
     """Rebuild a saved model in eval mode: ``create_model(checkpoint_path=...)`` on a weights file (any format),
     checkpoint folder or run folder (its best weights, else its latest checkpoint). `model` and `num_classes`,
     when given, must match what was saved; a file without a saved config needs `model`."""
-    from ..models import create_model
     path = resolve_weights(checkpoint)
     saved = read_config(path)
     arch = saved.get("architecture") if saved else None

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data import DataConfig, DatasetInfo, build_batches, open_dataset, resolve_data_config
 from ..checkpoints import latest_checkpoint
+from ..data import DataConfig, DatasetInfo, build_batches, open_dataset, resolve_data_config
+from ..models import create_model, set_pretrained_cfg
 from .distributed import DistInfo, broadcast_object
 from .ema import ModelEma
 from .optim import create_optimizer
@@ -28,7 +29,6 @@ __all__ = ["Run", "setup_run", "build_model", "run_dir_of", "resumed_run_dir"]
 def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0.0, **kwargs) -> nn.Module:
     """``qtvit.create_model`` with the class count and channels of the data. Constructor arguments that the model
     does not take, or image sizes no machine could hold, are a ValueError naming the argument."""
-    from ..models import create_model
     for k, v in kwargs.items():  # a size of 100000 would try to allocate hundreds of gigabytes
         sides = v if isinstance(v, (list, tuple)) else [v]
         if k.endswith("size") and any(isinstance(s, int) and not 1 <= s <= MAX_IMG_SIZE for s in sides):
@@ -118,12 +118,12 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
             f"{data_cfg.input_size[-1]} px images at every step; store it at that size with --model-kwargs "
             f"pos_embed_size={data_cfg.input_size[-1]}")
     # The saved weights carry the preprocessing and the labels: the file alone rebuilds the model and its input.
-    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": list(data_cfg.input_size),
-                            "crop_pct": data_cfg.crop_pct, "interpolation": data_cfg.interpolation,
-                            "mean": list(data_cfg.mean), "std": list(data_cfg.std), "num_classes": num_classes,
-                            "label_names": list(info.classes) + [str(i) for i in range(len(info.classes),
-                                                                                       num_classes)],
-                            "dataset": info.kind, "recipe": cfg.recipe}
+    labels = list(info.classes) + [str(i) for i in range(len(info.classes), num_classes)]
+    set_pretrained_cfg(model, {**model.pretrained_cfg, "input_size": list(data_cfg.input_size),
+                               "crop_pct": data_cfg.crop_pct, "interpolation": data_cfg.interpolation,
+                               "mean": list(data_cfg.mean), "std": list(data_cfg.std), "num_classes": num_classes,
+                               "label_names": labels, "dataset": info.kind, "recipe": cfg.recipe},
+                       model.pretrained_cfg.get("architecture", cfg.model))
     return model, data_cfg, num_classes
 
 
