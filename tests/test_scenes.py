@@ -37,8 +37,10 @@ def test_scene_i_is_always_the_same(train_test):
         a.scene(20)
     with pytest.raises(ValueError, match="split 'val'"):
         FashionMNISTScenes(xi, yi, 5, split="val")
-    with pytest.raises(ValueError, match="size >= 64"):
-        SceneSpec(size=32)
+    with pytest.raises(ValueError, match="size >= 256"):
+        SceneSpec(size=128)
+    big = FashionMNISTScenes(xi, yi, 2, spec=SceneSpec(size=320))
+    assert big.scene(1)[0].shape == (3, 320, 320) and big.layout(1).items[0].height >= 56
 
 
 def test_labels_follow_the_painted_silhouettes(train_test):

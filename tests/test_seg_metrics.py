@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
+import qtvit
 from qtvit.train.seg_metrics import SegmentationMetrics, scores_from_confusion
 
 # 10 pixels, classes 0..2, two ignored (255):
@@ -61,26 +67,42 @@ def test_undefined_classes_are_left_out_of_the_means():
     assert s["IoU"][3] == 0 and math.isnan(s["Acc"][3]) and s["mIoU"] == pytest.approx((50 + 40 + 100 / 3) / 4)
 
 
-def _rank(rank: int, init: str, out: str):
-    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    try:
+_TWO_RANKS = textwrap.dedent("""
+    import json, sys
+    import torch
+    from qtvit.train.seg_metrics import SegmentationMetrics
+    torch.set_num_threads(1)
+    labels, preds = torch.tensor({labels}), torch.tensor({preds})
+
+    def rank(r):
+        torch.distributed.init_process_group("gloo", init_method={init!r}, rank=r, world_size=2)
         m = SegmentationMetrics(3)
-        m.update(PREDS[rank:rank + 1], LABELS[rank:rank + 1])  # each process sees one row
-        with open(f"{out}{rank}.json", "w") as f:
-            json.dump(m.compute(), f)
-    finally:
+        m.update(preds[r:r + 1], labels[r:r + 1])  # each process sees one row
+        scores = m.compute()
         torch.distributed.destroy_process_group()
+        with open({out!r} + str(r) + ".json", "w") as f:
+            json.dump(scores, f)
 
-
-def test_two_processes_sum_their_confusion(tmp_path):
-    mp = torch.multiprocessing.get_context("fork")
-    init, out = f"file://{tmp_path / 'rendezvous'}", str(tmp_path / "scores")
-    procs = [mp.Process(target=_rank, args=(r, init, out)) for r in range(2)]
+    # Forked from this fresh process (nothing run yet): one interpreter start for both ranks.
+    ctx = torch.multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=rank, args=(r,)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
-    for r in range(2):
-        with open(f"{out}{r}.json") as f:
+    sys.exit(sum(abs(p.exitcode or 0) for p in procs) + sum(p.exitcode is None for p in procs))
+""")
+
+
+def test_two_processes_sum_their_confusion(tmp_path):
+    out = str(tmp_path / "scores")
+    script = _TWO_RANKS.format(labels=LABELS.tolist(), preds=PREDS.tolist(), init=f"file://{tmp_path / 'rdv'}",
+                               out=out)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(qtvit.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for rank in range(2):  # each rank's scores are those of both rows: the confusion was summed
+        with open(f"{out}{rank}.json") as f:
             _check(json.load(f))

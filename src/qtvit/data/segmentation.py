@@ -8,6 +8,17 @@ size, evaluation labels keep the dataset's own size (see seg_transforms.py).
 
 The iterators are ``loaders.FolderBatches``: the same per-epoch order drawn from (seed, epoch), rank sharding,
 resumption at a step, and skipping of unreadable images.
+
+A segmentation task uses them as follows: training batches go through ``SegBatchAugment(info.mean, info.std)``
+(photometric jitter of the images, normalisation) and a cross-entropy with ``ignore_index=255``; evaluation
+batches are normalised (``transforms.normalize``) and the logits scored by ``train.seg_metrics.SegmentationMetrics``
+(which resizes them to the labels' size). ADE20K and folders of mixed image sizes evaluate with batch size 1.
+
+    info = open_segmentation()                      # the Fashion-MNIST scenes: 11 classes, 0 = background
+    train = build_segmentation_batches(info, train=True, crop_size=256, batch_size=16, seed=0)
+    val = build_segmentation_batches(info, train=False, crop_size=256, batch_size=16)
+    for images, labels in train.iterate(epoch):     # uint8 (B, 3, 256, 256), int64 (B, 256, 256)
+        ...
 """
 from __future__ import annotations
 
