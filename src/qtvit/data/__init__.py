@@ -116,3 +116,19 @@ def build_batches(info: DatasetInfo, *, train: bool, data_cfg: DataConfig, batch
             ds.samples = ds.samples[:limit]
         info._folders[key] = ds
     return FolderBatches(ds, batch_size, train, seed, rank, world, workers)
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+# Segmentation data (ADE20K, Cityscapes, folders of image/mask pairs, the embedded Fashion-MNIST scenes): batches of
+# (uint8 images (B, C, H, W), int64 labels (B, H, W)) with 255 = ignore. See segmentation.py.
+from .scenes import SCENE_CLASSES, FashionMNISTScenes, SceneSpec  # noqa: E402
+from .seg_folders import CITYSCAPES_CLASSES, IGNORE_INDEX, LabelMap, SegmentationFolder, open_mask  # noqa: E402
+from .seg_transforms import SegBatchAugment, SegEvalTransform, SegTrainTransform  # noqa: E402
+from .segmentation import (SCENES, SegDatasetInfo, SegmentationBatches, build_segmentation_batches,  # noqa: E402
+                           open_segmentation)
+
+__all__ += [
+    "SCENE_CLASSES", "FashionMNISTScenes", "SceneSpec", "CITYSCAPES_CLASSES", "IGNORE_INDEX", "LabelMap",
+    "SegmentationFolder", "open_mask", "SegBatchAugment", "SegEvalTransform", "SegTrainTransform", "SCENES",
+    "SegDatasetInfo", "SegmentationBatches", "build_segmentation_batches", "open_segmentation",
+]

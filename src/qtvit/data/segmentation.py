@@ -1,0 +1,164 @@
+"""Segmentation data: what a --data value names and the batch iterators of a segmentation run.
+
+``open_segmentation(data)`` resolves None or "fashion-mnist-scenes" (the embedded default, see scenes.py), an
+ADE20K folder, a Cityscapes folder, or a folder of image/mask pairs (see seg_folders.py).
+``build_segmentation_batches`` makes the training or evaluation iterator. Batches are
+``(uint8 images (B, C, H, W), int64 labels (B, H, W))`` with 255 = ignore; training crops all have the training
+size, evaluation labels keep the dataset's own size (see seg_transforms.py).
+
+The iterators are ``loaders.FolderBatches``: the same per-epoch order drawn from (seed, epoch), rank sharding,
+resumption at a step, and skipping of unreadable images.
+
+A segmentation task uses them as follows: training batches go through ``SegBatchAugment(info.mean, info.std)``
+(photometric jitter of the images, normalisation) and a cross-entropy with ``ignore_index=255``; evaluation
+batches are normalised (``transforms.normalize``) and the logits scored by ``train.seg_metrics.SegmentationMetrics``
+(which resizes them to the labels' size). ADE20K and folders of mixed image sizes evaluate with batch size 1.
+
+    info = open_segmentation()                      # the Fashion-MNIST scenes: 11 classes, 0 = background
+    train = build_segmentation_batches(info, train=True, crop_size=256, batch_size=16, seed=0)
+    val = build_segmentation_batches(info, train=False, crop_size=256, batch_size=16)
+    for images, labels in train.iterate(epoch):     # uint8 (B, 3, 256, 256), int64 (B, 256, 256)
+        ...
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from .loaders import FolderBatches
+from .scenes import SCENE_CLASSES, FashionMNISTScenes, SceneSpec
+from .seg_folders import (ADE20K_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, LabelMap, SegmentationFolder,
+                          ade20k_pairs, cityscapes_pairs, folder_pairs, read_classes_file)
+from .seg_transforms import SegEvalTransform, SegTrainTransform
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["SCENES", "SegDatasetInfo", "open_segmentation", "build_segmentation_batches", "SegmentationBatches"]
+
+SCENES = "fashion-mnist-scenes"
+
+
+@dataclass
+class SegDatasetInfo:
+    """What a segmentation --data value names: kind ("fashion-mnist-scenes", "ade20k", "cityscapes", "folder"),
+    where, the class names (label i = classes[i]; 255 is ignore), the split folders and the official sizes:
+    ``base_scale`` of the training rescale (None: relative to the image), ``eval_short_side`` or ``eval_size``."""
+    kind: str
+    root: Path | None
+    classes: list[str]
+    train_split: str = "train"
+    eval_split: str = "val"
+    base_scale: tuple[int, int] | None = None
+    eval_short_side: int | None = None
+    eval_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    ignore_index: int = IGNORE_INDEX
+    in_chans: int = 3
+    scenes: tuple[int, int] = (10_000, 1_000)  # training and evaluation scenes (fashion-mnist-scenes)
+    scene_seed: int = 0  # the scenes' generator seed: the same dataset whatever the run's seed
+    scene_spec: SceneSpec = field(default_factory=SceneSpec)
+    _arrays: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def arrays(self, split: str):
+        """Fashion-MNIST's (images, labels) of "train" or "test" (scenes), read on first use."""
+        if split not in self._arrays:
+            self._arrays[split] = load_fashion_mnist(split, self.root)
+        return self._arrays[split]
+
+
+def open_segmentation(data: str | os.PathLike | None = None, *, num_classes: int | None = None,
+                      download: bool = True) -> SegDatasetInfo:
+    """Resolve a segmentation --data value (see the module docstring); a folder of Fashion-MNIST's idx files gives
+    the scenes of that copy. A folder of pairs takes its classes from ``classes.txt`` at its root, else from
+    `num_classes` (named "0", "1", ...)."""
+    if data is None or str(data).lower() in (SCENES, "scenes"):
+        return SegDatasetInfo(SCENES, find_fashion_mnist(None, download=download), list(SCENE_CLASSES),
+                              train_split="train", eval_split="test")
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"segmentation dataset {root} does not exist; pass an ADE20K folder "
+                                "(ADEChallengeData2016), a Cityscapes folder (leftImg8bit/, gtFine/), a folder of "
+                                "image/mask pairs (train/ and val/, each with images/ and masks/), or leave --data "
+                                "out for the Fashion-MNIST scenes")
+    if any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir()):  # scenes from this copy
+        return SegDatasetInfo(SCENES, find_fashion_mnist(root), list(SCENE_CLASSES), train_split="train",
+                              eval_split="test")
+    if (root / "ADEChallengeData2016").is_dir() or (root / "images" / "training").is_dir():
+        return SegDatasetInfo("ade20k", root, list(ADE20K_CLASSES), "training",
+                              "validation", base_scale=(2048, 512), eval_short_side=512)
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return SegDatasetInfo("cityscapes", root, list(CITYSCAPES_CLASSES), "train", "val",
+                              base_scale=(2048, 1024), eval_size=(1024, 2048))
+    eval_split = next((d for d in ("val", "validation", "test") if (root / d / "images").is_dir()), None)
+    if not (root / "train" / "images").is_dir() and eval_split is None:
+        raise ValueError(f"{root} is not a segmentation dataset: expected ADEChallengeData2016/, leftImg8bit/ and "
+                         "gtFine/ (Cityscapes), or train/ and val/ folders each holding images/ and masks/")
+    if (root / "classes.txt").is_file():
+        classes = read_classes_file(root / "classes.txt")
+        if num_classes is not None and num_classes != len(classes):
+            raise ValueError(f"{root / 'classes.txt'} lists {len(classes)} classes, not num_classes={num_classes}; "
+                             "drop num_classes or fix classes.txt")
+    elif num_classes is not None:
+        classes = [str(i) for i in range(num_classes)]
+    else:
+        raise ValueError(f"{root} does not say how many classes its masks hold: add {root / 'classes.txt'} (one "
+                         "class name a line, line i = mask value i) or pass num_classes")
+    LabelMap.identity(len(classes))  # checks the count
+    return SegDatasetInfo("folder", root, classes, "train", eval_split or "val")
+
+
+def _pairs(info: SegDatasetInfo, split: str) -> tuple[list[tuple[str, str]], LabelMap]:
+    if info.kind == "ade20k":
+        return ade20k_pairs(info.root, split), LabelMap.ade20k()
+    if info.kind == "cityscapes":
+        return cityscapes_pairs(info.root, split), LabelMap.cityscapes()
+    return folder_pairs(info.root / split), LabelMap.identity(info.num_classes)
+
+
+class SegmentationBatches(FolderBatches):
+    """``FolderBatches`` over a segmentation dataset: (uint8 images (B, C, H, W), int64 labels (B, H, W))."""
+
+    def iterate(self, epoch: int = 0, start_step: int = 0):
+        try:
+            yield from super().iterate(epoch, start_step)
+        except RuntimeError as e:
+            if "stack expects each tensor to be equal size" not in str(e):
+                raise
+            raise ValueError(f"evaluation images of different sizes cannot share a batch of {self.batch_size} "
+                             f"({e}); evaluate with batch size 1, as the official protocol does") from None
+
+
+def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: int, batch_size: int, seed: int = 0,
+                               rank: int = 0, world: int = 1, workers: int = 4, limit: int | None = None,
+                               ratio_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True,
+                               eval_short_side: int | None = None, eval_size: tuple[int, int] | None = None,
+                               cache_dir: str | os.PathLike | None = None) -> SegmentationBatches:
+    """The training iterator (random scale, crop to `crop_size`, flip; see seg_transforms.py) or the evaluation
+    iterator (the dataset's official protocol, or `eval_short_side` / `eval_size` when given) of `info`.
+    `limit` keeps the first `limit` samples; `cache_dir` caches generated scenes."""
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size} is not a positive number of images; pass --batch-size 1 or more")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit {limit} would keep no images; pass a positive number, or leave it out to use all")
+    if train:
+        tf = SegTrainTransform(crop_size, ratio_range, info.base_scale, hflip=0.5 if hflip else 0.0, seed=seed)
+    elif eval_short_side is not None or eval_size is not None:
+        tf = SegEvalTransform(eval_short_side, eval_size)
+    else:
+        tf = SegEvalTransform(info.eval_short_side, info.eval_size)
+    if info.kind == SCENES:
+        split = info.train_split if train else info.eval_split
+        images, labels = info.arrays(split)
+        n = info.scenes[0] if train else info.scenes[1]
+        ds = FashionMNISTScenes(images, labels, min(n, limit or n), split=split, seed=info.scene_seed,
+                                spec=info.scene_spec, transform=tf, cache_dir=cache_dir)
+    else:
+        pairs, label_map = _pairs(info, info.train_split if train else info.eval_split)
+        ds = SegmentationFolder(pairs[:limit] if limit else pairs, label_map, tf)
+    return SegmentationBatches(ds, batch_size, train, seed, rank, world, workers)
