@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import qtvit
 from qtvit.checkpoints import load_checkpoint
-from qtvit.layers import LiteMLA
+from qtvit.layers import FusedMBConv, LiteMLA
 from qtvit.layers.seg_heads import FCNHead, UperHead, adaptive_avg_pool2d
 from qtvit.models.inference import inference_form
 from qtvit.models.segmentation import SegmentationModel, _windows, predict_full
@@ -240,9 +240,8 @@ def test_every_mit_model_has_its_official_url_and_the_others_none():
 # ------------------------------------------------------------------------------------------------ sizes and heads
 
 
-@pytest.mark.parametrize("name, stride", [("efficientvit_seg_b1_ade20k", 8), ("qtvit_seg_1_cityscapes", 8),
-                                          ("efficientvit_seg_l1_cityscapes", 8), ("upernet_qtvit_1", 4),
-                                          ("upernet_l2vit_tiny", 4)])
+@pytest.mark.parametrize("name, stride", [("qtvit_seg_1_cityscapes", 8), ("efficientvit_seg_l1_cityscapes", 8),
+                                          ("upernet_qtvit_1", 4), ("upernet_l2vit_tiny", 4)])
 def test_any_input_size_end_to_end(name, stride):
     torch.manual_seed(0)
     model = qtvit.create_model(name).eval()
@@ -256,8 +255,19 @@ def test_any_input_size_end_to_end(name, stride):
     assert full.shape == (2, classes, 70, 98) and torch.isfinite(full).all()
 
 
+def test_cityscapes_full_resolution():
+    """1024 x 2048: 8192 tokens at stride 16, so the attention core runs in chunks."""
+    model = qtvit.create_model("efficientvit_seg_b0_cityscapes").eval()
+    assert model.pretrained_cfg["input_size"] == (3, 1024, 2048)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 1024, 2048))
+    assert out.shape == (1, 19, 128, 256) and torch.isfinite(out).all()
+
+
 def test_training_mode_forward_and_auxiliary_logits():
-    model = qtvit.create_model("upernet_efficientvit_b0", num_classes=7).train()
+    # UperNet's code at a tenth of its width (the registered upernet_* differ only in widths)
+    model = SegmentationModel("efficientvit_b0", head_layer=UperHead, head_args=dict(channels=48), in_indices=4,
+                              aux_layer=FCNHead, aux_args=dict(channels=24), num_classes=7).train()
     x = torch.randn(2, 3, 64, 96)
     assert model(x).shape == (2, 7, 16, 24)  # forward returns the logits alone in training mode too
     logits, aux = model.forward_with_aux(x)
@@ -318,11 +328,21 @@ def test_predict_full_windows_flips_and_sizes():
 # ------------------------------------------------------------------------------------------------ inference, export
 
 
-@pytest.mark.parametrize("name", ["qtvit_seg_1_ade20k", "efficientvit_seg_l1_ade20k", "upernet_efficientvit_b0",
-                                  "upernet_l2vit_tiny"])
+# small stand-ins for the L-series head (FusedMBConv, final expansion, GELU) and UperNet on L2ViT: the same code
+SMALL = {
+    "seg_l_head_on_qtvit_nano": lambda: SegmentationModel(
+        "qtvit_nano", head_args=dict(width=16, depth=2, block=FusedMBConv, final_expand=8, act_layer=nn.GELU),
+        in_indices=(2, 3, 4), num_classes=5),
+    "upernet_on_l2vit_nano": lambda: SegmentationModel(
+        "l2vit_nano", head_layer=UperHead, head_args=dict(channels=32), in_indices=4, aux_layer=FCNHead, in_chans=3,
+        num_classes=5),
+}
+
+
+@pytest.mark.parametrize("name", ["qtvit_seg_1_ade20k", "upernet_efficientvit_b0", *SMALL])
 def test_inference_form_equals_eager(name):
     torch.manual_seed(0)
-    model = _filled(qtvit.create_model(name))
+    model = _filled(SMALL[name]() if name in SMALL else qtvit.create_model(name))
     x = torch.randn(1, 3, 70, 98)
     with torch.no_grad():
         ref = model(x)

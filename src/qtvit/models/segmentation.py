@@ -89,8 +89,7 @@ class SegmentationModel(nn.Module):
         args.update({k: v for k, v in dict(kernel=kernel, kernel_options=kernel_options).items() if v is not None})
         self.backbone = model_entrypoint(backbone)(pretrained=pretrained_backbone, **args)
         if not getattr(self.backbone, "feature_info", None) or not hasattr(self.backbone, "forward_intermediates"):
-            raise ValueError(f"backbone {backbone!r} gives no features (it needs feature_info and "
-                             "forward_intermediates)")
+            raise ValueError(f"backbone {backbone!r} gives no features (feature_info, forward_intermediates)")
         self.in_indices = tuple(feature_take_indices(len(self.backbone.feature_info), in_indices, backbone))
         self.backbone.prune_intermediate_layers(list(self.in_indices), prune_norm=True, prune_head=True)
         self.feature_info = list(self.backbone.feature_info)
@@ -243,6 +242,7 @@ def _cfg(url: Optional[str] = None, dataset: str = "ade20k", first_conv: str = "
         license="apache-2.0", paper_ids="arXiv:2205.14756", origin_url="https://github.com/mit-han-lab/efficientvit",
     )
     cfg.update(kwargs)
+    cfg["origin_url"] = cfg["origin_url"] if url else None  # without weights, no "published at <origin>"
     return cfg
 
 
@@ -267,7 +267,7 @@ def _efficientvit_seg(arch: str, dataset: str, pretrained: bool, **kwargs: Any) 
 
 
 def _qtvit_seg(i: int, dataset: str, pretrained: bool, **kwargs: Any) -> SegmentationModel:
-    cfg = _cfg(None, dataset, origin_url="https://github.com/AMD-AIG-AIMA/AMD_QTViT", paper_ids="openreview:V2e0A2XIPF")
+    cfg = _cfg(None, dataset, paper_ids="openreview:V2e0A2XIPF")
     head = _seg_head_args(("b1", "b2", "b3", "l1", "l2")[i - 1], dataset)
     return _create(f"qtvit_seg_{i}_{dataset}", pretrained, cfg, dict(head, backbone=f"qtvit_{i}"), **kwargs)
 
@@ -275,7 +275,7 @@ def _qtvit_seg(i: int, dataset: str, pretrained: bool, **kwargs: Any) -> Segment
 def _upernet(backbone: str, pretrained: bool, **kwargs: Any) -> SegmentationModel:
     stem = "backbone.stem.conv1" if backbone.startswith("l2vit") else "backbone.stem.conv"
     cfg = _cfg(None, "ade20k", stem, classifier=["head.classifier", "aux_head.classifier"], license=None,
-               paper_ids="arXiv:1807.10221", origin_url="https://github.com/open-mmlab/mmsegmentation")
+               paper_ids="arXiv:1807.10221")
     defaults = dict(backbone=backbone, head_layer=UperHead, head_args=dict(channels=512, pool_scales=(1, 2, 3, 6),
                     drop_rate=0.1), in_indices=4, num_classes=150, aux_layer=FCNHead,
                     aux_args=dict(channels=256, num_convs=1, drop_rate=0.1), aux_in_index=-2)
