@@ -143,6 +143,18 @@ for _i, (_arch, _data) in enumerate([("b1", "qtvit_1_r96"), ("b2", "qtvit_2_r96"
         VARIANTS[f"qtvit_seg_{_i}_{_ds}"] = (_data, VARIANTS[f"efficientvit_seg_{_arch}_{_ds}"][1], None)
 
 
+def test_filter_fn_keeps_qtvit_names_and_strips_ddp_prefixes():
+    ref = _fixture("seg_mit_b1_ade20k_r128x128.json")
+    with torch.device("meta"):
+        model = qtvit.create_model("efficientvit_seg_b1_ade20k")
+    ours = model.state_dict()
+    assert SegmentationModel.checkpoint_filter_fn(ours, model) is ours
+    official = _official_sd(ref["keys"], "meta")
+    wrapped = {f"module.{k}": v for k, v in official.items()}
+    assert list(SegmentationModel.checkpoint_filter_fn(wrapped, model)) == list(
+        SegmentationModel.checkpoint_filter_fn(official, model))
+
+
 def test_official_head_layout_matches_the_fixtures():
     """The head-key generator below reproduces the official keys of both fixtures, in order."""
     for _, fixture in SEG_FIXTURES:
@@ -224,6 +236,20 @@ def test_pretrained_downloads_the_official_file(tmp_path, monkeypatch):
     assert model.load_report.ok and model.load_report.loaded == len(sd)
     assert torch.equal(model.head.classifier.weight, sd["head.output_ops.0.op_list.0.conv.weight"])
     assert (tmp_path / "cache" / "efficientvit_seg_b1_ade20k.pt").is_file()
+
+
+def test_pretrained_backbone_starts_from_the_imagenet_weights(tmp_path, monkeypatch):
+    ref = _fixture("efficientvit_b1.json")
+    sd = _official_sd(ref["keys"])
+    (tmp_path / "hf").mkdir()
+    torch.save({"state_dict": sd}, tmp_path / "hf" / "efficientvit_b1_r224.pt")
+    with _serve(tmp_path / "hf") as (url, requests):
+        monkeypatch.setenv("QTVIT_PRETRAINED_URL_BASE", url)
+        monkeypatch.setenv("QTVIT_CACHE", str(tmp_path / "cache"))
+        model = qtvit.create_model("efficientvit_seg_b1_cityscapes", pretrained_backbone=True)
+    assert requests == ["/efficientvit_b1_r224.pt"] and model.backbone.load_report.ok
+    assert torch.equal(model.backbone.stem.conv.weight, sd["backbone.input_stem.op_list.0.conv.weight"])
+    assert isinstance(model.backbone.head, nn.Identity)  # the classifier went after loading
 
 
 def test_every_mit_model_has_its_official_url_and_the_others_none():
