@@ -309,6 +309,9 @@ def test_upernet_on_any_backbone_and_heads_directly():
                               aux_layer=FCNHead, aux_args=dict(channels=16), num_classes=3, in_chans=1)
     out, aux = model.forward_with_aux(torch.randn(2, 1, 30, 20))
     assert out.shape == (2, 3, 15, 10) and aux.shape == (2, 3, 8, 5)  # nano: reductions 2, 2, 4, 4, 8
+    model.reset_classifier(4)
+    out, aux = model.forward_with_aux(torch.randn(2, 1, 30, 20))
+    assert out.shape[1] == aux.shape[1] == 4 and model.get_classifier().out_channels == 4
     with pytest.raises(ValueError, match="out of range"):
         SegmentationModel("efficientvit_b0", in_indices=(2, 9))
 

@@ -112,8 +112,8 @@ class SegmentationModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.classifier
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """New classifiers (decode and auxiliary heads) for ``num_classes``."""
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifiers (decode and auxiliary heads) for ``num_classes`` (``global_pool``: timm's, unused)."""
         self.num_classes = num_classes
         self.head.reset(num_classes)
         if self.aux_head is not None:
