@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from qtvit._utils import parse_size
+from qtvit._utils import parse_kv, parse_model_spec, parse_size
 from qtvit.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table, plot,
                                 read_csv, write_csv)
 
@@ -19,6 +19,21 @@ def test_parse_size():
     for bad in ("a", "0", "1x2x3", "-4"):
         with pytest.raises(ValueError, match="bad image size"):
             parse_size(bad)
+
+
+def test_model_specs_carry_constructor_arguments():
+    assert parse_kv("kernel=softmax") == ("kernel", "softmax") and parse_kv("drop=0.1") == ("drop", 0.1)
+    assert parse_model_spec("qtvit_nano:kernel=relu:pos_embed_size=32") == (
+        "qtvit_nano", {"kernel": "relu", "pos_embed_size": 32})
+    assert parse_model_spec("qtvit_nano") == ("qtvit_nano", {})
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_model_spec("qtvit_nano:relu")
+    rows = benchmark_models(["qtvit_nano:kernel=softmax"], ["32"], batch_sizes=[1], modes=["eager"], repeats=1,
+                            flops=False, memory=False)
+    assert [r["model"] for r in rows] == ["qtvit_nano:kernel=softmax"]
+    from qtvit.bench.models import _build
+    kernels = {type(m).__name__ for m in _build("qtvit_nano:kernel=softmax").modules() if hasattr(m, "chunk_size")}
+    assert kernels and all("Softmax" in k for k in kernels), kernels
 
 
 def test_count_flops_of_a_conv():

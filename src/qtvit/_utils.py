@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Iterable, Sequence
 
-__all__ = ["did_you_mean", "parse_size"]
+__all__ = ["did_you_mean", "parse_kv", "parse_model_spec", "parse_size"]
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
@@ -36,3 +37,21 @@ def parse_size(size: str | int | Sequence[int]) -> tuple[int, int]:
     if len(sides) not in (1, 2) or min(sides) < 1:
         raise ValueError(bad)
     return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
+
+
+def parse_kv(text: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` -> (key, value): the value as JSON when it parses (numbers, lists, true/null), else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """A model with constructor arguments: ``"qtvit_seg_1_cityscapes:kernel=softmax"`` ->
+    ("qtvit_seg_1_cityscapes", {"kernel": "softmax"}); more arguments follow further colons."""
+    name, *pairs = spec.split(":")
+    return name, dict(parse_kv(p) for p in pairs)

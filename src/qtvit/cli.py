@@ -13,6 +13,8 @@ import importlib
 import json
 import sys
 
+from ._utils import parse_kv
+
 # (module, function) of every subcommand, in the order `qtvit --help` lists them.
 COMMANDS: list[tuple[str, str]] = [
     ("qtvit.cli", "add_train_parser"),
@@ -57,13 +59,10 @@ _HELP = {
 
 
 def _kv(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    k, v = text.split("=", 1)
     try:
-        return k, json.loads(v)
-    except json.JSONDecodeError:
-        return k, v
+        return parse_kv(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------------- argument types

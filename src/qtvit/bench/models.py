@@ -2,6 +2,7 @@
 
     qtvit benchmark models                                   # defaults below, CPU fp32, ~15 min on 2 cores
     qtvit benchmark models --models qtvit_1 efficientvit_b1 --sizes 224 512x1024 --modes eager fused
+    qtvit benchmark models --models qtvit_seg_1_cityscapes qtvit_seg_1_cityscapes:kernel=softmax --sizes 1024x2048
     qtvit benchmark models --goals                           # the side-by-side speed goals (ABAB, median of 9)
     qtvit benchmark models --profile qtvit_1 efficientvit_b1 --sizes 224 1024   # top ops by self CPU time
 
@@ -36,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .._utils import parse_size
+from .._utils import did_you_mean, parse_model_spec, parse_size
 from ..models import create_model, inference_form, list_models
 from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
 from .measure import write_csv as write_results_csv
@@ -198,7 +199,7 @@ def benchmark_models(
     compile_sizes: Iterable[str | int | Sequence[int]] | None = None,
     flops: bool = True,
     memory: bool = True,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Time every (model, mode, size, batch) point; fields are ``FIELDS`` (see the module docstring).
@@ -217,9 +218,9 @@ def benchmark_models(
     compile_set = set(size_list) if compile_sizes is None else {parse_size(s) for s in compile_sizes}
     plan = _Plan(size_list, batch_list, compile_set, repeats, budget_s, max_call_s, memory)
     rows: list[dict] = []
-    for name in models:
+    for name in models:  # a name, or a spec with constructor arguments: "qtvit_seg_1_cityscapes:kernel=softmax"
         torch.manual_seed(0)
-        model = create_model(name, num_classes=num_classes).eval()
+        model = _build(name, num_classes)
         params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
         in_chans = getattr(model, "in_chans", 3)
 
@@ -237,6 +238,14 @@ def benchmark_models(
 # --------------------------------------------------------------------------------------------------------------------
 # The speed goals: side by side, interleaved
 # --------------------------------------------------------------------------------------------------------------------
+def _build(spec: str, num_classes: int | None = None) -> nn.Module:
+    """An eval-mode model from a name or a ``name:key=value`` spec (``num_classes=None``: the model's own)."""
+    name, kwargs = parse_model_spec(spec)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    return create_model(name, **kwargs).eval()
+
+
 def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warmup: int = 2) -> dict[str, list[float]]:
     """Run the callables in turn (A B A B ...) ``repeats`` times each, so load drifts hit all of them alike."""
     for _ in range(warmup):
@@ -252,7 +261,7 @@ def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warm
 
 
 def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int] = "224", *, repeats: int = 7,
-                          num_classes: int = 1000) -> list[dict]:
+                          num_classes: int | None = None) -> list[dict]:
     """Batch-1 eager latency of several models at one size, measured in turns (A B C A B C ...): the fairest
     comparison on a noisy machine; rows in the ``FIELDS`` format (mode ``eager``), e.g. for the Pareto plot."""
 
@@ -260,7 +269,7 @@ def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int]
     built = {}
     for name in models:
         torch.manual_seed(0)
-        built[name] = create_model(name, num_classes=num_classes).eval()
+        built[name] = _build(name, num_classes)
     fns = {n: _runner(m, torch.randn(1, getattr(m, "in_chans", 3), h, w)) for n, m in built.items()}
     times = interleaved_times(fns, repeats=repeats, warmup=1)
     rows = []
@@ -389,7 +398,8 @@ def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME")
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME[:KEY=VALUE]",
+                   help="model names, each optionally with constructor arguments, e.g. qtvit_seg_1_cityscapes:kernel=softmax")
     p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="S", help="sides or HxW, e.g. 224 512x1024")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     p.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "fused", "onnxruntime"],
@@ -422,9 +432,11 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     known = list_models()
-    for name in (args.profile or []) + ([] if args.goals or args.profile else args.models):
+    for spec in (args.profile or []) + ([] if args.goals or args.profile else args.models):
+        name = parse_model_spec(spec)[0]
         if name not in known:
-            raise SystemExit(f"qtvit benchmark models: unknown model {name!r}; see qtvit.list_models()")
+            raise SystemExit(f"qtvit benchmark models: unknown model {name!r}{did_you_mean(name, known)}; see "
+                             "qtvit.list_models()")
     try:
         sizes = [parse_size(s) for s in args.sizes]
     except ValueError as e:
