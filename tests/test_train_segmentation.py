@@ -7,6 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,14 +33,15 @@ class TinySeg(nn.Module):
     ``aux``: "none"; "tuple": (logits, aux_logits) from forward in training; "method": forward_with_aux, as the
     zoo's segmentation models."""
 
-    def __init__(self, num_classes: int = 11, in_chans: int = 3, width: int = 16, aux: str = "none"):
+    def __init__(self, num_classes: int = 11, in_chans: int = 3, width: int = 16, aux: str = "none",
+                 norm: str = "bn"):
         super().__init__()
         self.pretrained_cfg = {"input_size": (in_chans, 64, 64), "crop_pct": 1.0, "interpolation": "bicubic",
                                "mean": (0.5,) * in_chans, "std": (0.5,) * in_chans}
 
         def cna(i, o, stride=1, dilation=1):
             return nn.Sequential(nn.Conv2d(i, o, 3, stride, dilation, dilation=dilation, bias=False),
-                                 nn.BatchNorm2d(o), nn.GELU())
+                                 nn.BatchNorm2d(o) if norm == "bn" else nn.GroupNorm(4, o), nn.GELU())
         self.features = nn.Sequential(cna(in_chans, width, 2), cna(width, width, 2), cna(width, width, 1, 2),
                                       cna(width, width, 1, 4))
         self.head = nn.Conv2d(width, num_classes, 1)
@@ -164,8 +170,7 @@ def test_training_learns_shapes_and_writes_per_class_scores(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["task"] == "segmentation" and summary["metric"] == "miou" and summary["miou"] == rows[-1]["miou"]
     assert list(summary["per_class_iou"]) == ["background", "red", "green"]
-    defined = [v for v in summary["per_class_iou"].values()]
-    assert summary["miou"] == pytest.approx(sum(defined) / 3, abs=1e-3)
+    assert summary["miou"] == pytest.approx(sum(summary["per_class_iou"].values()) / 3, abs=1e-3)
     per_class = list(csv.DictReader((run / "per_class.csv").open()))
     assert len(per_class) == 5 * 3 and per_class[-1]["class"] == "green"
     assert float(per_class[-1]["iou"]) == pytest.approx(summary["per_class_iou"]["green"])
@@ -241,11 +246,11 @@ def test_validate_reports_the_runs_evaluation(seg_run, capsys):
     assert last["per_class_iou"] == pytest.approx(r["per_class_iou"], abs=1e-3)
     best = validate(run, data=SMALL_FMNIST, limit=4, device="cpu", workers=0)  # the run folder: its best weights
     assert best["miou"] == pytest.approx(r["best"]["miou"], abs=1e-3)
-    assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu", "--workers", "0"]) == 0
+    flags = ["--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu", "--workers", "0"]
+    assert main(["validate", "--checkpoint", str(run), *flags]) == 0
     out = capsys.readouterr().out
     assert f"mIoU {best['miou']:.2f}%" in out and "aAcc" in out and "top-1" not in out
-    assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu",
-                 "--workers", "0", "--json"]) == 0
+    assert main(["validate", "--checkpoint", str(run), *flags, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert list(shown["per_class_iou"])[:2] == ["background", "T-shirt/top"]
 
@@ -262,7 +267,8 @@ def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
     assert "a_mask.png" in capsys.readouterr().out
     net = load_model(run)
     palette = seg_palette(11)
-    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0] and len(np.unique(palette, axis=0)) == 11
+    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert len(np.unique(palette, axis=0)) == 11  # distinct colours
     for image, (h, w) in ((square, (64, 64)), (wide, (40, 72))):
         mask = Image.open(out / f"{image.stem}_mask.png")
         overlay = Image.open(out / f"{image.stem}_overlay.png")
@@ -305,6 +311,8 @@ def test_bad_choices_are_usage_errors(argv, message, capsys):
 def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys):
     with pytest.raises(ValueError, match=r"--task 'segmentaton': use classification or segmentation"):
         train(seg_config(tmp_path, task="segmentaton"))
+    with pytest.raises(ValueError, match="--mixup, --bce: classification only"):
+        train(seg_config(tmp_path, mixup=0.2, bce=True))
     with pytest.raises(ValueError, match="fashion-mnist is a classification dataset"):
         train(seg_config(tmp_path, data="fashion-mnist"))
     folder = tmp_path / "imagenet"
@@ -321,3 +329,35 @@ def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys)
     run, _ = seg_run
     assert main(["predict", str(folder / "train" / "cat" / "x.png"), "--checkpoint", str(run)]) == 1
     assert "pass --output-dir" in capsys.readouterr().err
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from qtvit.models import register_model
+    from test_train_segmentation import seg_config, seg_tiny_fwa
+    from qtvit.train import train
+    register_model(seg_tiny_fwa)
+    train(seg_config({out!r}, name="ddp", model="seg_tiny_fwa", model_kwargs={{"norm": "gn"}}, batch_size=2,
+                     max_steps=3, model_ema=True))
+""")
+
+
+def test_two_processes_train_and_score_the_whole_evaluation_set(tmp_path):
+    # the auxiliary head's forward under DDP, and one confusion matrix over both ranks' halves of the scenes
+    script = tmp_path / "ddp_seg.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["per_class_iou"]["background"] is not None
+    # rank 0's weights in one process, on all 4 evaluation scenes: the same scores
+    v = validate(latest_checkpoint(tmp_path / "ddp"), data=SMALL_FMNIST, limit=4, batch_size=4, device="cpu",
+                 workers=0)
+    assert v["images"] == 4
+    for key in ("miou", "macc", "aacc"):
+        assert v[key] == pytest.approx(summary[key], abs=1e-3)

@@ -28,16 +28,18 @@ _HELP = {
     "image/mask folders; scored by mIoU) (default: classification)",
     "model": "model name (qtvit.list_models())", "data": "'fashion-mnist' (default), a folder of Fashion-MNIST idx "
     "files, or an ImageNet-style folder with train/ and val/; with --task segmentation: 'fashion-mnist-scenes' "
-    "(default), an ADE20K or Cityscapes folder, or a folder of image/mask pairs", "output": "parent folder of run folders",
+    "(default), an ADE20K or Cityscapes folder, or a folder of image/mask pairs",
+    "output": "parent folder of run folders",
     "name": "run folder name (default <model>-<recipe>-<time>)", "num_classes": "classes (default: the dataset's)",
-    "img_size": "image size the data is cropped to (segmentation: the training crop), recorded in the saved weights (default: the model's); a "
-    "positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
+    "img_size": "image size the data is cropped to (segmentation: the training crop), recorded in the saved weights "
+    "(default: the model's); a positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
     "crop_pct": "eval crop ratio (default: the model's)",
     "epochs": "total epochs, warm-up included", "warmup_epochs": "linear warm-up epochs (fractions allowed)",
     "batch_size": "batch per process", "eval_batch_size": "eval batch per process", "lr": "peak learning rate",
     "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
     "min_lr": "final learning rate of the schedule", "schedule": "learning-rate decay after the warm-up: cosine, or "
-    "poly (power 0.9) (default: cosine)", "aux_weight": "segmentation: weight of the auxiliary head's loss", "warmup_lr": "learning rate at step 0",
+    "poly (power 0.9) (default: cosine)", "aux_weight": "segmentation: weight of the auxiliary head's loss",
+    "warmup_lr": "learning rate at step 0",
     "weight_decay": "AdamW weight decay (none on norms and biases)", "betas": "AdamW betas",
     "opt_eps": "AdamW eps", "clip_grad": "clip the gradient norm to this", "smoothing": "label smoothing",
     "bce": "BCE-with-logits loss instead of cross-entropy", "mixup": "mixup Beta alpha (0 = off)",

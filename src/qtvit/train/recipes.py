@@ -222,6 +222,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--task {cfg.task!r}: use {' or '.join(TASKS)}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"--schedule {cfg.schedule!r}: use {' or '.join(SCHEDULES)}")
+    if cfg.task == "segmentation":  # image-level mixing and erasing have no per-pixel meaning here
+        used = [f"--{k.replace('_', '-')}" for k in ("mixup", "cutmix", "randaug_n", "reprob", "bce")
+                if getattr(cfg, k)]
+        if used:
+            raise ValueError(f"{', '.join(used)}: classification only; segmentation augments with random scale, crop, "
+                             "flip and photometric jitter: leave them out")
     if cfg.drop_path_schedule not in ("constant", "linear"):
         raise ValueError(f"--drop-path-schedule {cfg.drop_path_schedule!r}: use constant or linear")
     if cfg.amp not in ("none", "bf16", "fp16"):

@@ -1,5 +1,6 @@
 """Setting a run up: the model from its name, the data (opened once, as the task reads it: classification or
-segmentation), the task, the optimiser and its companions, and the run folder. ``setup_run`` returns them in one ``Run`` that the loop (engine.py) reads.
+segmentation), the task, the optimiser and its companions, and the run folder. ``setup_run`` returns them in one
+``Run`` that the loop (engine.py) reads.
 """
 from __future__ import annotations
 
