@@ -329,6 +329,11 @@ def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys)
     run, _ = seg_run
     assert main(["predict", str(folder / "train" / "cat" / "x.png"), "--checkpoint", str(run)]) == 1
     assert "pass --output-dir" in capsys.readouterr().err
+    cls_run = train(tiny_config(tmp_path, name="classifier", max_steps=1))["run_dir"]
+    with pytest.raises(ValueError, match="--output-dir is for segmentation checkpoints"):
+        predict([folder / "train" / "cat" / "x.png"], cls_run, output_dir=tmp_path / "masks")
+    with pytest.raises(ValueError, match="--crop-pct is for classification checkpoints"):
+        validate(run, data=SMALL_FMNIST, crop_pct=0.9, limit=1, device="cpu", workers=0)
 
 
 _DDP_SCRIPT = textwrap.dedent("""

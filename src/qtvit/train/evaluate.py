@@ -134,6 +134,12 @@ def _class_names(net: nn.Module, num_classes: int) -> list[str]:
     return names + [str(i) for i in range(len(names), num_classes)]
 
 
+def _no_crop_pct(crop_pct: float | None) -> None:
+    if crop_pct is not None:
+        raise ValueError("--crop-pct is for classification checkpoints; a segmentation model sees the whole image "
+                         "(--img-size resizes its short side): leave --crop-pct out")
+
+
 def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str | None = None, *,
              batch_size: int = 256, img_size: int | None = None, crop_pct: float | None = None,
              device: str = "auto", amp: str = "none", limit: int | None = None, workers: int = 4) -> dict:
@@ -148,6 +154,7 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
         info = open_task_data(task, data)
         _check_classes(net, info.classes, num_classes)
         if task == "segmentation":
+            _no_crop_pct(crop_pct)
             data_cfg = _preprocessing(net, None, None, info.mean, info.std)
             batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1],
                                                  batch_size=batch_size, rank=d.rank, world=d.world, workers=workers,
@@ -186,6 +193,7 @@ def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathL
         if output_dir is None:
             raise ValueError("a segmentation checkpoint predicts masks: pass --output-dir, the folder to write "
                              "each image's <name>_mask.png and <name>_overlay.png to")
+        _no_crop_pct(crop_pct)
         yield from segment_images(net, images, output_dir, _preprocessing(net, None, None), names, img_size)
         return
     if output_dir is not None:
