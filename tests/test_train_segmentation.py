@@ -288,14 +288,20 @@ def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- bad input
 def test_recipe_and_flags_from_the_command_line(tmp_path):
     code = main(["train", "--recipe", "seg-scenes", "--model", "seg_tiny", "--data", SMALL_FMNIST, "--img-size", "64",
-                 "-b", "4", "--eval-batch-size", "4", "--limit-train", "8", "--limit-eval", "2", "--max-steps", "2",
-                 "--workers", "0", "--threads", "1", "--no-progress", "--output", str(tmp_path), "--name", "cli"])
+                 "-b", "4", "--eval-batch-size", "4", "--limit-train", "8", "--limit-eval", "2", "--epochs", "2",
+                 "--max-steps", "3", "--workers", "0", "--threads", "1", "--no-progress", "--output", str(tmp_path),
+                 "--name", "cli"])
     assert code == 0
     args = json.loads((tmp_path / "cli" / "args.json").read_text())
     assert args["task"] == "segmentation" and args["schedule"] == "poly" and args["batch_size"] == 4
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["stopped"] and summary["miou"] is not None and summary["task"] == "segmentation"
+    # the resumed run is a segmentation run again: the task comes back with the saved options
+    assert main(["train", "--resume", str(tmp_path / "cli"), "--no-progress"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [] or "miou" in rows[-1]
-    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["miou"] is not None
+    assert [row["step"] for row in rows] == [2, 4] and all("miou" in row and "top1" not in row for row in rows)
+    # poly decay after one epoch of warm-up (2 steps): step 3 of 4 is at t = 1/2
+    assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9)
 
 
 @pytest.mark.parametrize("argv, message", [

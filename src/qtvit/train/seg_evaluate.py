@@ -41,9 +41,12 @@ _SEGMENTATION_NAMES = (SCENES, "scenes")
 
 
 def _looks_like_segmentation(data) -> bool:
+    """ADE20K, Cityscapes or image/mask pairs (the layouts open_segmentation reads), which an ImageNet-style reader
+    would take for classes named "images" and "masks"."""
     root = Path(data).expanduser()
-    return root.is_dir() and any((root / p).is_dir() for p in ("ADEChallengeData2016", "leftImg8bit",
-                                                                "images/training", "train/masks"))
+    layouts = (("ADEChallengeData2016",), ("images/training", "annotations/training"), ("leftImg8bit", "gtFine"),
+               ("train/images", "train/masks"), ("val/images", "val/masks"))
+    return root.is_dir() and any(all((root / p).is_dir() for p in layout) for layout in layouts)
 
 
 def open_task_data(task: str, data: str | os.PathLike | None):
