@@ -344,8 +344,7 @@ def _closing_line(run: Run, state: RunState, final: dict, stopped: bool, seconds
     how = f"stopped at --max-steps {cfg.max_steps}" if stopped else "done"
     best_text = (f"best {task.metric} {best[task.metric]:.2f}% (epoch {best['epoch']}, {best['which']})"
                  if task.metric in best else f"no best {task.metric} (not a number)")
+    ema = f", EMA {scores('ema_')}" if f"ema_{task.metric}" in final else ""
     return (f"\n{how}: {cfg.model} after {state.global_step} steps ({state.epoch} of {cfg.epochs} epochs, "
-            f"{seconds / 60:.1f} min): test {scores('')}" + (f", EMA {scores('ema_')}" if f"ema_{task.metric}" in final
-                                                              else "")
-            + f"; {best_text}; skipped steps {state.skipped_steps}, skipped images {run.train_batches.num_skipped}\n"
-              f"run folder: {run.run_dir}")
+            f"{seconds / 60:.1f} min): test {scores('')}{ema}; {best_text}; skipped steps {state.skipped_steps}, "
+            f"skipped images {run.train_batches.num_skipped}\nrun folder: {run.run_dir}")

@@ -1,5 +1,5 @@
 """What differs between trainings: the task's batch, loss and metric. The loop (engine.py) is the same for every
-task; a task plugs into it with three methods:
+task; a task plugs into it with these methods:
 
 - ``batch(x, y, device, gen)``: the model input and the training target from a loader batch (augmentations
   included);
@@ -112,7 +112,8 @@ class Segmentation:
         return _WithAux(model) if hasattr(model, "forward_with_aux") else model
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, gen: torch.Generator):
-        x = self.augment(x.to(device, non_blocking=True))  # uint8 in, jittered and normalised float out
+        # uint8 in, jittered and normalised float out; the jitter draws from the global torch RNG (in checkpoints)
+        x = self.augment(x.to(device, non_blocking=True))
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(device, non_blocking=True)
@@ -129,7 +130,7 @@ class Segmentation:
         logits = main_logits(output, self.cfg.model)
         loss = self._cross_entropy(logits, target)
         aux = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-        if aux is not None and self.aux_weight > 0:
+        if aux is not None:  # even at weight 0: DDP needs every parameter in the graph (a zero gradient is fine)
             loss = loss + self.aux_weight * self._cross_entropy(aux, target)
         return loss
 
