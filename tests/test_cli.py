@@ -167,7 +167,7 @@ def test_interrupt_advises_resume_only_when_something_was_saved(tmp_path, monkey
     def no_data(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(setup, "open_dataset", no_data)
+    monkeypatch.setattr(setup, "open_task_data", no_data)  # interrupted while the data is opened
     assert main(_TRAIN + ["--output", str(tmp_path), "--name", "early"]) == 130
     err = capsys.readouterr().err
     assert "nothing was saved" in err and "--resume" not in err

@@ -26,16 +26,22 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 _HELP = {
+    "task": "classification, or segmentation (per-pixel labels: the Fashion-MNIST scenes, ADE20K, Cityscapes or "
+    "image/mask folders; scored by mIoU) (default: classification)",
     "model": "model name (qtvit.list_models())", "data": "'fashion-mnist' (default), a folder of Fashion-MNIST idx "
-    "files, or an ImageNet-style folder with train/ and val/", "output": "parent folder of run folders",
+    "files, or an ImageNet-style folder with train/ and val/; with --task segmentation: 'fashion-mnist-scenes' "
+    "(default), an ADE20K or Cityscapes folder, or a folder of image/mask pairs",
+    "output": "parent folder of run folders",
     "name": "run folder name (default <model>-<recipe>-<time>)", "num_classes": "classes (default: the dataset's)",
-    "img_size": "image size the data is cropped to, recorded in the saved weights (default: the model's); a "
-    "positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
+    "img_size": "image size the data is cropped to (segmentation: the training crop), recorded in the saved weights "
+    "(default: the model's); a positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
     "crop_pct": "eval crop ratio (default: the model's)",
     "epochs": "total epochs, warm-up included", "warmup_epochs": "linear warm-up epochs (fractions allowed)",
     "batch_size": "batch per process", "eval_batch_size": "eval batch per process", "lr": "peak learning rate",
     "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
-    "min_lr": "final learning rate of the cosine", "warmup_lr": "learning rate at step 0",
+    "min_lr": "final learning rate of the schedule", "schedule": "learning-rate decay after the warm-up: cosine, or "
+    "poly (power 0.9) (default: cosine)", "aux_weight": "segmentation: weight of the auxiliary head's loss",
+    "warmup_lr": "learning rate at step 0",
     "weight_decay": "AdamW weight decay (none on norms and biases)", "betas": "AdamW betas",
     "opt_eps": "AdamW eps", "clip_grad": "clip the gradient norm to this", "smoothing": "label smoothing",
     "bce": "BCE-with-logits loss instead of cross-entropy", "mixup": "mixup Beta alpha (0 = off)",
@@ -133,7 +139,8 @@ def _field_type(name: str, default):
 
 
 _INT_OR_NONE = ("num_classes", "img_size", "threads", "limit_train", "limit_eval", "max_steps")
-_SPECIAL = {"amp": dict(choices=["none", "bf16", "fp16"]), "drop_path_schedule": dict(choices=["constant", "linear"]),
+_SPECIAL = {"task": dict(choices=["classification", "segmentation"]), "schedule": dict(choices=["cosine", "poly"]),
+            "amp": dict(choices=["none", "bf16", "fp16"]), "drop_path_schedule": dict(choices=["constant", "linear"]),
             "device": dict(type=device_arg), "name": dict(type=run_name)}
 
 
@@ -143,7 +150,7 @@ def add_train_parser(subparsers) -> None:
     checked against recipes.BOUNDS as it is parsed."""
     from .train.recipes import BOUNDS, RECIPES, TrainConfig
     p = subparsers.add_parser(
-        "train", help="train a model (Fashion-MNIST by default)",
+        "train", help="train a model (Fashion-MNIST by default; --task segmentation: the scenes)",
         description="Train a model. Options left out take the --recipe's values, then the defaults shown. "
                     "Many processes: torchrun --nproc_per_node=N -m qtvit train ...")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
@@ -215,12 +222,15 @@ def _saved_model_flags(p) -> None:
 
 
 def add_validate_parser(subparsers) -> None:
-    p = subparsers.add_parser("validate", help="top-1/top-5 of a checkpoint on a dataset",
-                              description="Top-1 and top-5 accuracy (micro) of a checkpoint on a dataset's "
-                                          "eval split, with the model's eval protocol.")
+    p = subparsers.add_parser("validate", help="top-1/top-5 (or mIoU) of a checkpoint on a dataset",
+                              description="Top-1 and top-5 accuracy (micro) of a classification checkpoint on a "
+                                          "dataset's eval split, with the model's eval protocol; mIoU, mAcc and aAcc "
+                                          "(per-class IoU with --json) of a segmentation checkpoint, with the "
+                                          "dataset's protocol (--img-size: resize the short side to it).")
     _saved_model_flags(p)
     p.add_argument("--data", "--data-dir", dest="data", help="'fashion-mnist' (default), idx folder, or ImageNet-style "
-                                                             "folder (its val/)")
+                                                             "folder (its val/); segmentation: 'fashion-mnist-scenes' "
+                                                             "(default), ADE20K, Cityscapes or image/mask folder")
     p.add_argument("-b", "--batch-size", type=positive_int, default=256)
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
@@ -236,19 +246,24 @@ def run_validate(args: argparse.Namespace) -> int:
                  crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers)
     if args.json:
         print(json.dumps(r))
-    else:
-        print(f"{r['model']} ({r['checkpoint']}): top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss "
-              f"{r['loss']:.4f}  on {r['images']} images" + (f" ({r['skipped_images']} unreadable, skipped)"
-                                                              if r["skipped_images"] else ""))
+        return 0
+    scores = (f"mIoU {r['miou']:.2f}%  mAcc {r['macc']:.2f}%  aAcc {r['aacc']:.2f}%" if r["task"] == "segmentation"
+              else f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%")
+    print(f"{r['model']} ({r['checkpoint']}): {scores}  loss {r['loss']:.4f}  on {r['images']} images"
+          + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else ""))
     return 0
 
 
 def add_predict_parser(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="top-5 classes of images",
-                              description="Print the top classes with probabilities for each image.")
+    p = subparsers.add_parser("predict", help="top-5 classes (or segmentation masks) of images",
+                              description="Print the top classes with probabilities for each image; with a "
+                                          "segmentation checkpoint, write each image's colour mask "
+                                          "(<name>_mask.png, a palette PNG whose values are the classes) and overlay "
+                                          "(<name>_overlay.png) into --output-dir.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _saved_model_flags(p)
     p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image")
+    p.add_argument("--output-dir", help="segmentation: the folder the mask and overlay PNGs are written to")
     p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -258,12 +273,18 @@ def add_predict_parser(subparsers) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from .train import iter_predictions
     results = iter_predictions(args.images, args.checkpoint, args.model, topk=args.topk, device=args.device,
-                               batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct)
+                               batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct,
+                               output_dir=args.output_dir)
     if args.json:
         print(json.dumps(list(results)))
         return 0
     for r in results:  # printed as they come: a long list shows progress
         print(r["image"])
+        if "mask" in r:  # segmentation
+            print(f"  mask {r['mask']}, overlay {r['overlay']} ({r['size'][0]} x {r['size'][1]})")
+            for name, share in list(r["classes"].items())[:args.topk]:
+                print(f"  {100 * share:6.2f}%  {name}")
+            continue
         for name, p in r["top"]:
             print(f"  {100 * p:6.2f}%  {name}")
     return 0

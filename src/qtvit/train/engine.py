@@ -6,7 +6,8 @@
     train_step     learning rate, drop-path rate, the task's batch and loss, backward, clip, skip a non-finite
                    step, optimiser, EMA
     end_epoch      the epoch's metrics row, evaluation, metrics file, checkpoint
-    evaluate_run   the model (and its EMA), BN re-estimated when asked; the best weights
+    evaluate_run   the model (and its EMA), BN re-estimated when asked, scored by the task (tasks.py); the best
+                   weights by the task's metric; per-class scores (segmentation) to per_class.csv
     save           a checkpoint: weights, EMA, optimiser, run state, every process's random generators
 
 A run stops after its epochs, at --max-steps (then it ends like a finished run: evaluation, final checkpoint,
@@ -31,8 +32,9 @@ from .._io import atomic_write
 from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
                           save_checkpoint, save_weights)
 from .distributed import all_reduce_mean, cleanup_distributed, setup_distributed
-from .evaluate import autocast, reestimate_bn_on
-from .metrics import peak_memory_mb, write_metrics
+from .evaluate import reestimate_bn_on
+from .inputs import autocast
+from .metrics import peak_memory_mb, write_metrics, write_per_class
 from .optim import lr_at
 from .recipes import TrainConfig
 from .setup import Run, resumed_run_dir, setup_run
@@ -77,7 +79,8 @@ class _StopOnCtrlC:
 
 def train(cfg: TrainConfig) -> dict:
     """Train as `cfg` says (one process, or one of torchrun's) and return a summary: run folder, per-epoch
-    history, per-step losses of this process's steps, final and best accuracy, skipped steps, the model."""
+    history, per-step losses of this process's steps, the final scores (the task's: top1/top5, or miou/macc/aacc
+    and per-class IoU) and the best, skipped steps, the model."""
     d = setup_distributed(cfg.device)
     run = None
     try:
@@ -191,7 +194,8 @@ def _add_time(state: RunState, t0: float, c0: float) -> tuple[float, float]:
 def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor) -> float:
     """One optimiser step on a loader batch; returns the loss."""
     cfg, model = run.cfg, run.model
-    state.lr = lr_at(state.global_step, run.total_steps, run.warmup_steps, run.lr, cfg.min_lr, cfg.warmup_lr)
+    state.lr = lr_at(state.global_step, run.total_steps, run.warmup_steps, run.lr, cfg.min_lr, cfg.warmup_lr,
+                     cfg.schedule)
     for g in run.optimizer.param_groups:
         g["lr"] = state.lr
     if cfg.drop_path_schedule == "linear":  # official EfficientViT: the rate grows with training progress
@@ -246,27 +250,40 @@ def end_epoch(run: Run, state: RunState) -> None:
 
 
 def evaluate_run(run: Run, state: RunState) -> dict:
-    """Evaluate the model and its EMA (BN statistics re-estimated first when asked); the better than ever is
-    saved as the run's best weights. Returns the metrics as row entries (``top1``, ``ema_top1``, ...)."""
-    cfg, out = run.cfg, {}
+    """Evaluate the model and its EMA (BN statistics re-estimated first when asked); the best by the task's metric
+    so far is saved as the run's best weights. Returns the metrics as row entries: the task's scores, ``eval_loss``
+    (``ema_``-prefixed for the EMA) and ``eval_images``; per-class lists go to per_class.csv instead."""
+    cfg, task, out = run.cfg, run.task, {}
     candidates = [("model", run.model)] + ([("ema", run.ema.module)] if run.ema is not None else [])
     for which, m in candidates:
         if cfg.bn_reestimate_images > 0:
             m = copy.deepcopy(m)
             reestimate_bn_on(m, run.bn_batches, run.data_cfg, run.device, cfg.bn_reestimate_images)
-        r = run.task.evaluate(m, run.eval_batches, run.device)
+        r = task.evaluate(m, run.eval_batches, run.device)
         prefix = "" if which == "model" else "ema_"
-        out.update({f"{prefix}top1": r["top1"], f"{prefix}top5": r["top5"], f"{prefix}eval_loss": r["loss"]})
-        if r[run.task.metric] > state.best["top1"]:
-            state.best = {"top1": r["top1"], "top5": r["top5"], "epoch": state.epoch, "step": state.global_step,
-                          "which": which}
+        scores = {k: r[k] for k in task.scores}
+        out.update({f"{prefix}{k}": v for k, v in scores.items()})
+        out[f"{prefix}eval_loss"] = r["loss"]
+        per_class = {k.removeprefix("per_class_"): v for k, v in r.items() if k.startswith("per_class_")}
+        if per_class:
+            state.per_class.append({"epoch": state.epoch, "step": state.global_step, "which": which, **per_class})
+        # NaN (no class defined) is never better
+        if r[task.metric] > state.best.get(task.metric, float("-inf")):
+            state.best = {**scores, "epoch": state.epoch, "step": state.global_step, "which": which,
+                          "metric": task.metric}
             if run.dist.is_main:  # best/ is a save_pretrained folder: weights and config.json
                 save_weights(m, run.run_dir / "best" / "model.safetensors")
                 config = {**model_config(m), **state.best}
                 atomic_write(run.run_dir / "best" / "config.json",
                              lambda t: Path(t).write_text(json.dumps(config, indent=2)))
     out["eval_images"] = r["images"]
+    if state.per_class and run.dist.is_main:
+        write_per_class(run.run_dir, state.per_class, _class_names(run))
     return out
+
+
+def _class_names(run: Run) -> list[str]:
+    return list(run.model.pretrained_cfg.get("label_names") or [str(i) for i in range(run.num_classes)])
 
 
 def save(run: Run, state: RunState) -> None:
@@ -292,25 +309,42 @@ def save(run: Run, state: RunState) -> None:
 def _finish(run: Run, state: RunState, seconds: float) -> dict:
     """End every run the same way, finished or stopped at --max-steps: an evaluation of the final weights (unless
     the last epoch just had one), a final checkpoint, summary.json and the closing log line."""
-    cfg = run.cfg
+    cfg, task = run.cfg, run.task
     final = state.history[-1] if state.history and state.history[-1]["step"] == state.global_step else None
-    if final is None or "top1" not in final:
+    if final is None or task.metric not in final:
         final = evaluate_run(run, state)
     if run.saved_step != state.global_step:
         save(run, state)
     stopped = state.epoch < cfg.epochs
     summary = {"run_dir": str(run.run_dir), "history": state.history, "step_losses": run.step_losses,
                "global_step": state.global_step, "epochs_done": state.epoch, "skipped_steps": state.skipped_steps,
-               "stopped": stopped, "model": run.model, "best": state.best, "top1": final.get("top1"),
-               "top5": final.get("top5"), "train_time_s": seconds}
+               "stopped": stopped, "model": run.model, "task": cfg.task, "metric": task.metric, "best": state.best,
+               **{k: final.get(k) for k in task.scores}, **_last_per_class(run, state), "train_time_s": seconds}
     if run.dist.is_main:
         text = {k: v for k, v in summary.items() if k not in ("history", "step_losses", "model")}
         atomic_write(run.run_dir / "summary.json", lambda t: Path(t).write_text(json.dumps(text, indent=2)))
-        how = f"stopped at --max-steps {cfg.max_steps}" if stopped else "done"
-        run.log(f"\n{how}: {cfg.model} after {state.global_step} steps ({state.epoch} of {cfg.epochs} epochs, "
-                f"{seconds / 60:.1f} min): test top-1 {final['top1']:.2f}%, top-5 {final['top5']:.2f}%"
-                + (f", EMA top-1 {final['ema_top1']:.2f}%" if "ema_top1" in final else "")
-                + f"; best top-1 {state.best['top1']:.2f}% (epoch {state.best['epoch']}, {state.best['which']}); "
-                  f"skipped steps {state.skipped_steps}, skipped images {run.train_batches.num_skipped}\n"
-                  f"run folder: {run.run_dir}")
+        run.log(_closing_line(run, state, final, stopped, seconds))
     return summary
+
+
+def _last_per_class(run: Run, state: RunState) -> dict:
+    """The per-class lists of the model's last evaluation as {"per_class_iou": {class: value}, ...}."""
+    rows = [r for r in state.per_class if r["which"] == "model"]
+    if not rows:
+        return {}
+    names = _class_names(run)
+    return {f"per_class_{k}": dict(zip(names, v)) for k, v in rows[-1].items() if isinstance(v, list)}
+
+
+def _closing_line(run: Run, state: RunState, final: dict, stopped: bool, seconds: float) -> str:
+    cfg, task, best = run.cfg, run.task, state.best
+
+    def scores(prefix: str) -> str:
+        return ", ".join(f"{k} {final[prefix + k]:.2f}%" for k in task.scores if prefix + k in final)
+    how = f"stopped at --max-steps {cfg.max_steps}" if stopped else "done"
+    best_text = (f"best {task.metric} {best[task.metric]:.2f}% (epoch {best['epoch']}, {best['which']})"
+                 if task.metric in best else f"no best {task.metric} (not a number)")
+    ema = f", EMA {scores('ema_')}" if f"ema_{task.metric}" in final else ""
+    return (f"\n{how}: {cfg.model} after {state.global_step} steps ({state.epoch} of {cfg.epochs} epochs, "
+            f"{seconds / 60:.1f} min): test {scores('')}{ema}; {best_text}; skipped steps {state.skipped_steps}, "
+            f"skipped images {run.train_batches.num_skipped}\nrun folder: {run.run_dir}")

@@ -1,5 +1,6 @@
 """Using a model on data: evaluation (top-1/top-5 and loss), BN re-estimation before it, and for a saved model
-(any weights file, checkpoint folder or run folder) validation on a dataset and prediction on image files.
+(any weights file, checkpoint folder or run folder) validation on a dataset and prediction on image files, as the
+task it was trained for (classification here; segmentation's evaluation and masks in seg_evaluate.py).
 
 A saved model describes itself: its architecture, constructor arguments and preprocessing (input size, crop,
 interpolation, mean, std) and class names are in the file, so ``load_model`` needs nothing else; ``img_size`` and
@@ -14,30 +15,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import DataConfig, build_batches, normalize, open_dataset, open_image, resolve_data_config
+from ..data import DataConfig, build_batches, open_image, resolve_data_config
+from ..data.segmentation import build_segmentation_batches
 from ..data.transforms import EvalTransform
 from ..layers.norm import reestimate_bn
 from ..checkpoints import CheckpointError, model_config, read_config, resolve_weights
 from ..models import create_model
 from .distributed import all_reduce_mean, cleanup_distributed, resolve_device, setup_distributed
+from .inputs import autocast, model_input
 from .metrics import TopKAccuracy
+from .recipes import TASKS
+from .seg_evaluate import evaluate_segmentation, open_task_data, segment_images
 
-__all__ = ["autocast", "model_input", "evaluate", "reestimate_bn_on", "load_model", "validate", "predict",
+__all__ = ["autocast", "model_input", "evaluate", "reestimate_bn_on", "load_model", "task_of", "validate", "predict",
            "iter_predictions"]
-
-
-def autocast(device: torch.device, amp: str):
-    """torch.autocast for --amp none | bf16 | fp16."""
-    if amp not in ("none", "bf16", "fp16"):
-        raise ValueError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")
-
-
-def model_input(x: torch.Tensor, data_cfg: DataConfig, device: torch.device, channels_last: bool = False):
-    """A uint8 loader batch as the model's input: on the device, normalised, in the memory format asked for."""
-    x = normalize(x.to(device, non_blocking=True), data_cfg.mean, data_cfg.std)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.no_grad()
@@ -81,7 +72,9 @@ def _classes_and_channels(net: nn.Module) -> tuple[int, int]:
     if not num_classes:
         with torch.no_grad():
             dev = next(net.parameters()).device
-            num_classes = net(torch.zeros(1, in_chans, size[-2], size[-1], device=dev)).shape[-1]
+            out = net(torch.zeros(1, in_chans, size[-2], size[-1], device=dev))
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            num_classes = out.shape[1]  # (B, classes) or per-pixel (B, classes, h, w)
     return int(num_classes), int(in_chans)
 
 
@@ -117,29 +110,66 @@ def _preprocessing(net: nn.Module, img_size: int | None, crop_pct: float | None,
                                dataset_mean=dataset_mean, dataset_std=dataset_std)
 
 
+def task_of(net: nn.Module) -> str:
+    """The task a saved model was trained for (recorded in its pretrained_cfg; older files: classification)."""
+    task = net.pretrained_cfg.get("task") or "classification"
+    if task not in TASKS:
+        raise CheckpointError(f"the checkpoint was trained for task {task!r}, which this qtvit does not know "
+                              f"({' or '.join(TASKS)}); update qtvit")
+    return task
+
+
+def _check_classes(net: nn.Module, classes: list[str], num_classes: int) -> None:
+    if len(classes) > num_classes:
+        raise ValueError(f"the dataset has {len(classes)} classes, the checkpoint {num_classes}; "
+                         "validate on the dataset the model was trained for")
+    names = net.pretrained_cfg.get("label_names")
+    if names and list(names[:len(classes)]) != list(classes):
+        raise ValueError(f"the dataset's classes {classes[:5]}... differ from the checkpoint's "
+                         f"{list(names[:5])}...; validate on the dataset the model was trained for")
+
+
+def _class_names(net: nn.Module, num_classes: int) -> list[str]:
+    names = list(net.pretrained_cfg.get("label_names") or [])
+    return names + [str(i) for i in range(len(names), num_classes)]
+
+
+def _no_crop_pct(crop_pct: float | None) -> None:
+    if crop_pct is not None:
+        raise ValueError("--crop-pct is for classification checkpoints; a segmentation model sees the whole image "
+                         "(--img-size resizes its short side): leave --crop-pct out")
+
+
 def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str | None = None, *,
              batch_size: int = 256, img_size: int | None = None, crop_pct: float | None = None,
              device: str = "auto", amp: str = "none", limit: int | None = None, workers: int = 4) -> dict:
-    """Top-1 / top-5 (micro, percent) and loss of a saved model on a dataset's eval split (default: Fashion-MNIST
-    test), with the saved preprocessing (or `img_size` / `crop_pct`)."""
+    """A saved model on a dataset's eval split, scored as its task does (recorded in the file): top-1 / top-5
+    (micro, percent) and loss on Fashion-MNIST test by default, with the saved preprocessing (or `img_size` /
+    `crop_pct`); or mIoU, mAcc, aAcc, per-class IoU / accuracy ({class: percent}) and loss on the Fashion-MNIST
+    scenes by default, with the dataset's evaluation protocol (`img_size`: resize the short side to it)."""
     d = setup_distributed(device)
     try:
         net = load_model(checkpoint, model, device=d.device)
-        num_classes = _classes_and_channels(net)[0]
-        info = open_dataset(data)
-        if len(info.classes) > num_classes:
-            raise ValueError(f"the dataset has {len(info.classes)} classes, the checkpoint {num_classes}; "
-                             "validate on the dataset the model was trained for")
-        names = net.pretrained_cfg.get("label_names")
-        if names and list(names[:len(info.classes)]) != list(info.classes):
-            raise ValueError(f"the dataset's classes {info.classes[:5]}... differ from the checkpoint's "
-                             f"{list(names[:5])}...; validate on the dataset the model was trained for")
-        data_cfg = _preprocessing(net, img_size, crop_pct, info.mean, info.std)
-        batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size, rank=d.rank,
-                                world=d.world, workers=workers, limit=limit)
-        r = evaluate(net, batches, data_cfg, d.device, num_classes, amp)
+        num_classes, task = _classes_and_channels(net)[0], task_of(net)
+        info = open_task_data(task, data)
+        _check_classes(net, info.classes, num_classes)
+        if task == "segmentation":
+            _no_crop_pct(crop_pct)
+            data_cfg = _preprocessing(net, None, None, info.mean, info.std)
+            batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1],
+                                                 batch_size=batch_size, rank=d.rank, world=d.world, workers=workers,
+                                                 limit=limit, eval_short_side=img_size)
+            r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp)
+            names = _class_names(net, num_classes)
+            r.update({k: dict(zip(names, v)) for k, v in r.items() if k.startswith("per_class_")})
+        else:
+            data_cfg = _preprocessing(net, img_size, crop_pct, info.mean, info.std)
+            batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size, rank=d.rank,
+                                    world=d.world, workers=workers, limit=limit)
+            r = evaluate(net, batches, data_cfg, d.device, num_classes, amp)
         r["skipped_images"] = batches.num_skipped
-        return {**r, "model": net.pretrained_cfg["architecture"], "checkpoint": str(resolve_weights(checkpoint))}
+        return {**r, "task": task, "model": net.pretrained_cfg["architecture"],
+                "checkpoint": str(resolve_weights(checkpoint))}
     finally:
         cleanup_distributed()
 
@@ -147,16 +177,29 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
 @torch.no_grad()
 def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathLike, model: str | None = None, *,
                      topk: int = 5, device: str = "cpu", batch_size: int = 64, img_size: int | None = None,
-                     crop_pct: float | None = None) -> Iterator[dict]:
+                     crop_pct: float | None = None, output_dir: str | os.PathLike | None = None) -> Iterator[dict]:
     """For each image file, in order: {"image", "top": [(class name, probability), ...]} with the `topk` most
-    likely classes. Images are decoded and run `batch_size` at a time, so any number fits in memory."""
+    likely classes. Images are decoded and run `batch_size` at a time, so any number fits in memory.
+
+    A segmentation checkpoint writes a colour mask and an overlay PNG per image into `output_dir` instead and
+    yields {"image", "mask", "overlay", "size", "classes": {class: share of pixels}} (see seg_evaluate.py), one
+    image at a time at its own size (`img_size`: its short side resized to that)."""
     if topk < 1 or batch_size < 1:
         raise ValueError(f"topk {topk} and batch_size {batch_size} must be positive; pass --topk 5 -b 64 e.g.")
     net = load_model(checkpoint, model, device=device)
     dev = next(net.parameters()).device
+    names = _class_names(net, _classes_and_channels(net)[0])
+    if task_of(net) == "segmentation":
+        if output_dir is None:
+            raise ValueError("a segmentation checkpoint predicts masks: pass --output-dir, the folder to write "
+                             "each image's <name>_mask.png and <name>_overlay.png to")
+        _no_crop_pct(crop_pct)
+        yield from segment_images(net, images, output_dir, _preprocessing(net, None, None), names, img_size)
+        return
+    if output_dir is not None:
+        raise ValueError("--output-dir is for segmentation checkpoints (masks); a classification checkpoint prints "
+                         "its classes: leave --output-dir out")
     data_cfg = _preprocessing(net, img_size, crop_pct)
-    names = list(net.pretrained_cfg.get("label_names") or [])
-    names += [str(i) for i in range(len(names), _classes_and_channels(net)[0])]
     tf = EvalTransform(data_cfg.input_size[-1], data_cfg.crop_pct, data_cfg.interpolation)
     mode = "L" if data_cfg.input_size[0] == 1 else "RGB"
     for lo in range(0, len(images), batch_size):

@@ -1,5 +1,5 @@
 """Top-k accuracy (micro-averaged, i.e. the fraction of images whose label is in the top k: the ImageNet number)
-and the per-epoch metrics file of a run."""
+and the per-epoch metrics files of a run."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,7 @@ import torch
 
 from .._io import atomic_write
 
-__all__ = ["TopKAccuracy", "peak_memory_mb", "write_metrics"]
+__all__ = ["TopKAccuracy", "peak_memory_mb", "write_metrics", "write_per_class"]
 
 
 class TopKAccuracy:
@@ -55,3 +55,17 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
     w.writerows(rows)
     atomic_write(run_dir / "metrics.csv", lambda t: Path(t).write_text(buf.getvalue()))
     atomic_write(run_dir / "metrics.jsonl", lambda t: Path(t).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+
+def write_per_class(run_dir: str | os.PathLike, rows: list[dict], class_names: list[str]) -> None:
+    """Rewrite ``per_class.csv`` from every evaluation's per-class scores (rows {"epoch", "step", "which", <score>:
+    one value per class}): one line per evaluation and class, a column per score; an undefined score is empty."""
+    scores = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, list)))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["epoch", "step", "which", "class_index", "class", *scores])
+    for r in rows:
+        for i, name in enumerate(class_names):
+            w.writerow([r["epoch"], r["step"], r["which"], i, name,
+                        *("" if r.get(k) is None or r[k][i] is None else r[k][i] for k in scores)])
+    atomic_write(Path(run_dir) / "per_class.csv", lambda t: Path(t).write_text(buf.getvalue()))

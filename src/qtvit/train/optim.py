@@ -1,4 +1,5 @@
-"""AdamW parameter groups (no decay on norms and biases) and the learning-rate schedule (linear warm-up, cosine)."""
+"""AdamW parameter groups (no decay on norms and biases) and the learning-rate schedule (linear warm-up, then cosine
+or poly decay)."""
 from __future__ import annotations
 
 import math
@@ -32,9 +33,15 @@ def create_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0,
-          warmup_lr: float = 0.0) -> float:
-    """Linear warm-up from `warmup_lr` to `lr` over `warmup_steps`, then cosine decay to `min_lr` at `total_steps`."""
+          warmup_lr: float = 0.0, schedule: str = "cosine", power: float = 0.9) -> float:
+    """Linear warm-up from `warmup_lr` to `lr` over `warmup_steps`, then decay to `min_lr` at `total_steps`:
+    cosine, or poly ``min_lr + (lr - min_lr) * (1 - t) ** power`` (mmseg's PolyLR, power 0.9 in its segmentation
+    recipes), t the fraction of the decay done."""
     if step < warmup_steps:
         return warmup_lr + (lr - warmup_lr) * step / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+    t = min((step - warmup_steps) / max(1, total_steps - warmup_steps), 1.0)
+    if schedule == "poly":
+        return min_lr + (lr - min_lr) * (1 - t) ** power
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; use cosine or poly")
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t))

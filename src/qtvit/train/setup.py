@@ -1,5 +1,6 @@
-"""Setting a run up: the model from its name, the data (opened once), the task, the optimiser and its companions,
-and the run folder. ``setup_run`` returns them in one ``Run`` that the loop (engine.py) reads.
+"""Setting a run up: the model from its name, the data (opened once, as the task reads it: classification or
+segmentation), the task, the optimiser and its companions, and the run folder. ``setup_run`` returns them in one
+``Run`` that the loop (engine.py) reads.
 """
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints import latest_checkpoint
-from ..data import DataConfig, DatasetInfo, build_batches, open_dataset, resolve_data_config
+from ..data import DataConfig, DatasetInfo, build_batches, resolve_data_config
+from ..data.segmentation import SegDatasetInfo, build_segmentation_batches
 from ..models import create_model, set_pretrained_cfg
 from .distributed import DistInfo, broadcast_object
 from .ema import ModelEma
 from .optim import create_optimizer
 from .recipes import MAX_IMG_SIZE, TrainConfig, check_config
-from .tasks import Classification, Task
+from .seg_evaluate import open_task_data
+from .tasks import Task, create_task
 
 __all__ = ["Run", "setup_run", "build_model", "run_dir_of", "resumed_run_dir"]
 
@@ -70,10 +73,11 @@ class Run:
     """What a run is made of; built once by setup_run, read by every part of the loop."""
     cfg: TrainConfig
     dist: DistInfo
-    info: DatasetInfo
+    info: DatasetInfo | SegDatasetInfo
     data_cfg: DataConfig
     num_classes: int
-    model: nn.Module          # the model itself; train_model is its DDP wrapper in a distributed run
+    model: nn.Module          # the model itself; train_model is what training calls: the task's view of it
+                              # (task.train_module), in its DDP wrapper in a distributed run
     train_model: nn.Module
     task: Task
     train_batches: object
@@ -122,12 +126,28 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     set_pretrained_cfg(model, {**model.pretrained_cfg, "input_size": list(data_cfg.input_size),
                                "crop_pct": data_cfg.crop_pct, "interpolation": data_cfg.interpolation,
                                "mean": list(data_cfg.mean), "std": list(data_cfg.std), "num_classes": num_classes,
-                               "label_names": labels, "dataset": info.kind, "recipe": cfg.recipe},
+                               "label_names": labels, "dataset": info.kind, "recipe": cfg.recipe, "task": cfg.task},
                        model.pretrained_cfg.get("architecture", cfg.model))
     return model, data_cfg, num_classes
 
 
+def _seg_batches(cfg: TrainConfig, info: SegDatasetInfo, data_cfg: DataConfig, d: DistInfo):
+    # --img-size is the training crop; evaluation follows the dataset's protocol (labels at their own size)
+    common = dict(crop_size=data_cfg.input_size[-1], seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
+    train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, limit=cfg.limit_train,
+                                       hflip=cfg.hflip, **common)
+    evals = build_segmentation_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval,
+                                       **common)
+    bn = None
+    if cfg.bn_reestimate_images > 0:
+        bn = build_segmentation_batches(info, train=True, batch_size=min(cfg.bn_reestimate_batch, train.num_samples),
+                                        limit=cfg.limit_train, hflip=cfg.hflip, **common)
+    return train, evals, bn
+
+
 def _batches(cfg: TrainConfig, info: DatasetInfo, data_cfg: DataConfig, d: DistInfo):
+    if cfg.task == "segmentation":
+        return _seg_batches(cfg, info, data_cfg, d)
     common = dict(data_cfg=data_cfg, seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
     crops = dict(padding=cfg.padding, hflip=cfg.hflip, limit=cfg.limit_train, rrc_scale=tuple(cfg.rrc_scale))
     train = build_batches(info, train=True, batch_size=cfg.batch_size, **common, **crops)
@@ -151,7 +171,7 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
     log = print if d.is_main else (lambda *a, **k: None)
     # Seeds: the same model init on every rank (DDP also broadcasts it), then per-rank streams for dropout/aug.
     torch.manual_seed(cfg.seed)
-    info = open_dataset(cfg.data)
+    info = open_task_data(cfg.task, cfg.data)
     model, data_cfg, num_classes = _model_and_data(cfg, info, log)
     train, evals, bn = _batches(cfg, info, data_cfg, d)
     model.to(device)
@@ -169,11 +189,13 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
     torch.manual_seed(cfg.seed + d.rank)
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
-    train_model = model
+    task = create_task(cfg, num_classes, data_cfg)
+    train_model = task.train_module(model)
     if d.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(train_model,
+                                                          device_ids=[device] if device.type == "cuda" else None)
     return Run(cfg=cfg, dist=d, info=info, data_cfg=data_cfg, num_classes=num_classes, model=model,
-               train_model=train_model, task=Classification(num_classes, data_cfg, cfg, cfg.amp), train_batches=train,
+               train_model=train_model, task=task, train_batches=train,
                eval_batches=evals, bn_batches=bn, optimizer=optimizer, scaler=scaler, ema=ema, aug_gen=aug_gen, lr=lr,
                total_steps=cfg.epochs * len(train), warmup_steps=round(cfg.warmup_epochs * len(train)),
                run_dir=Path(broadcast_object(str(run_dir_of(cfg)))), log=log,

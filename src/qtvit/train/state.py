@@ -25,7 +25,10 @@ class RunState:
     skipped_steps: int = 0         # steps whose gradients were not finite
     lr: float = 0.0                # the learning rate of the last step
     history: list = field(default_factory=list)  # one row per completed epoch (metrics.csv)
-    best: dict = field(default_factory=lambda: {"top1": -1.0, "epoch": -1, "which": ""})
+    # the best evaluation by the task's metric: its scores (e.g. top1, top5), epoch, step, which weights, metric
+    best: dict = field(default_factory=lambda: {"epoch": -1, "which": ""})
+    # per-class scores of every evaluation (segmentation): {"epoch", "step", "which", "iou": [...], "acc": [...]}
+    per_class: list = field(default_factory=list)
     # Sums over the current epoch's steps so far: a run resumed mid-epoch adds to them, so the epoch's row
     # covers the whole epoch, not only the steps after the resume.
     loss_sum: float = 0.0

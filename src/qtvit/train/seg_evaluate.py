@@ -1,0 +1,172 @@
+"""Segmentation on data and on image files: evaluation (mIoU, mAcc, aAcc, per-class IoU and accuracy, loss), the
+colour masks and overlays of prediction, and which dataset a task reads (``open_task_data``: a segmentation run
+refuses a classification dataset and the other way round, naming the flag to change).
+
+Evaluation follows the dataset's protocol (``data.segmentation``): each evaluation image at its protocol size, the
+logits resized (bicubic, as EfficientViT's evaluation) to the labels' own size, one confusion matrix over every
+image of every process (``seg_metrics``). Prediction runs one image at a time at its own size (or its short side
+resized to ``img_size``, multiples of 32, as the ADE20K protocol), and writes for ``<name>.<ext>``:
+
+* ``<name>_mask.png``: the predicted class of every pixel, at the image's size, as a palette PNG: its pixel values
+  are the class indices and its palette the fixed colours of ``seg_palette`` (class 0 black, then the Pascal VOC
+  colour map), so it reads back as labels (``np.array(Image.open(p))``) and shows in colour;
+* ``<name>_overlay.png``: the image blended half and half with the mask's colours (RGB).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from .._io import atomic_write
+from ..data import DataConfig, open_dataset, open_image
+from ..data.segmentation import SCENES, open_segmentation
+from ..data.seg_transforms import SegEvalTransform
+from ..data.transforms import pil_to_uint8
+from .inputs import autocast, model_input
+from .recipes import TASKS
+from .seg_metrics import SegmentationMetrics, upsample_logits
+
+__all__ = ["open_task_data", "main_logits", "evaluate_segmentation", "seg_palette", "segment_images"]
+
+_CLASSIFICATION_NAMES = ("fashion-mnist", "fashion_mnist", "fashionmnist")
+_SEGMENTATION_NAMES = (SCENES, "scenes")
+
+
+def _looks_like_segmentation(data) -> bool:
+    """ADE20K, Cityscapes or image/mask pairs (the layouts open_segmentation reads), which an ImageNet-style reader
+    would take for classes named "images" and "masks"."""
+    root = Path(data).expanduser()
+    layouts = (("ADEChallengeData2016",), ("images/training", "annotations/training"), ("leftImg8bit", "gtFine"),
+               ("train/images", "train/masks"), ("val/images", "val/masks"))
+    return root.is_dir() and any(all((root / p).is_dir() for p in layout) for layout in layouts)
+
+
+def open_task_data(task: str, data: str | os.PathLike | None):
+    """The dataset `data` names, read as the task needs it: ``open_segmentation`` or ``open_dataset``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use {' or '.join(TASKS)}")
+    if task == "segmentation":
+        if data is not None and str(data).lower() in _CLASSIFICATION_NAMES:
+            raise ValueError(f"--task segmentation: --data {data} is a classification dataset; leave --data out (or "
+                             f"pass {SCENES}) for the Fashion-MNIST scenes, or pass an ADE20K, Cityscapes or "
+                             "image/mask folder")
+        try:
+            return open_segmentation(data)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"--task segmentation: {e}") from None
+    if data is not None and (str(data).lower() in _SEGMENTATION_NAMES or _looks_like_segmentation(data)):
+        raise ValueError(f"--data {data} is a segmentation dataset; pass --task segmentation, or a classification "
+                         "dataset (fashion-mnist, an idx folder, an ImageNet-style folder)")
+    return open_dataset(data)
+
+
+def main_logits(output, model_name: str = "the model") -> torch.Tensor:
+    """The per-pixel logits (B, K, h, w) of a model's output: its first element when it is (logits, aux_logits)."""
+    logits = output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{model_name} returned {shape}, not per-pixel logits (B, classes, h, w): segmentation "
+                         "needs a segmentation model (efficientvit_seg_*, qtvit_seg_*, upernet_*), or train it "
+                         "with --task classification")
+    return logits
+
+
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    # an undefined class (no pixel labelled or predicted) is None: JSON and CSV have no NaN
+    return [None if math.isnan(v) else round(v, 4) for v in values]
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_classes: int,
+                          amp: str = "none", channels_last: bool = False, ignore_index: int = 255) -> dict:
+    """mIoU, mAcc, aAcc (percent), per-class IoU and accuracy (percent, None where undefined), the mean
+    cross-entropy per labelled pixel and the image count over `batches` (all processes)."""
+    was_training = model.training
+    model.eval()
+    metric = SegmentationMetrics(num_classes, device, ignore_index)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
+    for x, y in batches.iterate(0):
+        y = y.to(device)
+        with autocast(device, amp):
+            out = model(model_input(x, data_cfg, device, channels_last))
+        logits = upsample_logits(main_logits(out).float(), y.shape[-2:])  # once, for the metric and the loss
+        metric.update(logits, y)
+        sums += torch.stack([F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum").double(),
+                             (y != ignore_index).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    s = metric.compute()  # summed over processes by torchmetrics
+    model.train(was_training)
+    return {"miou": round(s["mIoU"], 4), "macc": round(s["mAcc"], 4), "aacc": round(s["aAcc"], 4),
+            "per_class_iou": _nan_to_none(s["IoU"]), "per_class_acc": _nan_to_none(s["Acc"]),
+            "loss": float(sums[0] / sums[1].clamp(min=1)), "images": int(sums[2])}
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+def seg_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours: the Pascal VOC colour map (class 0 black, 1 dark red, 2 dark green, ...), the
+    bits of the class index spread over the high bits of R, G and B; distinct for up to 2**24 classes."""
+    palette = np.zeros((num_classes, 3), np.uint8)
+    for i in range(num_classes):
+        c, rgb = i, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << bit
+            c >>= 3
+        palette[i] = rgb
+    return palette
+
+
+def _write_png(path: Path, image: Image.Image) -> None:
+    atomic_write(path, lambda t: image.save(t, format="PNG"))
+
+
+def _output_names(images: list, output_dir: Path) -> list[tuple[Path, Path]]:
+    stems = [Path(p).stem for p in images]
+    dup = next((s for s in stems if stems.count(s) > 1), None)
+    if dup is not None:
+        raise ValueError(f"several images are named {dup!r}; their masks would overwrite each other in "
+                         f"{output_dir}: predict them in separate calls with separate --output-dir")
+    return [(output_dir / f"{s}_mask.png", output_dir / f"{s}_overlay.png") for s in stems]
+
+
+@torch.no_grad()
+def segment_images(net: nn.Module, images: list[str | os.PathLike], output_dir: str | os.PathLike,
+                   data_cfg: DataConfig, class_names: list[str], img_size: int | None = None,
+                   alpha: float = 0.5) -> Iterator[dict]:
+    """For each image file, in order: its mask and overlay PNGs written (see the module docstring) and
+    {"image", "mask", "overlay", "size": [H, W], "classes": {name: share of pixels}} (largest share first)."""
+    output_dir = Path(output_dir).expanduser()
+    names = _output_names(images, output_dir)
+    dev = next(net.parameters()).device
+    view = SegEvalTransform(short_side=img_size)
+    palette = seg_palette(len(class_names))
+    mode = "L" if data_cfg.input_size[0] == 1 else "RGB"
+    for path, (mask_path, overlay_path) in zip(images, names):
+        x = pil_to_uint8(open_image(path, mode))  # a bad file raises, naming it
+        logits = main_logits(net(model_input(view(x, None)[0][None], data_cfg, dev)))
+        labels = upsample_logits(logits.float(), x.shape[-2:]).argmax(1)[0].cpu().numpy()
+        labels = labels.astype(np.uint8 if len(palette) <= 256 else np.int64)
+        colour = palette[labels]
+        if len(palette) <= 256:  # indices and colours in one file
+            mask = Image.fromarray(labels)  # "L"; putpalette makes it "P"
+            mask.putpalette(palette.flatten().tolist())
+        else:
+            mask = Image.fromarray(colour)
+        rgb = x.expand(3, -1, -1).permute(1, 2, 0).numpy().astype(np.float32)
+        overlay = np.rint((1 - alpha) * rgb + alpha * colour).astype(np.uint8)
+        _write_png(mask_path, mask)
+        _write_png(overlay_path, Image.fromarray(overlay))
+        counts = np.bincount(labels.ravel(), minlength=len(class_names)) / labels.size
+        order = np.argsort(-counts, kind="stable")
+        yield {"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path), "size": list(labels.shape),
+               "classes": {class_names[i]: round(float(counts[i]), 6) for i in order if counts[i] > 0}}

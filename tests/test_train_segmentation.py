@@ -1,0 +1,377 @@
+"""Segmentation through the one training loop: the task's loss (resized logits, ignored pixels, auxiliary head),
+learning, exact resume, the best weights by mIoU, validation and prediction of a saved run, the poly schedule, and
+clear errors for a wrong task, dataset or model. Tiny models (a few convolutions, stride 4) and tiny data: a few
+dozen Fashion-MNIST scenes from the small real subset, or 64 x 64 synthetic shapes for learning."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import SMALL_FMNIST, tiny_config
+from qtvit.checkpoints import latest_checkpoint
+from qtvit.cli import main
+from qtvit.train import load_model, lr_at, make_config, predict, train, validate
+from qtvit.train.seg_evaluate import seg_palette
+from qtvit.train.tasks import Segmentation
+
+
+class TinySeg(nn.Module):
+    """Four conv-BN-GELU layers (stride 4, dilations widen the view) and a 1x1 classifier: logits at stride 4.
+    ``aux``: "none"; "tuple": (logits, aux_logits) from forward in training; "method": forward_with_aux, as the
+    zoo's segmentation models."""
+
+    def __init__(self, num_classes: int = 11, in_chans: int = 3, width: int = 16, aux: str = "none",
+                 norm: str = "bn"):
+        super().__init__()
+        self.pretrained_cfg = {"input_size": (in_chans, 64, 64), "crop_pct": 1.0, "interpolation": "bicubic",
+                               "mean": (0.5,) * in_chans, "std": (0.5,) * in_chans}
+
+        def cna(i, o, stride=1, dilation=1):
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride, dilation, dilation=dilation, bias=False),
+                                 nn.BatchNorm2d(o) if norm == "bn" else nn.GroupNorm(4, o), nn.GELU())
+        self.features = nn.Sequential(cna(in_chans, width, 2), cna(width, width, 2), cna(width, width, 1, 2),
+                                      cna(width, width, 1, 4))
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.aux = aux
+        self.aux_head = nn.Conv2d(width, num_classes, 1) if aux != "none" else None
+
+    def forward(self, x):
+        f = self.features(x)
+        if self.aux == "tuple" and self.training:
+            return self.head(f), self.aux_head(f)
+        return self.head(f)
+
+
+class TinySegWithAux(TinySeg):
+    def forward_with_aux(self, x):
+        f = self.features(x)
+        return self.head(f), self.aux_head(f)
+
+
+def seg_tiny(pretrained=False, **kw):
+    return TinySeg(**kw)
+
+
+def seg_tiny_aux(pretrained=False, **kw):
+    return TinySeg(aux="tuple", **kw)
+
+
+def seg_tiny_fwa(pretrained=False, **kw):
+    return TinySegWithAux(aux="method", **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def seg_models(request):
+    request.getfixturevalue("tiny_models")  # train_tiny (a classifier) too
+    from qtvit.models import _registry, register_model
+    for fn in (seg_tiny, seg_tiny_aux, seg_tiny_fwa):
+        register_model(fn)
+    yield
+    for fn in (seg_tiny, seg_tiny_aux, seg_tiny_fwa):
+        _registry._model_entrypoints.pop(fn.__name__, None)
+
+
+def seg_config(tmp_path, **kw):
+    """A few Fashion-MNIST scenes (256 x 256) of the small subset, trained on 64 x 64 crops."""
+    base = dict(task="segmentation", model="seg_tiny", data=SMALL_FMNIST, img_size=64, epochs=2, batch_size=4,
+                eval_batch_size=4, limit_train=16, limit_eval=4, lr=5e-3, warmup_epochs=0.5, workers=0)
+    base.update(kw)
+    return tiny_config(tmp_path, **base)
+
+
+def _shapes(root, n_train: int = 24, n_val: int = 8, size: int = 64):
+    """A folder of image/mask pairs: red rectangles (class 1) and green discs (class 2) on grey noise (class 0),
+    a 2-pixel ignored (255) frame round every mask."""
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    (root / "classes.txt").write_text("background\nred\ngreen\n")
+    yy, xx = np.mgrid[0:size, 0:size]
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            image = rng.integers(60, 190, (size, size, 1)).repeat(3, 2).astype(np.int64)
+            mask = np.zeros((size, size), np.uint8)
+            for _ in range(2):
+                top, left = rng.integers(0, size - 20, 2)
+                h, w = rng.integers(10, 20, 2)
+                mask[top:top + h, left:left + w] = 1
+                cy, cx, r = *rng.integers(10, size - 10, 2), rng.integers(5, 10)
+                mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 2
+            image[mask == 1] = (200, 40, 40) + rng.integers(-20, 20, (int((mask == 1).sum()), 3))
+            image[mask == 2] = (40, 200, 40) + rng.integers(-20, 20, (int((mask == 2).sum()), 3))
+            mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = 255, 255, 255, 255
+            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- the task
+def test_loss_resizes_logits_ignores_255_and_adds_the_auxiliary_loss():
+    cfg = make_config(task="segmentation", model="seg_tiny", aux_weight=0.4)
+    from qtvit.data import DataConfig
+    task = Segmentation(3, DataConfig((3, 8, 8), 1.0, "bicubic", (0.5,) * 3, (0.5,) * 3), cfg)
+    g = torch.Generator().manual_seed(0)
+    logits, aux = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 2, 2, generator=g)
+    target = torch.randint(0, 3, (2, 8, 8), generator=g)
+    target[0, :3] = 255
+    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    up_aux = F.interpolate(aux, size=(8, 8), mode="bilinear", align_corners=False)
+    keep = target != 255
+    main_ce = -F.log_softmax(up, 1).gather(1, target.clamp(max=2)[:, None])[:, 0][keep].mean()
+    aux_ce = -F.log_softmax(up_aux, 1).gather(1, target.clamp(max=2)[:, None])[:, 0][keep].mean()
+    assert task.loss(logits, target).item() == pytest.approx(main_ce.item(), rel=1e-6)
+    assert task.loss((logits, aux), target).item() == pytest.approx((main_ce + 0.4 * aux_ce).item(), rel=1e-6)
+    assert task.loss((logits, None), target).item() == pytest.approx(main_ce.item(), rel=1e-6)
+    assert task.loss(logits, torch.full_like(target, 255)).item() == 0.0  # nothing labelled: 0, not NaN
+    with pytest.raises(ValueError, match="not per-pixel logits"):
+        task.loss(torch.randn(2, 3), target)
+
+
+def test_poly_schedule_after_the_warm_up():
+    assert lr_at(0, 100, 10, 1.0, schedule="poly") == 0.0
+    assert lr_at(10, 100, 10, 1.0, schedule="poly") == 1.0
+    assert lr_at(55, 100, 10, 1.0, 0.1, schedule="poly") == pytest.approx(0.1 + 0.9 * 0.5 ** 0.9)
+    assert lr_at(100, 100, 10, 1.0, schedule="poly") == 0.0
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)  # cosine stays the default
+    with pytest.raises(ValueError, match="use cosine or poly"):
+        lr_at(50, 100, 10, 1.0, schedule="linear")
+
+
+# ----------------------------------------------------------------------------------------------- training
+def test_training_learns_shapes_and_writes_per_class_scores(tmp_path):
+    data = _shapes(tmp_path / "shapes")
+    r = train(seg_config(tmp_path, data=str(data), epochs=5, batch_size=4, limit_train=None, limit_eval=None,
+                         lr=1e-2))
+    rows = r["history"]
+    # all-background, the best constant guess: IoU(background) = its share of the labelled pixels, 0 elsewhere
+    masks = np.stack([np.asarray(Image.open(p)) for p in sorted((data / "val" / "masks").glob("*.png"))])
+    labelled = masks[masks != 255]
+    baseline = 100 * (labelled == 0).mean() / 3
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5] and rows[-1]["eval_images"] == 8
+    assert rows[-1]["miou"] > max(60.0, baseline + 30, rows[0]["miou"] + 10)
+    assert 0 <= rows[-1]["miou"] <= rows[-1]["aacc"] <= 100 and "top1" not in rows[-1]
+    run = tmp_path / "run"
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"miou", "macc", "aacc", "eval_loss"} <= set(header) and not any("per_class" in h for h in header)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "segmentation" and summary["metric"] == "miou" and summary["miou"] == rows[-1]["miou"]
+    assert list(summary["per_class_iou"]) == ["background", "red", "green"]
+    assert summary["miou"] == pytest.approx(sum(summary["per_class_iou"].values()) / 3, abs=1e-3)
+    per_class = list(csv.DictReader((run / "per_class.csv").open()))
+    assert len(per_class) == 5 * 3 and per_class[-1]["class"] == "green"
+    assert float(per_class[-1]["iou"]) == pytest.approx(summary["per_class_iou"]["green"])
+
+
+def test_aux_logits_add_their_weighted_loss(tmp_path):
+    # the three tiny models build features and head first, from the same seed: the same main branch
+    plain = [l for _, l in train(seg_config(tmp_path, name="plain", max_steps=2))["step_losses"]]
+    for name in ("seg_tiny_aux", "seg_tiny_fwa"):
+        before = initial_aux_weights(name)
+        on = train(seg_config(tmp_path, name=f"{name}-on", model=name, max_steps=2))
+        # step 1: the same main loss plus 0.4 x the auxiliary cross-entropy (about ln 11 at the start)
+        assert 0.4 * 1.5 < on["step_losses"][0][1] - plain[0] < 0.4 * 4
+        assert not torch.equal(before, on["model"].aux_head.weight.detach())  # its gradient reached the aux head
+        off = train(seg_config(tmp_path, name=f"{name}-off", model=name, max_steps=2, aux_weight=0.0))
+        assert [l for _, l in off["step_losses"]] == pytest.approx(plain, abs=1e-6)  # weight 0: the plain loss
+
+
+def initial_aux_weights(name):
+    """The auxiliary head's initial weights, as train() draws them (torch.manual_seed(seed) before the build)."""
+    from qtvit.train import build_model
+    torch.manual_seed(0)
+    return build_model(name, 11, 3).aux_head.weight.detach().clone()
+
+
+def test_resume_continues_with_the_same_loss_curve(tmp_path):
+    # jitter (global RNG), random scale/crop/flip (seeded per sample), EMA and the auxiliary head
+    extra = dict(model="seg_tiny_fwa", model_ema=True, model_ema_warmup_steps=2, schedule="poly")
+    full = train(seg_config(tmp_path, name="full", **extra))
+    first = train(seg_config(tmp_path, name="crash", checkpoint_every_steps=3, max_steps=7, keep_checkpoints=2,
+                              **extra))
+    assert first["stopped"] and latest_checkpoint(tmp_path / "crash").name == "step_00000007"
+    step6 = tmp_path / "crash" / "checkpoints" / "step_00000006"
+    rest = train(seg_config(tmp_path, name="crash", resume=str(step6), **extra))
+    ref = dict(full["step_losses"])
+    assert [s for s, _ in rest["step_losses"]] == [7, 8]
+    assert all(loss == pytest.approx(ref[s], abs=1e-6) for s, loss in rest["step_losses"])
+    for key in ("train_loss", "miou", "ema_miou", "eval_loss"):
+        assert rest["history"][-1][key] == pytest.approx(full["history"][-1][key], abs=1e-6)
+    assert rest["best"] == full["best"]
+
+
+def test_best_weights_follow_the_tasks_metric(tmp_path, monkeypatch):
+    scripted = iter([(10.0, 90.0), (30.0, 10.0), (20.0, 99.0)])  # (miou, aacc) of epochs 1-3
+
+    def evaluate(self, model, batches, device):
+        miou, aacc = next(scripted)
+        return {"miou": miou, "macc": miou, "aacc": aacc, "per_class_iou": [miou] + [None] * 10, "loss": 1.0,
+                "images": 4}
+    monkeypatch.setattr(Segmentation, "evaluate", evaluate)
+    r = train(seg_config(tmp_path, epochs=3))
+    assert r["best"] == {"miou": 30.0, "macc": 30.0, "aacc": 10.0, "epoch": 2, "step": 8, "which": "model",
+                         "metric": "miou"}
+    best = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert best["epoch"] == 2 and best["metric"] == "miou" and best["pretrained_cfg"]["task"] == "segmentation"
+    per_class = list(csv.DictReader((tmp_path / "run" / "per_class.csv").open()))
+    assert [row["iou"] for row in per_class if row["class"] == "background"] == ["10.0", "30.0", "20.0"]
+    assert per_class[1]["iou"] == ""  # undefined: empty, not NaN
+
+
+# ----------------------------------------------------------------------------------------------- a saved run
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("segrun")
+    r = train(seg_config(tmp, epochs=2))
+    return tmp / "run", r
+
+
+def test_validate_reports_the_runs_evaluation(seg_run, capsys):
+    run, r = seg_run
+    last = validate(latest_checkpoint(run), data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0)
+    assert last["task"] == "segmentation" and last["images"] == 4
+    for key in ("miou", "macc", "aacc"):
+        assert last[key] == pytest.approx(r["history"][-1][key], abs=1e-3)
+    assert last["loss"] == pytest.approx(r["history"][-1]["eval_loss"], rel=1e-4)
+    assert last["per_class_iou"] == pytest.approx(r["per_class_iou"], abs=1e-3)
+    best = validate(run, data=SMALL_FMNIST, limit=4, device="cpu", workers=0)  # the run folder: its best weights
+    assert best["miou"] == pytest.approx(r["best"]["miou"], abs=1e-3)
+    flags = ["--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu", "--workers", "0"]
+    assert main(["validate", "--checkpoint", str(run), *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"mIoU {best['miou']:.2f}%" in out and "aAcc" in out and "top-1" not in out
+    assert main(["validate", "--checkpoint", str(run), *flags, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert list(shown["per_class_iou"])[:2] == ["background", "T-shirt/top"]
+
+
+def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
+    run, _ = seg_run
+    rng = np.random.default_rng(1)
+    square = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(square)
+    wide = tmp_path / "b.jpg"
+    Image.fromarray(rng.integers(0, 256, (40, 72, 3), dtype=np.uint8)).save(wide)
+    out = tmp_path / "masks"
+    assert main(["predict", str(square), str(wide), "--checkpoint", str(run), "--output-dir", str(out)]) == 0
+    assert "a_mask.png" in capsys.readouterr().out
+    net = load_model(run)
+    palette = seg_palette(11)
+    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert len(np.unique(palette, axis=0)) == 11  # distinct colours
+    for image, (h, w) in ((square, (64, 64)), (wide, (40, 72))):
+        mask = Image.open(out / f"{image.stem}_mask.png")
+        overlay = Image.open(out / f"{image.stem}_overlay.png")
+        assert mask.mode == "P" and mask.size == (w, h) and overlay.mode == "RGB" and overlay.size == (w, h)
+        assert np.array_equal(np.asarray(mask.getpalette()[:33]).reshape(11, 3), palette)
+        labels = np.asarray(mask)
+        rgb = np.asarray(Image.open(image).convert("RGB")).astype(np.float64)
+        x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
+        with torch.no_grad():
+            expected = F.interpolate(net(x), size=(h, w), mode="bicubic", align_corners=False).argmax(1)[0]
+        assert np.array_equal(labels, expected.numpy())  # the model's prediction at the image's size
+        assert np.abs(np.asarray(overlay) - np.rint(0.5 * rgb + 0.5 * palette[labels])).max() <= 1
+    r = predict([square], run, output_dir=tmp_path / "again")
+    assert r[0]["size"] == [64, 64] and math.isclose(sum(r[0]["classes"].values()), 1.0, abs_tol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def test_recipe_and_flags_from_the_command_line(tmp_path):
+    code = main(["train", "--recipe", "seg-scenes", "--model", "seg_tiny", "--data", SMALL_FMNIST, "--img-size", "64",
+                 "-b", "4", "--eval-batch-size", "4", "--limit-train", "8", "--limit-eval", "2", "--epochs", "2",
+                 "--max-steps", "3", "--workers", "0", "--threads", "1", "--no-progress", "--output", str(tmp_path),
+                 "--name", "cli"])
+    assert code == 0
+    args = json.loads((tmp_path / "cli" / "args.json").read_text())
+    assert args["task"] == "segmentation" and args["schedule"] == "poly" and args["batch_size"] == 4
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["stopped"] and summary["miou"] is not None and summary["task"] == "segmentation"
+    # the resumed run is a segmentation run again: the task comes back with the saved options
+    assert main(["train", "--resume", str(tmp_path / "cli"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4] and all("miou" in row and "top1" not in row for row in rows)
+    # poly decay after one epoch of warm-up (2 steps): step 3 of 4 is at t = 1/2
+    assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "segmentaton"], "invalid choice: 'segmentaton'"),
+    (["--schedule", "linear"], "invalid choice: 'linear'"),
+])
+def test_bad_choices_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys):
+    with pytest.raises(ValueError, match=r"--task 'segmentaton': use classification or segmentation"):
+        train(seg_config(tmp_path, task="segmentaton"))
+    with pytest.raises(ValueError, match="--mixup, --bce: classification only"):
+        train(seg_config(tmp_path, mixup=0.2, bce=True))
+    with pytest.raises(ValueError, match="fashion-mnist is a classification dataset"):
+        train(seg_config(tmp_path, data="fashion-mnist"))
+    folder = tmp_path / "imagenet"
+    (folder / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "train" / "cat" / "x.png")
+    with pytest.raises(ValueError, match="--task segmentation: .* is not a segmentation dataset"):
+        train(seg_config(tmp_path, data=str(folder)))
+    with pytest.raises(ValueError, match="is a segmentation dataset; pass --task segmentation"):
+        train(tiny_config(tmp_path, data="fashion-mnist-scenes"))
+    with pytest.raises(ValueError, match="is a segmentation dataset; pass --task segmentation"):
+        train(tiny_config(tmp_path, data=str(_shapes(tmp_path / "shapes", 1, 1))))
+    with pytest.raises(ValueError, match=r"train_tiny returned \(4, 11\), not per-pixel logits"):
+        train(seg_config(tmp_path, name="cls", model="train_tiny"))
+    run, _ = seg_run
+    assert main(["predict", str(folder / "train" / "cat" / "x.png"), "--checkpoint", str(run)]) == 1
+    assert "pass --output-dir" in capsys.readouterr().err
+    cls_run = train(tiny_config(tmp_path, name="classifier", max_steps=1))["run_dir"]
+    with pytest.raises(ValueError, match="--output-dir is for segmentation checkpoints"):
+        predict([folder / "train" / "cat" / "x.png"], cls_run, output_dir=tmp_path / "masks")
+    with pytest.raises(ValueError, match="--crop-pct is for classification checkpoints"):
+        validate(run, data=SMALL_FMNIST, crop_pct=0.9, limit=1, device="cpu", workers=0)
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from qtvit.models import register_model
+    from test_train_segmentation import seg_config, seg_tiny_fwa
+    from qtvit.train import train
+    register_model(seg_tiny_fwa)
+    train(seg_config({out!r}, name="ddp", model="seg_tiny_fwa", model_kwargs={{"norm": "gn"}}, batch_size=2,
+                     max_steps=3, model_ema=True))
+""")
+
+
+def test_two_processes_train_and_score_the_whole_evaluation_set(tmp_path):
+    # the auxiliary head's forward under DDP, and one confusion matrix over both ranks' halves of the scenes
+    script = tmp_path / "ddp_seg.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["per_class_iou"]["background"] is not None
+    # rank 0's weights in one process, on all 4 evaluation scenes: the same scores
+    v = validate(latest_checkpoint(tmp_path / "ddp"), data=SMALL_FMNIST, limit=4, batch_size=4, device="cpu",
+                 workers=0)
+    assert v["images"] == 4
+    for key in ("miou", "macc", "aacc"):
+        assert v[key] == pytest.approx(summary[key], abs=1e-3)
