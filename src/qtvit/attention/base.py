@@ -12,12 +12,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core import (
-    DEFAULT_CHUNK_SIZE,
     check_qkv,
     compute_dtype,
     explicit_attention,
     fp32_island,
     NumeratorMap,
+    auto_chunk_size,
     finish_normaliser,
     linear_attention,
     normalise_similarity,
@@ -44,7 +44,7 @@ class AttentionKernel(nn.Module):
     mixes_heads: ClassVar[bool] = False
 
     def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-15,
-                 chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> None:
+                 chunk_size: int | str | None = "auto") -> None:
         super().__init__()
         if head_dim < 1 or num_heads < 1:
             raise ValueError(f"head_dim and num_heads must be >= 1, got head_dim={head_dim}, num_heads={num_heads}")
@@ -52,6 +52,11 @@ class AttentionKernel(nn.Module):
         self.num_heads = num_heads
         self.eps = eps
         self.chunk_size = chunk_size
+
+    @property
+    def tokens_per_chunk(self) -> int | None:
+        """``chunk_size`` tokens per chunk (None: one chunk); "auto": ``core.auto_chunk_size(feature_dim)``."""
+        return auto_chunk_size(self.feature_dim) if self.chunk_size == "auto" else self.chunk_size
 
     @property
     def normalize(self) -> bool:
@@ -153,7 +158,7 @@ class AttentionKernel(nn.Module):
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:
         """The linear path on inputs already in the compute dtype: the shared core."""
-        return linear_attention(self, q, k, v, chunk_size=self.chunk_size, numerator_map=numerator_map)
+        return linear_attention(self, q, k, v, chunk_size=self.tokens_per_chunk, numerator_map=numerator_map)
 
     def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""
