@@ -111,10 +111,10 @@ class AttentionKernel(nn.Module):
         c = self.constant(q.dtype)
         return sim if c is None else sim + c * c
 
-    def state(self, kv: Tensor, ksum: Tensor | None) -> Tensor:
-        """What every query reads: [KV | Σ_j φ(k_j)ᵀ], (B, H, d_φ, dv + 1), or KV alone without a normaliser.
-        The columns after the first dv are the denominators that ``finish`` receives."""
-        return kv if ksum is None else torch.cat([kv, ksum.transpose(-1, -2)], dim=-1)
+    def state(self, kv: Tensor, ksum: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """What every query reads: num_i = φ(q_i)·S_num and den_i = φ(q_i)·S_den, by default S_num = KV
+        (B, H, d_φ, dv) and S_den = Σ_j φ(k_j)ᵀ (B, H, d_φ, 1), None without a normaliser. ``finish`` receives den."""
+        return kv, (None if ksum is None else ksum.transpose(-1, -2))
 
     def finish(self, num: Tensor, den: Tensor | None, vmean: Tensor | None) -> Tensor:
         """The output from numerator (..., dv), denominator (..., 1) and the mean of v (``normaliser``)."""

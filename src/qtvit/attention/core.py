@@ -126,36 +126,32 @@ def linear_attention(
     """
     stats = kernel.token_stats(q, k)
     mode = kernel.normaliser
-    n, dv = k.shape[2], v.shape[-1]
+    n = k.shape[2]
     kv = ksum = None
     for sl in _chunks(n, chunk_size):  # pass 1: the state, summed over key chunks
-        fk = kernel.phi_k(k[:, :, sl], stats)
+        fk = kernel.phi_k(k if sl.stop - sl.start == n else k[:, :, sl], stats)
         fkn = fk if numerator_map is None else numerator_map(fk, sl)
-        part = fkn.transpose(-1, -2) @ v[:, :, sl]
+        part = fkn.transpose(-1, -2) @ (v if sl.stop - sl.start == n else v[:, :, sl])
         kv = part if kv is None else kv + part
         if mode != "none":
             s = fk.sum(dim=2, keepdim=True)
             ksum = s if ksum is None else ksum + s
-    # One matrix for both: every query reads num and den from [KV | Σφ(k)ᵀ] in one product.
-    state = kernel.state(kv, ksum)
+    # What every query reads: num from S_num = KV, den from S_den = Σφ(k)ᵀ (two products: measured faster on CPU
+    # than one product with [KV | Σφ(k)ᵀ] and a strided division).
+    s_num, s_den = kernel.state(kv, ksum)
     c = kernel.constant(q.dtype)
     vsum = v.sum(dim=2, keepdim=True) if (c is not None or mode in ("subtract", "magnitude")) else None
-    vmean = None if vsum is None else vsum / n
-    shift = None  # constant features: c²·[Σ_j v_j, N] added to every query's row, inside the product
-    if c is not None:
-        shift = (c * c) * F.pad(vsum, (0, state.shape[-1] - dv), value=float(n))
+    vmean = vsum / n if mode in ("subtract", "magnitude") else None
+    c2 = None if c is None else c * c  # constant features: c²·Σ_j v_j and c²·N, added in place to the products
     outs = []
-    for sl in _chunks(q.shape[2], chunk_size):  # pass 2: every query reads the state
-        fq = kernel.phi_q(q[:, :, sl], stats)
-        if numerator_map is None:
-            out = matmul_shift(fq, state, shift)
-            num, den = out[..., :dv], (out[..., dv:] if state.shape[-1] > dv else None)
-            if den is not None:
-                den = den.contiguous()  # num may then be divided in place (``finish_normaliser``)
-        else:
-            num = matmul_shift(numerator_map(fq, sl), state[..., :dv], None if shift is None else shift[..., :dv])
-            den = None if state.shape[-1] == dv else matmul_shift(
-                fq, state[..., dv:], None if shift is None else shift[..., dv:])
+    nq = q.shape[2]
+    for sl in _chunks(nq, chunk_size):  # pass 2: every query reads the state
+        fq = kernel.phi_q(q if sl.stop - sl.start == nq else q[:, :, sl], stats)
+        num = (fq if numerator_map is None else numerator_map(fq, sl)) @ s_num
+        den = None if s_den is None else fq @ s_den
+        if c2 is not None:
+            num = num.add_(c2 * vsum)
+            den = None if den is None else den.add_(c2 * n)
         if kernel.self_weight:
             num = num + kernel.self_weight * v[:, :, sl]
         outs.append(kernel.finish(num, den, vmean))
@@ -167,13 +163,6 @@ def inplace_ok(*tensors: Tensor) -> bool:
     """Whether fresh temporaries may be overwritten in place: outside autograd (no_grad, inference) or when nothing
     requires a gradient. Each in-place step saves an N-sized allocation, which dominates linear attention on CPU."""
     return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
-
-
-def matmul_shift(a: Tensor, b: Tensor, shift: Tensor | None) -> Tensor:
-    """a @ b (+ shift, a (..., 1, m) row broadcast over a's rows), the addition made in place on the product
-    (its backward does not need it; measured faster than baddbmm, which first copies the shift into the output)."""
-    out = a @ b
-    return out if shift is None else out.add_(shift)
 
 
 def finish_normaliser(mode: str, num: Tensor, den: Tensor | None, vmean: Tensor | None, eps: float) -> Tensor:

@@ -188,11 +188,11 @@ class PolaKernel(AttentionKernel):
     def _swap(self, x: Tensor, dim: int) -> Tensor:
         return torch.cat(x.split(self.head_dim, dim=dim)[::-1], dim=dim)
 
-    def state(self, kv: Tensor, ksum: Tensor | None) -> Tensor:
-        """[KV₁ | swap(KV₂) | Σφ(k)ᵀ | swap(Σφ(k)ᵀ)]: v's halves and the two denominators from one product."""
+    def state(self, kv: Tensor, ksum: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """[KV₁ | swap(KV₂)] and [Σφ(k)ᵀ | swap(Σφ(k)ᵀ)]: both halves of v and both denominators, one product each."""
         half = kv.shape[-1] // 2
         ks = ksum.transpose(-1, -2)
-        return torch.cat([kv[..., :half], self._swap(kv[..., half:], -2), ks, self._swap(ks, -2)], dim=-1)
+        return torch.cat([kv[..., :half], self._swap(kv[..., half:], -2)], -1), torch.cat([ks, self._swap(ks, -2)], -1)
 
     def finish(self, num: Tensor, den: Tensor | None, vmean: Tensor | None) -> Tensor:
         half = num.shape[-1] // 2
