@@ -100,6 +100,16 @@ class AttentionKernel(nn.Module):
     def phi_k(self, k: Tensor, stats: Any) -> Tensor:
         return self.phi(k)
 
+    @property
+    def plain_division(self) -> bool:
+        """Whether the output is num/(den + eps) as written (no ``finish`` of the kernel's own, e.g. l2vit's clamp)."""
+        return self.normaliser == "divide" and type(self).finish is AttentionKernel.finish
+
+    def phi_q_factored(self, q: Tensor, stats: Any) -> tuple[Tensor, Tensor | None]:
+        """φ(q) as (f, t) with φ(q) = f/t and t > 0 per token (..., 1), or (φ(q), None). A divide-normalised
+        kernel then reads f and never divides its query features (``core.linear_attention``)."""
+        return self.phi_q(q, stats), None
+
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit (B, H, Nq, N) similarity, O(N²): the formula of ``qtvit.attention.reference``, or
         φ(q)·φ(k) for a kernel without one."""

@@ -278,6 +278,10 @@ class QTKernel(AttentionKernel):
     def phi(self, x: Tensor) -> Tensor:
         return self.squared_direction(x)
 
+    def phi_q_factored(self, q: Tensor, stats: Any) -> tuple[Tensor, Tensor | None]:
+        x2 = q * q
+        return x2, torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+
     def constant(self, dtype: torch.dtype) -> Tensor:
         return self.scale.to(dtype)
 

@@ -251,7 +251,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="runs per point; the median is reported")
     p.add_argument("--budget", type=float, default=5.0, help="seconds per point after which fewer runs are taken")
     p.add_argument("--max-call", type=float, default=20.0, help="a kernel slower than this per call skips larger N")
-    p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it)")
+    p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it) "
+                   "and measure the two speed ratios side by side (written to <out>_ratios.csv)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
     p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
     p.set_defaults(func=run_cli)
@@ -274,6 +277,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.peer and importlib.util.find_spec(PEER) is None:
         raise SystemExit("qtvit benchmark kernels: --peer needs the peer library: "
                          "pip install taylor-series-linear-attention")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"qtvit benchmark kernels: --threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     line = device_line(device)
     print(f"# {line}")
