@@ -11,7 +11,13 @@ from qtvit.attention import attend, attention_map, create_kernel, kronecker_squa
 ALL = list_kernels()
 LINEAR = [k for k in ALL if k != "softmax"]
 EXPECTED = {"softmax", "relu", "elu", "cosine", "mean", "sigmoid_softmax", "angular", "taylor1", "taylor2", "qt",
-            "qt_paper", "qt_pool", "qt_chunk", "qt_random", "focused", "l2vit"}
+            "qt_paper", "qt_pool", "qt_chunk", "qt_random", "focused", "l2vit", "hydra", "castling", "aft_simple",
+            "polaformer", "inline", "mala", "rala"}
+DV_EQ_D = {"aft_simple", "polaformer"}  # element-wise gating needs dv = d; polarity halves need an even dv
+
+
+def fit_dv(name, d, dv):
+    return d if name in DV_EQ_D else dv
 
 
 def qkv(b=2, h=3, n=29, d=8, dv=5, nq=None, scale=0.7, dtype=torch.float64, seed=0):
@@ -39,16 +45,18 @@ def test_registry_names():
 @pytest.mark.parametrize("name", ALL)
 def test_linear_equals_explicit_float64(name):
     m = kernel(name)
-    q, k, v = qkv()
+    q, k, v = qkv(dv=fit_dv(name, 8, 5))
     assert rel_err(m(q, k, v), m.explicit(q, k, v)) < 1e-10
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_cross_attention_and_chunking(name):
     m = kernel(name)
-    q, k, v = qkv(n=23, nq=11)
+    nq = 23 if m.self_weight else 11  # castling's 0.5·v_i term is self-attention only
+    dv = fit_dv(name, 8, 5)
+    q, k, v = qkv(n=23, nq=nq, dv=dv)
     ref = m.explicit(q, k, v)
-    assert ref.shape == (2, 3, 11, 5)
+    assert ref.shape == (2, 3, nq, dv)
     m.chunk_size = 4  # several chunks, uneven last one
     assert rel_err(m(q, k, v), ref) < 1e-10
 
@@ -56,8 +64,9 @@ def test_cross_attention_and_chunking(name):
 @pytest.mark.parametrize("name", ALL)
 def test_gradients_linear_equal_explicit(name):
     m = kernel(name, d=4, h=2)
-    q, k, v = (t.requires_grad_() for t in qkv(b=1, h=2, n=7, d=4, dv=3, seed=3))
-    w = torch.randn(1, 2, 7, 3, dtype=torch.float64)
+    dv = fit_dv(name, 4, 3)
+    q, k, v = (t.requires_grad_() for t in qkv(b=1, h=2, n=7, d=4, dv=dv, seed=3))
+    w = torch.randn(1, 2, 7, dv, dtype=torch.float64)
     params = [p for p in m.parameters() if p.requires_grad]
     g_fast = torch.autograd.grad((m(q, k, v) * w).sum(), [q, k, v, *params])
     g_ref = torch.autograd.grad((m.explicit(q, k, v) * w).sum(), [q, k, v, *params])
@@ -72,10 +81,18 @@ def test_attention_map_rows(name):
     q, k, _ = qkv()
     a = m.attention_map(q, k)
     assert a.shape == (2, 3, 29, 29)
-    if m.normalize and name != "l2vit":
+    if m.normalize and name != "l2vit" and m.eps <= 1e-12:  # eps 1e-6 (released FLatten, PolaFormer, MALA, RALA):
+        # rows sum to z/(z + eps), checked at eps = 0 in test_rows_sum_to_one_without_eps
         torch.testing.assert_close(a.sum(-1), torch.ones(2, 3, 29, dtype=torch.float64), rtol=0, atol=1e-12)
     torch.testing.assert_close(attention_map(q, k, kernel=name) @ torch.eye(29, dtype=torch.float64),
                                create_kernel(name, head_dim=8, num_heads=3).double().attention_map(q, k))
+
+
+@pytest.mark.parametrize("name", [k for k in LINEAR if create_kernel(k, head_dim=8).normalize and k != "l2vit"])
+def test_rows_sum_to_one_without_eps(name):
+    q, k, _ = qkv()
+    a = kernel(name, eps=0.0).attention_map(q, k)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 3, 29, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 def test_kronecker_identity():
@@ -91,7 +108,7 @@ def test_taylor2_features_give_second_order_taylor(d):
     m = create_kernel("taylor2", head_dim=d).double()
     q, k, _ = qkv(b=1, h=1, n=50, d=d)
     fq, fk = m.features(q), m.features(k)
-    assert fq.shape[-1] == (d + 1) ** 2 + 1 == m.feature_dim
+    assert fq.shape[-1] == 1 + d + d * (d + 1) // 2 == m.feature_dim  # the symmetric map (was (d + 1)² + 1)
     s = q @ k.transpose(-1, -2) / math.sqrt(d)
     torch.testing.assert_close(fq @ fk.transpose(-1, -2), 1 + s + s * s / 2, rtol=1e-12, atol=1e-12)
     # and the kernel is close to exp(s) where s is small
@@ -193,7 +210,7 @@ def test_half_precision_large_inputs_stay_finite(name, dtype):
     out = m(q.to(dtype), k.to(dtype), v.to(dtype))
     assert out.dtype == dtype and out.shape == (1, 2, n, 16)
     assert torch.isfinite(out).all()
-    if m.normalize and name not in ("taylor1", "qt_random", "l2vit"):  # positive kernels: a weighted average of v
+    if m.normalize and name not in ("taylor1", "qt_random", "l2vit", "inline", "mala"):  # positive: an average of v
         assert out.float().abs().max() <= 1e3 * 1.01
 
 
@@ -209,7 +226,7 @@ def test_autocast_keeps_fp32_island():
 def test_learnable_parameters_get_gradients():
     q, k, v = (t.float() for t in qkv(d=16, dv=16))
     for name, pname in [("qt", "scale"), ("qt_paper", "alpha"), ("qt_paper", "gamma"), ("focused", "scale"),
-                        ("l2vit", "temperature")]:
+                        ("l2vit", "temperature"), ("polaformer", "scale"), ("polaformer", "power")]:
         m = create_kernel(name, head_dim=16, num_heads=3)
         m(q, k, v).square().sum().backward()
         grad = getattr(m, pname).grad
@@ -243,7 +260,11 @@ def test_unknown_kernel_and_options():
         create_kernel("l2vit", head_dim=8, num_heads=3)(x, x, x)
 
 
-@pytest.mark.parametrize("name", [k for k in LINEAR if k not in ("cosine", "mean", "sigmoid_softmax", "l2vit")])
+TOKEN_DEPENDENT = ("cosine", "mean", "sigmoid_softmax", "l2vit", "focused", "polaformer", "inline", "mala", "rala",
+                   "aft_simple")  # their similarity has a 1/N, a softmax over keys, or no feature map
+
+
+@pytest.mark.parametrize("name", [k for k in LINEAR if k not in TOKEN_DEPENDENT])
 def test_full_feature_map_has_feature_dim_and_gives_the_similarity(name):
     m = kernel(name)
     q, k, _ = qkv()

@@ -12,14 +12,16 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core import (
-    DEFAULT_CHUNK_SIZE,
     check_qkv,
     compute_dtype,
     explicit_attention,
     fp32_island,
+    NumeratorMap,
+    auto_chunk_size,
+    finish_normaliser,
     linear_attention,
+    normalise_similarity,
     result_dtype,
-    row_normalise,
     to_input_dtype,
 )
 from .reference import reference_similarity
@@ -30,15 +32,19 @@ __all__ = ["AttentionKernel"]
 class AttentionKernel(nn.Module):
     """Base class: a similarity Sim(q, k) = φ(q)·φ(k) and the attention it defines.
 
-    ``normalize=True`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j / (Σ_j Sim(q_i, k_j) + eps);
-    ``normalize=False`` kernels compute O_i = Σ_j Sim(q_i, k_j) v_j.
+    ``normaliser`` picks how O_i is made of num_i = Σ_j Sim(q_i, k_j) v_j and den_i = Σ_j Sim(q_i, k_j)
+    ("none", "divide", "subtract", "magnitude"; see ``qtvit.attention.core.linear_attention``). ``self_weight`` w adds
+    w·v_i (self-attention only: castling's 0.5·v_i). ``mixes_heads`` kernels read all heads of a token at once
+    (FLatten's norms over all heads' channels) or hold per-head parameters: they need exactly ``num_heads`` heads.
     """
 
     name: ClassVar[str] = ""
-    normalize: ClassVar[bool] = True
+    normaliser: ClassVar[str] = "divide"
+    self_weight: ClassVar[float] = 0.0
+    mixes_heads: ClassVar[bool] = False
 
     def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-15,
-                 chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> None:
+                 chunk_size: int | str | None = "auto") -> None:
         super().__init__()
         if head_dim < 1 or num_heads < 1:
             raise ValueError(f"head_dim and num_heads must be >= 1, got head_dim={head_dim}, num_heads={num_heads}")
@@ -46,6 +52,16 @@ class AttentionKernel(nn.Module):
         self.num_heads = num_heads
         self.eps = eps
         self.chunk_size = chunk_size
+
+    @property
+    def tokens_per_chunk(self) -> int | None:
+        """``chunk_size`` tokens per chunk (None: one chunk); "auto": ``core.auto_chunk_size(feature_dim)``."""
+        return auto_chunk_size(self.feature_dim) if self.chunk_size == "auto" else self.chunk_size
+
+    @property
+    def normalize(self) -> bool:
+        """Whether each row of the attention map sums to one (up to eps)."""
+        return self.normaliser != "none"
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, num_heads={self.num_heads}, feature_dim={self.feature_dim}"
@@ -73,8 +89,9 @@ class AttentionKernel(nn.Module):
         f = self.phi(x)
         return f if c is None else torch.cat([f, c.expand(*x.shape[:-1], 1)], dim=-1)
 
-    def token_stats(self, k: Tensor) -> Any:
-        """Statistics over all key tokens that φ needs (N, a logsumexp...), computed once before chunking."""
+    def token_stats(self, q: Tensor, k: Tensor) -> Any:
+        """Statistics over all tokens that φ needs (N, a logsumexp, the mean query...), computed once before
+        chunking so that chunked and whole-sequence results agree."""
         return None
 
     def phi_q(self, q: Tensor, stats: Any) -> Tensor:
@@ -83,25 +100,46 @@ class AttentionKernel(nn.Module):
     def phi_k(self, k: Tensor, stats: Any) -> Tensor:
         return self.phi(k)
 
+    @property
+    def plain_division(self) -> bool:
+        """Whether the output is num/(den + eps) as written (no ``finish`` of the kernel's own, e.g. l2vit's clamp)."""
+        return self.normaliser == "divide" and type(self).finish is AttentionKernel.finish
+
+    def phi_q_factored(self, q: Tensor, stats: Any) -> tuple[Tensor, Tensor | None]:
+        """φ(q) as (f, t) with φ(q) = f/t and t > 0 per token (..., 1), or (φ(q), None). A divide-normalised
+        kernel then reads f and never divides its query features (``core.linear_attention``)."""
+        return self.phi_q(q, stats), None
+
     def similarity(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit (B, H, Nq, N) similarity, O(N²): the formula of ``qtvit.attention.reference``, or
         φ(q)·φ(k) for a kernel without one."""
         ref = reference_similarity(self, q, k)
         if ref is not None:
             return ref
-        stats = self.token_stats(k)
+        stats = self.token_stats(q, k)
         sim = self.phi_q(q, stats) @ self.phi_k(k, stats).transpose(-1, -2)
         c = self.constant(q.dtype)
         return sim if c is None else sim + c * c
 
-    def finish(self, out: Tensor) -> Tensor:
-        """Turn φ(q)·[KV, Σφ(k)] into the output: divide by the normaliser column."""
-        if not self.normalize:
-            return out
-        return out[..., :-1] / (out[..., -1:] + self.eps)
+    def state(self, kv: Tensor, ksum: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """What every query reads: num_i = φ(q_i)·S_num and den_i = φ(q_i)·S_den, by default S_num = KV
+        (B, H, d_φ, dv) and S_den = Σ_j φ(k_j)ᵀ (B, H, d_φ, 1), None without a normaliser. ``finish`` receives den."""
+        return kv, (None if ksum is None else ksum.transpose(-1, -2))
+
+    def finish(self, num: Tensor, den: Tensor | None, vmean: Tensor | None) -> Tensor:
+        """The output from numerator (..., dv), denominator (..., 1) and the mean of v (``normaliser``)."""
+        return finish_normaliser(self.normaliser, num, den, vmean, self.eps)
+
+    def post(self, out: Tensor) -> Tensor:
+        """A map of the whole output after attention (castling's row L2 normalisation); identity by default."""
+        return out
 
     def normalise_map(self, sim: Tensor) -> Tensor:
-        return row_normalise(sim, self.eps) if self.normalize else sim
+        """The explicit attention map: the normalised similarity plus ``self_weight``·I."""
+        a = normalise_similarity(self.normaliser, sim, self.eps)
+        if self.self_weight:
+            a = a + self.self_weight * torch.eye(a.shape[-2], a.shape[-1], dtype=a.dtype, device=a.device)
+        return a
 
     # --- the two paths -------------------------------------------------------------------------------------------
     def _check(self, q: Tensor, k: Tensor, v: Tensor | None = None) -> None:
@@ -111,15 +149,26 @@ class AttentionKernel(nn.Module):
                 f"{self.name} kernel was built for head_dim={self.head_dim} but q has head dim {q.shape[-1]}; "
                 f"create it with create_kernel({self.name!r}, head_dim={q.shape[-1]}, ...)"
             )
+        if self.mixes_heads and q.shape[1] != self.num_heads:
+            raise ValueError(f"{self.name} kernel was built for {self.num_heads} heads, input has {q.shape[1]}")
+        if self.self_weight and q.shape[2] != k.shape[2]:
+            raise ValueError(f"{self.name} adds {self.self_weight}·v_i: it needs self-attention (as many queries as "
+                             f"keys), got {q.shape[2]} queries and {k.shape[2]} keys")
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Linear-time attention, (B, H, Nq, d), (B, H, N, d), (B, H, N, dv) -> (B, H, Nq, dv)."""
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, numerator_map: NumeratorMap | None = None) -> Tensor:
+        """Linear-time attention, (B, H, Nq, d), (B, H, N, d), (B, H, N, dv) -> (B, H, Nq, dv).
+
+        ``numerator_map(features, tokens)``, e.g. RoPE, changes the numerator's features only (MALA, RALA)."""
         self._check(q, k, v)
         dtype = result_dtype(q, k, v)
         ct = compute_dtype(dtype)
         with fp32_island(q.device):
-            out = linear_attention(self, q.to(ct), k.to(ct), v.to(ct), chunk_size=self.chunk_size)
+            out = self.linear(q.to(ct), k.to(ct), v.to(ct), numerator_map)
         return to_input_dtype(out, dtype)
+
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:
+        """The linear path on inputs already in the compute dtype: the shared core."""
+        return linear_attention(self, q, k, v, chunk_size=self.tokens_per_chunk, numerator_map=numerator_map)
 
     def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""
@@ -129,9 +178,9 @@ class AttentionKernel(nn.Module):
             return self.normalise_map(self.similarity(q.to(ct), k.to(ct)))
 
     def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """The O(N²) reference output: attention_map(q, k) @ v."""
+        """The O(N²) reference output: attention_map(q, k) @ v (then ``post``)."""
         self._check(q, k, v)
         with fp32_island(q.device):
             dtype = result_dtype(q, k, v)
-            out = explicit_attention(self.attention_map(q, k), v.to(compute_dtype(dtype)))
+            out = self.post(explicit_attention(self.attention_map(q, k), v.to(compute_dtype(dtype))))
         return to_input_dtype(out, dtype)

@@ -17,18 +17,29 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .kernels import AttentionKernel
+    from .base import AttentionKernel
+
+# A map applied to φ(q) or φ(k) of the tokens ``slice`` for the numerator only (e.g. RoPE after the kernel).
+NumeratorMap = Callable[[Tensor, slice], Tensor]
 
 # Tokens per chunk of the two linear-attention passes: bounds the feature maps' memory to
-# chunk_size * d_phi per head instead of N * d_phi (matters for taylor2, whose d_phi is (d+1)² + 1).
+# chunk_size * d_phi per head instead of N * d_phi (matters for taylor2, whose d_phi is 1 + d + d(d+1)/2).
 DEFAULT_CHUNK_SIZE = 4096
+# The automatic chunk size ("auto", the kernels' default) keeps about this many features per head in a chunk, so
+# that wide feature maps stay in cache (taylor2, d 16: 856 tokens, measured 2x faster than 4096 on CPU).
+CHUNK_FEATURES = 2 ** 17
+
+
+def auto_chunk_size(feature_dim: int) -> int:
+    """Tokens per chunk for a feature map of ``feature_dim``: CHUNK_FEATURES / d_φ, within [256, DEFAULT_CHUNK_SIZE]."""
+    return max(256, min(DEFAULT_CHUNK_SIZE, CHUNK_FEATURES // max(feature_dim, 1)))
 
 
 def result_dtype(*tensors: Tensor) -> torch.dtype:
@@ -92,32 +103,117 @@ def _chunks(n: int, chunk_size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def linear_attention(
-    kernel: "AttentionKernel", q: Tensor, k: Tensor, v: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK_SIZE
-) -> Tensor:
-    """Linear attention O_i = φ(q_i) KV / φ(q_i) Σ_j φ(k_j), with KV = Σ_j φ(k_j)ᵀ v_j.
+NORMALISERS = ("none", "divide", "subtract", "magnitude")
 
-    Cost O(N · d_φ · dv) time; memory O(d_φ · dv) for the state plus one chunk of features. The normaliser rides
-    along as a column of ones appended to v, so numerator and denominator come out of the same two matmuls
-    (the "pad" trick of EfficientViT, issue #100 there). Inputs are already in the compute dtype.
+
+def linear_attention(
+    kernel: "AttentionKernel", q: Tensor, k: Tensor, v: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    numerator_map: "NumeratorMap | None" = None,
+) -> Tensor:
+    """Linear attention from the state KV = Σ_j φ(k_j)ᵀ v_j and the key sum Σ_j φ(k_j), read by every query.
+
+    With num_i = φ(q_i)·KV and den_i = φ(q_i)·Σ_j φ(k_j) (Σ_j Sim(q_i, k_j)), the kernel's ``normaliser`` gives
+    - "none":      O_i = num_i                                    (Hydra, castling, mean)
+    - "divide":    O_i = num_i / (den_i + eps)                    (EfficientViT, QT-ViT, FLatten, RALA...)
+    - "subtract":  O_i = num_i + (1 - den_i)·v̄                    (InLine: Σ_j [Sim_ij - mean_s Sim_is + 1/N] v_j)
+    - "magnitude": O_i = num_i·(1 + 1/(den_i + eps)) - den_i·v̄    (MALA)
+    with v̄ the mean of v over the keys. Constant feature entries (``kernel.constant``, c) add c²·Σ_j v_j to num and
+    c²·N to den instead of a column on every token. ``numerator_map(features, tokens)`` (e.g. RoPE, applied after φ)
+    changes the numerator's features only, as MALA's and RALA's released code do; the denominator keeps φ.
+
+    Cost O(N·d_φ·dv) time; memory O(d_φ·dv) for the state plus one chunk of features (``chunk_size`` tokens).
+    Inputs are already in the compute dtype.
     """
-    stats = kernel.token_stats(k)
-    v1 = F.pad(v, (0, 1), value=1.0) if kernel.normalize else v
-    # Pass 1: the per-head state, summed over token chunks.
-    kv = None
-    for sl in _chunks(k.shape[2], chunk_size):
-        part = kernel.phi_k(k[:, :, sl], stats).transpose(-1, -2) @ v1[:, :, sl]
+    stats = kernel.token_stats(q, k)
+    mode = kernel.normaliser
+    n = k.shape[2]
+    kv = ksum = None
+    for sl in _chunks(n, chunk_size):  # pass 1: the state, summed over key chunks
+        fk = kernel.phi_k(k if sl.stop - sl.start == n else k[:, :, sl], stats)
+        fkn = fk if numerator_map is None else numerator_map(fk, sl)
+        part = fkn.transpose(-1, -2) @ (v if sl.stop - sl.start == n else v[:, :, sl])
         kv = part if kv is None else kv + part
-    # Constant feature entries add c²·Σ_j [v_j, 1] to every query: one sum instead of a column on every token.
+        if mode != "none":
+            s = fk.sum(dim=2, keepdim=True)
+            ksum = s if ksum is None else ksum + s
+    # What every query reads: num from S_num = KV, den from S_den = Σφ(k)ᵀ (two products: measured faster on CPU
+    # than one product with [KV | Σφ(k)ᵀ] and a strided division).
+    s_num, s_den = kernel.state(kv, ksum)
     c = kernel.constant(q.dtype)
-    shift = None if c is None else (c * c) * v1.sum(dim=2, keepdim=True)
-    # Pass 2: every query reads the state.
+    vsum = v.sum(dim=2, keepdim=True) if (c is not None or mode in ("subtract", "magnitude")) else None
+    vmean = vsum / n if mode in ("subtract", "magnitude") else None
+    c2 = None if c is None else c * c  # constant features: c²·Σ_j v_j and c²·N, added in place to the products
+    # A query map φ(q) = f/t with a per-token t (qt: x²/‖x²‖) is read as f: O = (f·KV + t·c²Σv)/(f·Σφ(k) + t·(c²N + eps)),
+    # one pass over the queries fewer. Only for the plain division.
+    factored = mode == "divide" and numerator_map is None and kernel.plain_division
     outs = []
-    for sl in _chunks(q.shape[2], chunk_size):
-        o = kernel.phi_q(q[:, :, sl], stats) @ kv
-        outs.append(o if shift is None else o + shift)
+    nq = q.shape[2]
+    for sl in _chunks(nq, chunk_size):  # pass 2: every query reads the state
+        qc = q if sl.stop - sl.start == nq else q[:, :, sl]
+        if factored:
+            f, t = kernel.phi_q_factored(qc, stats)
+            if t is not None:
+                outs.append(_read_factored(kernel, f, t, s_num, s_den, c2, vsum, n))
+                continue
+            fq = f
+        else:
+            fq = kernel.phi_q(qc, stats)
+        num = (fq if numerator_map is None else numerator_map(fq, sl)) @ s_num
+        den = None if s_den is None else fq @ s_den
+        if c2 is not None:
+            num = num.add_(c2 * vsum)
+            den = None if den is None else den.add_(c2 * n)
+        if kernel.self_weight:
+            num = num + kernel.self_weight * v[:, :, sl]
+        outs.append(kernel.finish(num, den, vmean))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    return kernel.finish(out)
+    return kernel.post(out)
+
+
+def inplace_ok(*tensors: Tensor) -> bool:
+    """Whether fresh temporaries may be overwritten in place: outside autograd (no_grad, inference) or when nothing
+    requires a gradient. Each in-place step saves an N-sized allocation, which dominates linear attention on CPU."""
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
+def _read_factored(kernel: "AttentionKernel", f: Tensor, t: Tensor, s_num: Tensor, s_den: Tensor,
+                   c2: Tensor | None, vsum: Tensor | None, n: int) -> Tensor:
+    """O = (f·KV + t·c²Σv) / (f·Σφ(k) + t·(c²N + eps)) for φ(q) = f/t: the division by t never touches f."""
+    num, den = f @ s_num, f @ s_den
+    if c2 is not None:
+        num = num.addcmul_(t, c2 * vsum)
+        den = den.addcmul_(t, c2 * n + kernel.eps)
+    else:
+        den = den.add_(t * kernel.eps)
+    return num.div_(den) if inplace_ok(num, den) else num / den
+
+
+def finish_normaliser(mode: str, num: Tensor, den: Tensor | None, vmean: Tensor | None, eps: float) -> Tensor:
+    """The output from numerator and denominator for each ``normaliser`` (see ``linear_attention``)."""
+    if mode == "none":
+        return num
+    if mode == "divide":
+        return num.div_(den + eps) if inplace_ok(num, den) else num / (den + eps)
+    if mode == "subtract":
+        return num + (1 - den) * vmean
+    if mode == "magnitude":
+        return num * (1 + 1 / (den + eps)) - den * vmean
+    raise ValueError(f"unknown normaliser {mode!r}; use one of {', '.join(NORMALISERS)}")
+
+
+def normalise_similarity(mode: str, sim: Tensor, eps: float) -> Tensor:
+    """The explicit attention map of each ``normaliser``: the weights a_ij with O_i = Σ_j a_ij v_j."""
+    if mode == "none":
+        return sim
+    z = sim.sum(dim=-1, keepdim=True)
+    if mode == "divide":
+        return sim / (z + eps)
+    n = sim.shape[-1]
+    if mode == "subtract":
+        return sim - z / n + 1 / n
+    if mode == "magnitude":
+        return sim * (1 + 1 / (z + eps)) - z / n
+    raise ValueError(f"unknown normaliser {mode!r}; use one of {', '.join(NORMALISERS)}")
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
@@ -128,11 +224,6 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = Non
 def explicit_attention(attn: Tensor, v: Tensor) -> Tensor:
     """Apply an explicit (B, H, Nq, N) attention map to v: the O(N²) reference path."""
     return attn @ v
-
-
-def row_normalise(sim: Tensor, eps: float) -> Tensor:
-    """Divide each row of an N×N similarity by its sum, with the same eps as the linear path."""
-    return sim / (sim.sum(dim=-1, keepdim=True) + eps)
 
 
 def default_scale(d: int) -> float:
@@ -147,6 +238,12 @@ def l2norm(x: Tensor) -> Tensor:
     ~50× slower on the transposed (token-major view of channel-major) q and k that LiteMLA hands over.
     """
     sq = (x * x).sum(dim=-1, keepdim=True)
+    return sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()
+
+
+def l2norm_heads(x: Tensor) -> Tensor:
+    """‖x‖₂ over the channels of all heads of each token, (B, H, N, d) -> (B, 1, N, 1), floored as ``l2norm``."""
+    sq = (x * x).sum(dim=(1, 3), keepdim=True)
     return sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()
 
 

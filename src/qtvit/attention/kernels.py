@@ -20,9 +20,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import AttentionKernel
+from .vision_kernels import (
+    AFTSimpleKernel,
+    CastlingKernel,
+    FocusedKernel,
+    HydraKernel,
+    InLineKernel,
+    MALAKernel,
+    PolaKernel,
+    RALAKernel,
+)
 from .core import (
     compute_dtype,
     fp32_island,
+    inplace_ok,
     kronecker_square,
     l2norm,
     normalize,
@@ -80,16 +91,19 @@ class EluKernel(AttentionKernel):
 
 
 class CosineKernel(AttentionKernel):
-    """cosine: Sim = q̂·k̂ / N, unnormalised, as Hydra attention (no denominator). d_φ = d, O(N·d·dv).
+    """cosine: Sim = q̂·k̂ / N, no denominator: QT-ViT Table 2's "cosine similarity" row. d_φ = d, O(N·d·dv).
 
-    Hydra writes O = φ(Q)(φ(K)ᵀV) with φ(x) = x̂; the extra 1/N (a constant factor the next layer absorbs) keeps
-    O on the scale of v whatever the token count. Source: Bolya et al., Hydra Attention, 2022 (QT-ViT Table 2).
+    Where it differs from Hydra: Hydra (Bolya et al. 2022) computes O = φ(Q)(φ(K)ᵀV) with φ(x) = x̂ and no 1/N
+    (that is ``hydra``). The 1/N keeps O on the scale of v whatever the token count, but it is not a constant the
+    next layer simply absorbs: it changes with resolution (a model trained at 224 px and run at 448 px sees its
+    attention output shrink 4×), and it changes the balance between the attention term and anything added to it
+    (QT-ViT's v shortcut GELU(BN(v)), EfficientViT's multi-scale branches). Source: QT-ViT Table 2.
     """
 
     name = "cosine"
-    normalize = False
+    normaliser = "none"
 
-    def token_stats(self, k: Tensor) -> Any:
+    def token_stats(self, q: Tensor, k: Tensor) -> Any:
         return k.shape[2]
 
     def phi_q(self, q: Tensor, stats: Any) -> Tensor:
@@ -106,9 +120,9 @@ class MeanKernel(AttentionKernel):
     """
 
     name = "mean"
-    normalize = False
+    normaliser = "none"
 
-    def token_stats(self, k: Tensor) -> Any:
+    def token_stats(self, q: Tensor, k: Tensor) -> Any:
         return k.shape[2]
 
     def phi_q(self, q: Tensor, stats: Any) -> Tensor:
@@ -121,14 +135,15 @@ class MeanKernel(AttentionKernel):
 class SigmoidSoftmaxKernel(AttentionKernel):
     """sigmoid_softmax: φ(q) = σ(q), φ(k) = softmax of k over the tokens, per channel. d_φ = d, O(N·d·dv).
 
-    Sim(q_i, k_j) = Σ_c σ(q_ic) exp(k_jc) / Σ_m exp(k_mc), normalised over j. AFT-simple gates element-wise; this
-    is its dot-product form as compared in QT-ViT Table 2. The softmax's per-channel logsumexp is taken over all
-    tokens once, so chunking stays exact. Source: Zhai et al., An Attention Free Transformer, 2021.
+    Sim(q_i, k_j) = Σ_c σ(q_ic) exp(k_jc) / Σ_m exp(k_mc), normalised over j: QT-ViT Table 2's reading of AFT-simple
+    as a dot-product kernel. AFT-simple itself gates element-wise, per channel, with no sum over c (that is
+    ``aft_simple``). The softmax's per-channel logsumexp is taken over all tokens once, so chunking stays exact.
+    Source: Zhai et al., An Attention Free Transformer, 2021, as read by QT-ViT Table 2.
     """
 
     name = "sigmoid_softmax"
 
-    def token_stats(self, k: Tensor) -> Any:
+    def token_stats(self, q: Tensor, k: Tensor) -> Any:
         return torch.logsumexp(k, dim=2, keepdim=True)
 
     def phi_q(self, q: Tensor, stats: Any) -> Tensor:
@@ -141,8 +156,10 @@ class SigmoidSoftmaxKernel(AttentionKernel):
 class AngularKernel(AttentionKernel):
     """angular: Sim = 1/2 + q̂·k̂/π, the first-order expansion of 1 − θ(q, k)/π. φ(x) = [x̂/√π, 1/√2].
 
-    d_φ = d + 1, O(N·d·dv); Sim ≥ 1/2 − 1/π > 0. Source: You et al., Castling-ViT, 2023 (high-order residual dropped,
-    as in QT-ViT Table 2).
+    d_φ = d + 1, O(N·d·dv); Sim ≥ 1/2 − 1/π > 0. This is QT-ViT Table 2's reading (a similarity summed over keys and
+    row-normalised). Castling-ViT's released operator is different: 0.5·v_i + q̂_i(k̂ᵀV)/π with no denominator, then
+    each output row L2-normalised (that is ``castling``). Source: You et al., Castling-ViT, 2023, as read by QT-ViT
+    Table 2 (high-order residual dropped).
     """
 
     name = "angular"
@@ -181,22 +198,52 @@ class Taylor1Kernel(AttentionKernel):
 class Taylor2Kernel(AttentionKernel):
     """taylor2: Sim = 1 + s + s²/2, the exact second-order Taylor expansion of exp(s), s = q·k/√d.
 
-    φ(x) = [vec(ϕ ⊗ ϕ)/√2, 1/√2] with ϕ = [x/d^¼, 1] (QT-ViT Eq. 8): ⟨ϕ(q), ϕ(k)⟩ = s + 1 and
-    ⟨K_r(a), K_r(b)⟩ = ⟨a, b⟩², so ⟨φ(q), φ(k)⟩ = ((s + 1)² + 1)/2. d_φ = (d + 1)² + 1, O(N·d²·dv).
-    Sim ≥ 1/2 > 0. Source: Xu et al., QT-ViT, NeurIPS 2024, Eq. 4-8.
+    QT-ViT Eq. 8 writes φ(x) = [vec(ϕ ⊗ ϕ)/√2, 1/√2] with ϕ = [a, 1], a = x/d^¼ ((d + 1)² + 1 features): since
+    ⟨ϕ(q), ϕ(k)⟩ = s + 1 and ⟨K_r(a), K_r(b)⟩ = ⟨a, b⟩², ⟨φ(q), φ(k)⟩ = ((s + 1)² + 1)/2 = 1 + s + s²/2. The tensor
+    square is symmetric, so each pair (i, j), (j, i) is kept once, scaled by √2 (the same inner product, exactly):
+    φ(x) = [{ϕ_i ϕ_j w_ij}_{i≤j, (i,j)≠(d,d)}, 1] with w_ii = 1/√2, w_ij = 1: the pairs (i, d) are the linear
+    terms a_i, and ½Σ_i a_i²b_i² + Σ_{i<j} a_ia_jb_ib_j + a·b + 1 = s²/2 + s + 1. d_φ = 1 + d + d(d+1)/2 (153 for
+    d = 16, against 290), O(N·d²·dv). Both factors of every product are gathered by one small matmul each
+    (one-hot columns with d^-¼ and w folded in; far faster than index_select), so φ costs two GEMMs and one
+    product, in place outside autograd. Sim ≥ 1/2 > 0.
+    Source: Xu et al., QT-ViT, NeurIPS 2024, Eq. 4-8 (the symmetric form is exact, not one of Table 3's reductions).
     """
 
     name = "taylor2"
 
+    def __init__(self, head_dim: int, num_heads: int = 1, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, **kwargs)
+        d = head_dim
+        i, j = torch.triu_indices(d, d)  # the quadratic pairs; the linear terms a_i (pairs (i, d)) come last
+        rows = torch.arange(len(i))
+        left = torch.zeros(d, len(i) + d, dtype=torch.float64)
+        right = torch.zeros(d, len(i) + d, dtype=torch.float64)
+        left[i, rows] = d ** -0.25
+        left[torch.arange(d), len(i) + torch.arange(d)] = d ** -0.25
+        w = torch.where(i == j, torch.tensor(0.5, dtype=torch.float64).sqrt(), torch.tensor(1.0, dtype=torch.float64))
+        right[j, rows] = w * d ** -0.25
+        # float64 masters, not buffers (a .half() model would round d^-¼ and 1/√2); cast once per dtype and device
+        self._gather = (left, right)
+        self._cast: dict[tuple, tuple[Tensor, Tensor]] = {}
+
     @property
     def feature_dim(self) -> int:
-        return (self.head_dim + 1) ** 2 + 1
+        d = self.head_dim
+        return 1 + d + d * (d + 1) // 2
 
     def phi(self, x: Tensor) -> Tensor:
-        return kronecker_square(F.pad(x / self.head_dim ** 0.25, (0, 1), value=1.0)) / math.sqrt(2)
+        key = (x.dtype, x.device)
+        if key not in self._cast:
+            self._cast[key] = tuple(m.to(x.device, x.dtype) for m in self._gather)
+        left, right = self._cast[key]
+        flat = x.reshape(-1, self.head_dim)
+        a, b = flat @ left, flat @ right
+        b[:, -self.head_dim:] = 1.0  # the 1 of ϕ: the linear terms a_i·1
+        out = a.mul_(b) if inplace_ok(a, b) else a * b
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def constant(self, dtype: torch.dtype) -> Tensor:
-        return torch.tensor(0.5 ** 0.5, dtype=dtype)
+        return torch.tensor(1.0, dtype=dtype)
 
 
 class QTKernel(AttentionKernel):
@@ -219,13 +266,21 @@ class QTKernel(AttentionKernel):
         return self.head_dim + 1
 
     def squared_direction(self, x: Tensor) -> Tensor:
-        # The first normalisation only keeps x² finite in training; the result equals x²/‖x²‖ up to eps.
-        x = x / (l2norm(x) + self.eps)
-        x = x * x
-        return x / (l2norm(x) + self.eps)
+        """The official u = x/(‖x‖ + ε), u = u², u/(‖u‖ + ε) in closed form: u² = x²/(‖x‖ + ε)², so the result is
+        x²/(‖x²‖ + ε(‖x‖ + ε)²) = x²/‖x²‖ up to a relative ε‖x‖²/‖x²‖ ≤ ε√d (4e-15 at d = 16, ε = 1e-15), below
+        float64's resolution of the tests; computed as x²/‖x²‖ (floored: an all-zero token gives 0): one pass to
+        square, one read for the norm, one in-place division, instead of eight passes. In fp32, x⁴ stays finite
+        for |x| < 1e9; the official first normalisation only guards that range."""
+        x2 = x * x
+        n2 = torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        return x2.div_(n2) if inplace_ok(x2, n2) else x2 / n2
 
     def phi(self, x: Tensor) -> Tensor:
         return self.squared_direction(x)
+
+    def phi_q_factored(self, q: Tensor, stats: Any) -> tuple[Tensor, Tensor | None]:
+        x2 = q * q
+        return x2, torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
 
     def constant(self, dtype: torch.dtype) -> Tensor:
         return self.scale.to(dtype)
@@ -299,8 +354,13 @@ class QTPoolKernel(_ReducedTaylor2Kernel):
     """qt_pool: the Kronecker term of channel-average-pooled inputs, y = avgpool_p(x) ∈ R^{d/p}.
 
     Q(x) = p·vec(y ⊗ y)/√d, so Q(q)·Q(k) = p²(y_q·y_k)²/d (exact s² when x is constant within each pool window).
-    d_φ = (d/p)² + 2d + 2, O(N·d²/p²·dv). Source: QT-ViT Table 3, method 1 (pooling operator not specified in the
-    paper; average pooling over channels here).
+    d_φ = (d/p)² + 2d + 2, O(N·d²/p²·dv). Source: QT-ViT Table 3, method 1.
+
+    The paper leaves two things open, and this is one reading of each: (1) the pooling operator — average pooling
+    over neighbouring channels here (max pooling, or pooling strided channels, would be as consistent with the
+    text); (2) whether only the quadratic term is pooled — here the linear and constant terms of Eq. 10 stay full
+    size (2d + 2 entries), so qt_pool = taylor2 exactly when x is constant in each pool window. Pooling the whole
+    input first (y in place of x everywhere) would give d_φ = (d/p + 1)² + 1 and a different linear term.
     """
 
     name = "qt_pool"
@@ -372,29 +432,6 @@ class QTRandomKernel(_ReducedTaylor2Kernel):
         return x[..., self.pairs[:, 0]] * x[..., self.pairs[:, 1]]
 
 
-class FocusedKernel(AttentionKernel):
-    """focused: FLatten's focused function with p = 3.
-
-    x ← ReLU(x / softplus(w)) + 1e-6 with a learnable per-head, per-channel w (init 0); then
-    φ_p(x) = ‖x‖/‖x^p‖ · x^p (element-wise power): the same norm, sharper direction. d_φ = d, O(N·d·dv).
-    The layer's depthwise conv on V is not part of the kernel. Source: Han et al., FLatten Transformer, ICCV 2023.
-    """
-
-    name = "focused"
-
-    def __init__(self, head_dim: int, num_heads: int = 1, *, focusing_factor: float = 3.0, **kwargs: Any) -> None:
-        super().__init__(head_dim, num_heads, **kwargs)
-        self.focusing_factor = focusing_factor
-        self.scale = nn.Parameter(torch.zeros(num_heads, 1, head_dim))
-
-    def phi(self, x: Tensor) -> Tensor:
-        if x.shape[1] != self.num_heads:
-            raise ValueError(f"focused kernel was built for {self.num_heads} heads, input has {x.shape[1]}")
-        x = F.relu(x / F.softplus(self.scale.to(x.dtype))) + 1e-6
-        xp = x ** self.focusing_factor
-        return xp * (l2norm(x) / l2norm(xp))
-
-
 class L2ViTKernel(AttentionKernel):
     """l2vit: L2ViT's enhanced linear attention.
 
@@ -420,8 +457,8 @@ class L2ViTKernel(AttentionKernel):
             raise ValueError(f"l2vit kernel was built for {self.num_heads} heads, input has {x.shape[1]}")
         return self.temperature.to(x.dtype)
 
-    def finish(self, out: Tensor) -> Tensor:
-        return out[..., :-1] * self._tau(out) / out[..., -1:].clamp_min(self.den_min)
+    def finish(self, num: Tensor, den: Tensor | None, vmean: Tensor | None) -> Tensor:
+        return num * self._tau(num) / den.clamp_min(self.den_min)
 
     def normalise_map(self, sim: Tensor) -> Tensor:
         return sim * self._tau(sim) / sim.sum(dim=-1, keepdim=True).clamp_min(self.den_min)
@@ -432,6 +469,7 @@ KERNELS: dict[str, type[AttentionKernel]] = {
     for cls in (
         SoftmaxKernel, ReLUKernel, EluKernel, CosineKernel, MeanKernel, SigmoidSoftmaxKernel, AngularKernel,
         Taylor1Kernel, Taylor2Kernel, QTKernel, QTPaperKernel, QTPoolKernel, QTChunkKernel, QTRandomKernel,
-        FocusedKernel, L2ViTKernel,
+        FocusedKernel, L2ViTKernel, HydraKernel, CastlingKernel, AFTSimpleKernel, PolaKernel, InLineKernel,
+        MALAKernel, RALAKernel,
     )
 }

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SIMILARITIES", "reference_similarity"]
+__all__ = ["SIMILARITIES", "reference_similarity", "aft_simple_channel_maps", "polaformer_maps"]
 
 
 def _dot(q: Tensor, k: Tensor) -> Tensor:
@@ -76,15 +76,18 @@ def taylor2(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
     return 1 + s + s * s / 2
 
 
-def qt(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
-    """The official QT-ViT map: u = x/(‖x‖ + eps), u = u², u = u/(‖u‖ + eps); Sim = u_q·u_k + scale²."""
-    def direction(x: Tensor) -> Tensor:
-        x = x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + kernel.eps)
-        x = x * x
-        return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + kernel.eps)
+def _norm(x: Tensor) -> Tensor:
+    """‖x‖₂ over the last axis, floored at the dtype's smallest normal number (an all-zero row gives 0, not NaN)."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
+
+def qt(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """cos(q², k²) + s² = (q²·k²)/(‖q²‖ ‖k²‖) + s²: the official map's similarity, whose two eps (1e-15) move it
+    by under 1e-14 relative; 0 + s² for an all-zero token."""
+    q2, k2 = q * q, k * k
     scale = kernel.scale.to(q.dtype)
-    return _dot(direction(q), direction(k)) + scale * scale
+    norms = (_norm(q2) * _norm(k2).transpose(-1, -2)).clamp_min(torch.finfo(q.dtype).tiny)
+    return _dot(q2, k2) / norms + scale * scale
 
 
 def qt_paper(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
@@ -117,15 +120,83 @@ def qt_random(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
 
 
 def focused(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
-    """φ_p(q)·φ_p(k): the focused function is defined through its map, there is no other closed form."""
-    return _dot(kernel.phi(q), kernel.phi(k))
+    """φ_p(q_i)·φ_p(k_j)/N, with φ_p written on the released code's token-major (B, N, C = H·d) layout: x ←
+    (ReLU(x) + 1e-6)/softplus(w), φ_p(x) = x^p·‖x‖/‖x^p‖ with both norms over all C channels of the token."""
+    def fmap(x: Tensor) -> Tensor:
+        B, H, N, d = x.shape
+        t = x.transpose(1, 2).reshape(B, N, H * d)
+        t = (F.relu(t) + 1e-6) / F.softplus(kernel.scale.to(x.dtype).reshape(1, 1, H * d))
+        tp = t ** kernel.focusing_factor
+        t = tp / torch.linalg.vector_norm(tp, dim=-1, keepdim=True) * torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+        return t.reshape(B, N, H, d).transpose(1, 2)
+
+    return _dot(fmap(q), fmap(k)) / k.shape[2]
+
+
+def hydra(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """q̂·k̂ (no 1/N, no denominator)."""
+    return _dot(q, k) / (_norm(q) * _norm(k).transpose(-1, -2)).clamp_min(1e-12)
+
+
+def castling(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """q̂·k̂/π; the 0.5·v_i term is the kernel's ``self_weight`` (0.5·I in the map), the row L2 norm its ``post``."""
+    return _dot(F.normalize(q, dim=-1), F.normalize(k, dim=-1)) / math.pi
+
+
+def aft_simple_channel_maps(q: Tensor, k: Tensor) -> Tensor:
+    """(B, H, Nq, N, d): channel c's map σ(q_ic)·softmax_j(k_jc) of AFT-simple."""
+    return torch.sigmoid(q).unsqueeze(-2) * torch.softmax(k, dim=2).unsqueeze(-3)
+
+
+def aft_simple(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """The mean over channels of AFT-simple's per-channel maps (a display: the operator applies each channel's)."""
+    return aft_simple_channel_maps(q, k).mean(-1)
+
+
+def polaformer_maps(kernel: nn.Module, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Same-sign Σ_c (q⁺_c^p k⁺_c^p + q⁻_c^p k⁻_c^p)/N and opposite-sign Σ_c (q⁻_c^p k⁺_c^p + q⁺_c^p k⁻_c^p)/N
+    similarities of x/softplus(w), written as sums over channels of element-wise products."""
+    w = F.softplus(kernel.scale.to(q.dtype))
+    p = 1 + kernel.alpha * torch.sigmoid(kernel.power.to(q.dtype))
+    qs, ks = q / w, k / w
+    qp, qn = qs.clamp_min(0) ** p, (-qs).clamp_min(0) ** p
+    kp, kn = ks.clamp_min(0) ** p, (-ks).clamp_min(0) ** p
+    n = k.shape[2]
+    same = torch.einsum("bhic,bhjc->bhij", qp, kp) + torch.einsum("bhic,bhjc->bhij", qn, kn)
+    opp = torch.einsum("bhic,bhjc->bhij", qn, kp) + torch.einsum("bhic,bhjc->bhij", qp, kn)
+    return same / n, opp / n
+
+
+def polaformer(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """The same-sign similarity (the map of v's first half); see ``polaformer_maps``."""
+    return polaformer_maps(kernel, q, k)[0]
+
+
+def inline(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """φ(q)·φ(k)/(√d·N); the subtractive normaliser makes the weights Sim_ij − mean_s Sim_is + 1/N."""
+    phi = {"identity": lambda x: x, "relu": F.relu, "leakyrelu": F.leaky_relu,
+           "exp": lambda x: torch.exp(0.2 * x)}[kernel.kernel_func]
+    return _dot(phi(q), phi(k)) / (math.sqrt(kernel.head_dim) * k.shape[2])
+
+
+def mala(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """(ELU(q)+1)·(ELU(k)+1)/(√d·N); the magnitude-aware normaliser gives (1 + 1/z_i)·Sim_ij − z_i/N."""
+    return _dot(F.elu(q) + 1, F.elu(k) + 1) / (math.sqrt(kernel.head_dim) * k.shape[2])
+
+
+def rala(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    """softmax_j(q̄·φ(k_j)/√d)·φ(q_i)·φ(k_j), φ = ELU + 1, q̄ the mean of φ(q) over the queries."""
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    weights = torch.softmax(_dot(fq.mean(dim=2, keepdim=True), fk) / math.sqrt(kernel.head_dim), dim=-1)
+    return _dot(fq, fk) * weights
 
 
 SIMILARITIES: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
     "softmax": softmax, "relu": relu, "elu": elu, "cosine": cosine, "mean": mean,
     "sigmoid_softmax": sigmoid_softmax, "angular": angular, "taylor1": taylor1, "taylor2": taylor2, "qt": qt,
     "qt_paper": qt_paper, "qt_pool": qt_pool, "qt_chunk": qt_chunk, "qt_random": qt_random, "focused": focused,
-    "l2vit": relu,
+    "l2vit": relu, "hydra": hydra, "castling": castling, "aft_simple": aft_simple, "polaformer": polaformer,
+    "inline": inline, "mala": mala, "rala": rala,
 }
 
 

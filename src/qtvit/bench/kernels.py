@@ -2,9 +2,14 @@
 
     qtvit benchmark kernels                      # CPU, fp32, N = 256 … 65536, head dims 16 and 32
     qtvit benchmark kernels --kernels qt softmax --ns 1024 16384 --modes fwd fwd+bwd
+    qtvit benchmark kernels --peer --kernels qt relu taylor2 --ns 4096 --head-dims 16 --heads 8   # + the 2 ratios
 
 Writes a CSV (one row per kernel, N, head dim and mode) and, with matplotlib, a log-log PNG with the crossover of
-each linear kernel against softmax marked.
+each linear kernel against softmax marked. With ``--peer`` it also measures two speed ratios side by side (the two
+calls alternate, median of ``--repeats`` each; fp32, 8 heads, head dim 16, batch 1) and writes them to
+``<out>_ratios.csv``: taylor2 against the non-causal path of lucidrains' taylor-series-linear-attention feature map
+at N = 16384 (speed-up, target >= 3), and qt against a minimal ReLU linear attention at N = 4096 (time ratio,
+target <= 1.5).
 """
 from __future__ import annotations
 
@@ -14,10 +19,22 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable
 
+import statistics
+import time
+
 import torch
+import torch.nn.functional as F
 
 from ..attention import create_kernel, list_kernels
-from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure, write_csv  # noqa: F401
+from .measure import (  # noqa: F401
+    device_line,
+    median_time,
+    peak_memory_bytes,
+    read_csv,
+    save_figure,
+    synchronize,
+    write_csv,
+)
 
 DEFAULT_NS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "time_ms", "runs", "peak_mib",
@@ -36,6 +53,76 @@ def _peer_fn(head_dim: int, heads: int, device: torch.device, dtype: torch.dtype
     def run(x: torch.Tensor) -> torch.Tensor:  # the peer takes tokens (B, N, C) and includes its projections
         return attn(x)
     return run
+
+
+RATIO_FIELDS = ["ratio", "kernel", "baseline", "n", "head_dim", "heads", "batch", "dtype", "device", "kernel_ms",
+                "baseline_ms", "value", "target", "runs"]
+
+
+def relu_minimal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The floor for a linear kernel: ReLU features, kᵀv, q(kᵀv)/(q·Σk) (no checks, no casts, no chunks)."""
+    q, k = F.relu(q), F.relu(k)
+    return (q @ (k.transpose(-1, -2) @ v)) / (q @ k.sum(dim=2, keepdim=True).transpose(-1, -2) + 1e-15)
+
+
+def peer_taylor_core(head_dim: int, symmetric: bool = False) -> Callable | None:
+    """The non-causal path of lucidrains' taylor-series-linear-attention on (B, H, N, d) q, k, v: its feature map
+    ``second_taylor_expansion`` (1 + d + d² features; with ``symmetric``, its ``remove_even_power_dups`` option,
+    1 + d + d(d+1)/2) of q·d^-½ and k, then kᵀv, 1/(q·Σk) and q·kv, as its TaylorSeriesLinearAttn does between
+    its projections (default: not symmetric). None without the package."""
+    try:
+        from taylor_series_linear_attention.attention import second_taylor_expansion
+    except ImportError:
+        return None
+    scale = head_dim ** -0.5
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        fq = second_taylor_expansion(q * scale, remove_even_power_dups=symmetric)
+        fk = second_taylor_expansion(k, remove_even_power_dups=symmetric)
+        kv = torch.einsum("bhnd,bhne->bhde", fk, v)
+        inv = 1.0 / torch.einsum("bhnd,bhd->bhn", fq, fk.sum(dim=2)).clamp(min=1e-5)
+        return torch.einsum("bhnd,bhde->bhne", fq, kv) * inv.unsqueeze(-1)
+    return run
+
+
+def paired_times(fa: Callable[[], object], fb: Callable[[], object], device: torch.device,
+                 repeats: int) -> tuple[float, float]:
+    """Median times of two calls measured side by side: they alternate, so both see the same machine load."""
+    ta: list[float] = []
+    tb: list[float] = []
+    with torch.no_grad():
+        fa(), fb()  # warm-up
+        for _ in range(repeats):
+            for f, times in ((fa, ta), (fb, tb)):
+                synchronize(device)
+                t0 = time.perf_counter()
+                f()
+                synchronize(device)
+                times.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads: int = 8, head_dim: int = 16,
+                 taylor_n: int = 16384, qt_n: int = 4096) -> list[dict]:
+    """taylor2's speed-up over the peer's non-causal Taylor path, and qt's time over ``relu_minimal`` (fp32)."""
+    device = torch.device(device)
+    rows = []
+    cases = [("taylor2_vs_peer", "taylor2", PEER, taylor_n, peer_taylor_core(head_dim), ">= 3 (speed-up)"),
+             ("taylor2_vs_peer_symmetric", "taylor2", PEER + "(remove_even_power_dups)", taylor_n,
+              peer_taylor_core(head_dim, symmetric=True), "(speed-up; no target)"),
+             ("qt_vs_relu_minimal", "qt", "relu_minimal", qt_n, relu_minimal, "<= 1.5 (time ratio)")]
+    for ratio, name, base_name, n, base, target in cases:
+        if base is None:
+            continue
+        g = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(1, heads, n, head_dim, generator=g).to(device) for _ in range(3))
+        module = create_kernel(name, head_dim=head_dim, num_heads=heads).to(device)
+        t_kernel, t_base = paired_times(lambda: module(q, k, v), lambda: base(q, k, v), device, repeats)
+        value = t_base / t_kernel if ratio.startswith("taylor2") else t_kernel / t_base
+        rows.append(dict(ratio=ratio, kernel=name, baseline=base_name, n=n, head_dim=head_dim, heads=heads, batch=1,
+                         dtype="float32", device=device.type, kernel_ms=round(t_kernel * 1e3, 4),
+                         baseline_ms=round(t_base * 1e3, 4), value=round(value, 3), target=target, runs=repeats))
+    return rows
 
 
 def benchmark_kernels(
@@ -164,10 +251,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="runs per point; the median is reported")
     p.add_argument("--budget", type=float, default=5.0, help="seconds per point after which fewer runs are taken")
     p.add_argument("--max-call", type=float, default=20.0, help="a kernel slower than this per call skips larger N")
-    p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it)")
+    p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it) "
+                   "and measure the two speed ratios side by side (written to <out>_ratios.csv)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
     p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
     p.set_defaults(func=run_cli)
+
+
+def _report_ratios(device: torch.device, line: str, out: Path, repeats: int) -> None:
+    ratios = speed_ratios(device, repeats=repeats)
+    for r in ratios:
+        print(f"{r['ratio']}: {r['kernel']} {r['kernel_ms']:.3f} ms, {r['baseline']} {r['baseline_ms']:.3f} ms at "
+              f"N={r['n']} ({r['heads']} heads, d {r['head_dim']}): {r['value']:.2f} (target {r['target']})")
+    path = out.with_name(out.stem + "_ratios.csv")
+    write_csv(ratios, path, line, RATIO_FIELDS)
+    print(f"wrote {path}")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -177,6 +277,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.peer and importlib.util.find_spec(PEER) is None:
         raise SystemExit("qtvit benchmark kernels: --peer needs the peer library: "
                          "pip install taylor-series-linear-attention")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"qtvit benchmark kernels: --threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     line = device_line(device)
     print(f"# {line}")
@@ -192,6 +296,8 @@ def run_cli(args: argparse.Namespace) -> int:
                              on_row=show)
     write_csv(rows, args.out, line, FIELDS)
     print(f"wrote {args.out}")
+    if args.peer:
+        _report_ratios(device, line, args.out, max(args.repeats, 9))
     for d in args.head_dims:
         sel = [r for r in rows if r["head_dim"] == d]
         n_x = crossover(sel, "qt") if {"qt", "softmax"} <= set(args.kernels) else None
