@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from .._io import atomic_write, disk_full_error, fsync_dir
+from .._io import atomic_write, disk_full_error, fsync_dir, write_text
 from .config import CONFIG_KEY, model_config, unwrap_model
 from .files import EMA_NAME, STEP_DIR, TRAIN_STATE_NAME, WEIGHTS_NAME, latest_checkpoint
 
@@ -109,7 +109,7 @@ def _put_in_place(root: Path, tmp: Path, name: str) -> Path:
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
     fsync_dir(root)
-    atomic_write(root / "latest", lambda t: Path(t).write_text(name + "\n"))
+    write_text(root / "latest", name + "\n")
     return final
 
 

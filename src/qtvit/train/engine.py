@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .._io import atomic_write
+from .._io import write_text
 from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
                           save_checkpoint, save_weights)
 from .distributed import all_reduce_mean, cleanup_distributed, setup_distributed
@@ -122,7 +122,7 @@ def _prepare_run_folder(run: Run) -> None:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     args = {**dataclasses.asdict(run.cfg), "world_size": run.dist.world,
             "data_config": dataclasses.asdict(run.data_cfg)}
-    atomic_write(run.run_dir / "args.json", lambda t: Path(t).write_text(json.dumps(args, indent=2, default=str)))
+    write_text(run.run_dir / "args.json", json.dumps(args, indent=2, default=str))
 
 
 # ----------------------------------------------------------------------------------------------- resume
@@ -274,8 +274,7 @@ def evaluate_run(run: Run, state: RunState) -> dict:
             if run.dist.is_main:  # best/ is a save_pretrained folder: weights and config.json
                 save_weights(m, run.run_dir / "best" / "model.safetensors")
                 config = {**model_config(m), **state.best}
-                atomic_write(run.run_dir / "best" / "config.json",
-                             lambda t: Path(t).write_text(json.dumps(config, indent=2)))
+                write_text(run.run_dir / "best" / "config.json", json.dumps(config, indent=2))
     out["eval_images"] = r["images"]
     if state.per_class and run.dist.is_main:
         write_per_class(run.run_dir, state.per_class, _class_names(run))
@@ -322,7 +321,7 @@ def _finish(run: Run, state: RunState, seconds: float) -> dict:
                **{k: final.get(k) for k in task.scores}, **_last_per_class(run, state), "train_time_s": seconds}
     if run.dist.is_main:
         text = {k: v for k, v in summary.items() if k not in ("history", "step_losses", "model")}
-        atomic_write(run.run_dir / "summary.json", lambda t: Path(t).write_text(json.dumps(text, indent=2)))
+        write_text(run.run_dir / "summary.json", json.dumps(text, indent=2))
         run.log(_closing_line(run, state, final, stopped, seconds))
     return summary
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write
+from .._io import write_text
 
 __all__ = ["TopKAccuracy", "peak_memory_mb", "write_metrics", "write_per_class"]
 
@@ -53,8 +53,8 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     w.writerows(rows)
-    atomic_write(run_dir / "metrics.csv", lambda t: Path(t).write_text(buf.getvalue()))
-    atomic_write(run_dir / "metrics.jsonl", lambda t: Path(t).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    write_text(run_dir / "metrics.csv", buf.getvalue())
+    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_per_class(run_dir: str | os.PathLike, rows: list[dict], class_names: list[str]) -> None:
@@ -68,4 +68,4 @@ def write_per_class(run_dir: str | os.PathLike, rows: list[dict], class_names: l
         for i, name in enumerate(class_names):
             w.writerow([r["epoch"], r["step"], r["which"], i, name,
                         *("" if r.get(k) is None or r[k][i] is None else r[k][i] for k in scores)])
-    atomic_write(Path(run_dir) / "per_class.csv", lambda t: Path(t).write_text(buf.getvalue()))
+    write_text(Path(run_dir) / "per_class.csv", buf.getvalue())
