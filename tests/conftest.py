@@ -3,6 +3,8 @@ registered models for the data / training / CLI tests (the zoo's models are too 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,15 @@ def tiny_config(tmp_path, **kw):
     return make_config(**base)
 
 
+
+
+def run_two_processes(script: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` under torchrun with two CPU processes (gloo), one thread each, outside any torchrun of ours;
+    fails the test with the processes' output when they fail."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

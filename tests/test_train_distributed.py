@@ -4,9 +4,6 @@ torch's SyncBatchNorm (which would fix that) runs only on CUDA."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 import torch
 
 from qtvit.train import train
-from conftest import tiny_config
+from conftest import run_two_processes, tiny_config
 
 pytestmark = pytest.mark.usefixtures("tiny_models")
 
@@ -37,12 +34,7 @@ _SCRIPT = textwrap.dedent("""
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_processes(script)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # DDP keeps the ranks identical
 

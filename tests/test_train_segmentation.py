@@ -7,9 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import SMALL_FMNIST, tiny_config
+from conftest import SMALL_FMNIST, run_two_processes, tiny_config
 from qtvit.checkpoints import latest_checkpoint
 from qtvit.cli import main
 from qtvit.train import load_model, lr_at, make_config, predict, train, validate
@@ -361,12 +358,7 @@ def test_two_processes_train_and_score_the_whole_evaluation_set(tmp_path):
     # the auxiliary head's forward under DDP, and one confusion matrix over both ranks' halves of the scenes
     script = tmp_path / "ddp_seg.py"
     script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_processes(script)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["global_step"] == 3 and summary["per_class_iou"]["background"] is not None
     # rank 0's weights in one process, on all 4 evaluation scenes: the same scores
