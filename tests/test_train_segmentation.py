@@ -293,7 +293,7 @@ def test_recipe_and_flags_from_the_command_line(tmp_path):
     code = main(["train", "--recipe", "seg-scenes", "--model", "seg_tiny", "--data", SMALL_FMNIST, "--img-size", "64",
                  "-b", "4", "--eval-batch-size", "4", "--limit-train", "8", "--limit-eval", "2", "--epochs", "2",
                  "--max-steps", "3", "--workers", "0", "--threads", "1", "--no-progress", "--output", str(tmp_path),
-                 "--name", "cli", "--lr", "1e-3", "--warmup-epochs", "1", "--eval-every-epochs", "1"])
+                 "--name", "cli"])
     assert code == 0
     args = json.loads((tmp_path / "cli" / "args.json").read_text())
     assert args["task"] == "segmentation" and args["schedule"] == "poly" and args["batch_size"] == 4
