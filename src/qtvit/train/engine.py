@@ -32,7 +32,7 @@ from .._io import write_text
 from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
                           save_checkpoint, save_weights)
 from .distributed import all_reduce_mean, cleanup_distributed, setup_distributed
-from .evaluate import reestimate_bn_on
+from .evaluate import class_names, reestimate_bn_on
 from .inputs import autocast
 from .metrics import peak_memory_mb, write_metrics, write_per_class
 from .optim import lr_at
@@ -277,12 +277,8 @@ def evaluate_run(run: Run, state: RunState) -> dict:
                 write_text(run.run_dir / "best" / "config.json", json.dumps(config, indent=2))
     out["eval_images"] = r["images"]
     if state.per_class and run.dist.is_main:
-        write_per_class(run.run_dir, state.per_class, _class_names(run))
+        write_per_class(run.run_dir, state.per_class, class_names(run.model, run.num_classes))
     return out
-
-
-def _class_names(run: Run) -> list[str]:
-    return list(run.model.pretrained_cfg.get("label_names") or [str(i) for i in range(run.num_classes)])
 
 
 def save(run: Run, state: RunState) -> None:
@@ -331,7 +327,7 @@ def _last_per_class(run: Run, state: RunState) -> dict:
     rows = [r for r in state.per_class if r["which"] == "model"]
     if not rows:
         return {}
-    names = _class_names(run)
+    names = class_names(run.model, run.num_classes)
     return {f"per_class_{k}": dict(zip(names, v)) for k, v in rows[-1].items() if isinstance(v, list)}
 
 

@@ -129,7 +129,8 @@ def _check_classes(net: nn.Module, classes: list[str], num_classes: int) -> None
                          f"{list(names[:5])}...; validate on the dataset the model was trained for")
 
 
-def _class_names(net: nn.Module, num_classes: int) -> list[str]:
+def class_names(net: nn.Module, num_classes: int) -> list[str]:
+    """The saved model's class names (``label_names``), numbered past those it records."""
     names = list(net.pretrained_cfg.get("label_names") or [])
     return names + [str(i) for i in range(len(names), num_classes)]
 
@@ -160,7 +161,7 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
                                                  batch_size=batch_size, rank=d.rank, world=d.world, workers=workers,
                                                  limit=limit, eval_short_side=img_size)
             r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp)
-            names = _class_names(net, num_classes)
+            names = class_names(net, num_classes)
             r.update({k: dict(zip(names, v)) for k, v in r.items() if k.startswith("per_class_")})
         else:
             data_cfg = _preprocessing(net, img_size, crop_pct, info.mean, info.std)
@@ -188,7 +189,7 @@ def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathL
         raise ValueError(f"topk {topk} and batch_size {batch_size} must be positive; pass --topk 5 -b 64 e.g.")
     net = load_model(checkpoint, model, device=device)
     dev = next(net.parameters()).device
-    names = _class_names(net, _classes_and_channels(net)[0])
+    names = class_names(net, _classes_and_channels(net)[0])
     if task_of(net) == "segmentation":
         if output_dir is None:
             raise ValueError("a segmentation checkpoint predicts masks: pass --output-dir, the folder to write "
