@@ -285,6 +285,26 @@ def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
     assert r[0]["size"] == [64, 64] and math.isclose(sum(r[0]["classes"].values()), 1.0, abs_tol=1e-4)
 
 
+def test_figure_shows_the_images_truth_and_the_predictions_validate_scores(seg_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from qtvit.viz_seg import predict_examples
+    run, _ = seg_run
+    images, truths, preds, names = predict_examples(run, SMALL_FMNIST, images=3, first=1)
+    assert images.shape == (3, 256, 256, 3) and images.dtype == np.uint8 and truths.shape == preds.shape == (3, 256, 256)
+    assert names[0] == "background" and len(names) == 11
+    # the same pixels and predictions as `qtvit validate` scores: its aAcc over images 0..3 from the figure's 1..3
+    first = predict_examples(run, SMALL_FMNIST, images=1, first=0)
+    t, p = np.concatenate([first[1], truths]), np.concatenate([first[2], preds])
+    scored = validate(run, data=SMALL_FMNIST, limit=4, batch_size=1, device="cpu", workers=0)
+    assert 100 * (p == t)[t != 255].mean() == pytest.approx(scored["aacc"], abs=1e-3)
+    out = tmp_path / "fig.png"
+    assert main(["figure", "segmentation", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--images", "2",
+                 "--out", str(out)]) == 0
+    assert Image.open(out).format == "PNG" and "wrote" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="the evaluation split has only 1000 images"):
+        predict_examples(run, SMALL_FMNIST, images=1, first=1000)
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 def test_recipe_and_flags_from_the_command_line(tmp_path):
     code = main(["train", "--recipe", "seg-scenes", "--model", "seg_tiny", "--data", SMALL_FMNIST, "--img-size", "64",
@@ -302,6 +322,9 @@ def test_recipe_and_flags_from_the_command_line(tmp_path):
     assert [row["step"] for row in rows] == [2, 4] and all("miou" in row and "top1" not in row for row in rows)
     # poly decay after one epoch of warm-up (2 steps): step 3 of 4 is at t = 1/2
     assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert args["scale_range"] == [0.5, 2.0]  # mmseg's random rescale by default
+    with pytest.raises(ValueError, match="--scale-range 2.0 1.0: give the smaller ratio first"):
+        train(seg_config(tmp_path, scale_range=(2.0, 1.0)))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -47,7 +47,9 @@ _HELP = {
     "bce": "BCE-with-logits loss instead of cross-entropy", "mixup": "mixup Beta alpha (0 = off)",
     "cutmix": "cutmix Beta alpha (0 = off)", "randaug_n": "RandAugment ops per image (0 = off)",
     "randaug_m": "RandAugment magnitude", "reprob": "random erasing probability",
-    "rrc_scale": "random resized crop area range (image folders)", "padding": "random-crop padding (Fashion-MNIST)",
+    "rrc_scale": "random resized crop area range (image folders)",
+    "scale_range": "segmentation: random rescale ratio range before the crop (mmseg: 0.5 2.0)",
+    "padding": "random-crop padding (Fashion-MNIST)",
     "hflip": "random horizontal flips", "drop_path": "drop path rate",
     "drop_path_schedule": "constant, or linear in training progress", "model_ema": "keep an EMA of the weights",
     "model_ema_decay": "EMA decay", "model_ema_warmup_steps": "EMA warm-up: decay*(1-exp(-step/N)); 0 = none",
@@ -189,7 +191,7 @@ def config_from_args(args: argparse.Namespace):
     given = {k: v for k, v in vars(args).items() if k in names and k != "recipe" and v is not None}
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
-    for k in ("betas", "rrc_scale"):
+    for k in ("betas", "rrc_scale", "scale_range"):
         if k in given:
             given[k] = tuple(given[k])
     if args.resume:
@@ -199,8 +201,9 @@ def config_from_args(args: argparse.Namespace):
             raise FileNotFoundError(f"--resume {args.resume}: the run folder has no args.json; pass the run folder "
                                     "that `qtvit train` printed")
         saved = {k: v for k, v in json.loads(saved_args.read_text()).items() if k in names and k not in _NOT_RESUMED}
-        for k in ("betas", "rrc_scale"):
-            saved[k] = tuple(saved[k])
+        for k in ("betas", "rrc_scale", "scale_range"):
+            if k in saved:  # runs saved before an option existed take its default
+                saved[k] = tuple(saved[k])
         return TrainConfig(**{**saved, **given})
     return make_config(args.recipe, **given)
 

@@ -285,10 +285,10 @@ def write_pareto_csv(rows: Sequence[dict], path: str | Path, comment: str) -> Pa
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
 def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``qtvit figure {attention,pareto}``."""
+    """Register ``qtvit figure {attention,pareto,segmentation}``."""
     p = subparsers.add_parser("figure", help="attention-map and Pareto figures (PNG)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto}")
+    sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto,segmentation}")
 
     a = sub.add_parser("attention", help="one query token's attention under several kernels (QT-ViT Fig. 2)")
     a.add_argument("--image", type=Path, default=None, help="image file (default: matplotlib's sample photo)")
@@ -315,6 +315,9 @@ def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--batch", type=int, default=1, help="with --benchmark: which batch size")
     r.add_argument("--out", type=Path, default=Path("results/pareto.png"))
     r.set_defaults(func=_pareto_cli)
+
+    from .viz_seg import add_segmentation_figure_parser  # its imports (training, data) only when figures are asked
+    add_segmentation_figure_parser(sub)
 
 
 def _attention_cli(args: argparse.Namespace) -> int:

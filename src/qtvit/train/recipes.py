@@ -46,6 +46,7 @@ class TrainConfig:
     # loss and regularisation
     smoothing: float = 0.1
     aux_weight: float = 0.4            # segmentation: weight of the auxiliary head's loss (UperNet's FCN head)
+    scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale ratio before the crop (mmseg's)
     bce: bool = False                  # BCE-with-logits on the (smoothed, mixed) targets instead of cross-entropy
     mixup: float = 0.0                 # Beta(alpha, alpha) for mixup; 0 = off
     cutmix: float = 0.0
@@ -182,6 +183,7 @@ BOUNDS: dict[str, Bound] = {
     "keep_checkpoints": _POSITIVE, "eval_every_epochs": _POSITIVE, "limit_train": _POSITIVE,
     "limit_eval": _POSITIVE, "max_steps": _POSITIVE, "betas": Bound(0, 1, hi_open=True),
     "rrc_scale": Bound(0, 1, lo_open=True), "aux_weight": _NONNEG,
+    "scale_range": Bound(0, 8, lo_open=True),
 }
 BOUND_HINTS = {"limit_train": "; leave it out to use all images", "limit_eval": "; leave it out to use all images",
           "crop_pct": " (the fraction of the resized image kept by the centre crop)",
@@ -190,7 +192,7 @@ BOUND_HINTS = {"limit_train": "; leave it out to use all images", "limit_eval": 
 
 def check_value(name: str, value) -> None:
     """A ValueError naming the option and what it accepts when `value` (None: unset, always fine) is out of
-    BOUNDS; pairs (betas, rrc_scale) are checked element-wise."""
+    BOUNDS; pairs (betas, rrc_scale, scale_range) are checked element-wise."""
     bound = BOUNDS.get(name)
     if bound is None or value is None:
         return
@@ -218,6 +220,8 @@ def check_config(cfg: TrainConfig) -> None:
     check_run_name(cfg.name)
     if cfg.rrc_scale[0] > cfg.rrc_scale[1]:
         raise ValueError(f"--rrc-scale {cfg.rrc_scale[0]} {cfg.rrc_scale[1]}: give the smaller area first")
+    if cfg.scale_range[0] > cfg.scale_range[1]:
+        raise ValueError(f"--scale-range {cfg.scale_range[0]} {cfg.scale_range[1]}: give the smaller ratio first")
     if cfg.task not in TASKS:
         raise ValueError(f"--task {cfg.task!r}: use {' or '.join(TASKS)}")
     if cfg.schedule not in SCHEDULES:

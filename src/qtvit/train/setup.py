@@ -135,13 +135,14 @@ def _seg_batches(cfg: TrainConfig, info: SegDatasetInfo, data_cfg: DataConfig, d
     # --img-size is the training crop; evaluation follows the dataset's protocol (labels at their own size)
     common = dict(crop_size=data_cfg.input_size[-1], seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
     train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, limit=cfg.limit_train,
-                                       hflip=cfg.hflip, **common)
+                                       hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range), **common)
     evals = build_segmentation_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval,
                                        **common)
     bn = None
     if cfg.bn_reestimate_images > 0:
         bn = build_segmentation_batches(info, train=True, batch_size=min(cfg.bn_reestimate_batch, train.num_samples),
-                                        limit=cfg.limit_train, hflip=cfg.hflip, **common)
+                                        limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range),
+                                        **common)
     return train, evals, bn
 
 

@@ -1,0 +1,95 @@
+"""Segmentation figure: evaluation images, their ground truth and a trained model's prediction side by side, in
+the class colours of ``qtvit predict``'s masks (``seg_palette``), with a legend of the classes shown.
+
+    qtvit figure segmentation --checkpoint runs/seg-scenes            # the first 6 test scenes
+    qtvit figure segmentation --checkpoint runs/seg-scenes --images 4 --first 100 --out results/seg.png
+
+The images go through the dataset's evaluation protocol (``build_segmentation_batches(train=False)``), exactly as
+``qtvit validate`` scores them, and each panel's title gives that image's pixel accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bench.measure import save_figure
+from .data.segmentation import build_segmentation_batches
+from .data.transforms import resolve_data_config
+from .train.evaluate import class_names, load_model
+from .train.inputs import model_input
+from .train.seg_evaluate import main_logits, open_task_data, seg_palette
+from .train.seg_metrics import upsample_logits
+
+__all__ = ["predict_examples", "plot_segmentation", "add_segmentation_figure_parser"]
+
+
+@torch.no_grad()
+def predict_examples(checkpoint: str | Path, data: str | None = None, *, images: int = 6, first: int = 0):
+    """(uint8 images (n, H, W, C), labels (n, H, W), predictions (n, H, W), class names) of eval images
+    ``first .. first + images - 1`` of `data` (default: the Fashion-MNIST scenes) under the checkpoint's model."""
+    if images < 1 or first < 0:
+        raise ValueError(f"--images {images} --first {first}: give at least one image and a first index >= 0")
+    net = load_model(checkpoint)
+    info = open_task_data("segmentation", data)
+    data_cfg = resolve_data_config(net, dataset_mean=info.mean, dataset_std=info.std)  # as `qtvit validate`
+    batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1], batch_size=1,
+                                         workers=0, limit=first + images)
+    if batches.num_samples <= first:
+        raise ValueError(f"--first {first}: the evaluation split has only {batches.num_samples} images")
+    shown, truths, preds = [], [], []
+    for i, (x, y) in enumerate(batches.iterate(0)):
+        if i < first:
+            continue
+        logits = main_logits(net(model_input(x, data_cfg, torch.device("cpu"))))
+        preds.append(upsample_logits(logits.float(), y.shape[-2:]).argmax(1)[0].numpy())
+        shown.append(x[0].expand(3, -1, -1).permute(1, 2, 0).numpy())
+        truths.append(y[0].numpy())
+    num_classes = net.pretrained_cfg.get("num_classes") or logits.shape[1]
+    return np.stack(shown), np.stack(truths), np.stack(preds), class_names(net, num_classes)
+
+
+def plot_segmentation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, names: list[str],
+                      path: str | Path, title: str = "", ignore_index: int = 255) -> Path:
+    """One row per image: the image, its ground truth, the prediction (ignored pixels white in both)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    palette = np.concatenate([seg_palette(len(names)), np.full((256 - len(names), 3), 255, np.uint8)])
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n + 0.8), squeeze=False)
+    for row, (img, truth, pred) in enumerate(zip(images, truths, preds)):
+        valid = truth != ignore_index
+        acc = 100.0 * float((pred[valid] == truth[valid]).mean()) if valid.any() else float("nan")
+        shown_pred = np.where(valid, pred, ignore_index)
+        for ax, panel, label in zip(axes[row], (img, palette[truth], palette[shown_pred]),
+                                    ("image", "ground truth", f"prediction ({acc:.1f} % of pixels)")):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_title(label, fontsize=8)
+            ax.axis("off")
+    present = sorted(set(np.unique(truths)) | set(np.unique(preds)) - {ignore_index})
+    handles = [Patch(color=palette[c] / 255, label=names[c]) for c in present if c < len(names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=0.6 / (2.5 * n + 0.8))
+    return save_figure(fig, path, title=title)
+
+
+def add_segmentation_figure_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("segmentation", help="evaluation images, ground truth and a model's predictions")
+    s.add_argument("--checkpoint", type=Path, required=True, help="a segmentation run folder or weights file")
+    s.add_argument("--data", default=None, help="the dataset (default: the Fashion-MNIST scenes)")
+    s.add_argument("--images", type=int, default=6, help="how many evaluation images")
+    s.add_argument("--first", type=int, default=0, help="index of the first evaluation image shown")
+    s.add_argument("--out", type=Path, default=Path("results/segmentation_predictions.png"))
+    s.set_defaults(func=_segmentation_cli)
+
+
+def _segmentation_cli(args: argparse.Namespace) -> int:
+    images, truths, preds, names = predict_examples(args.checkpoint, args.data, images=args.images,
+                                                    first=args.first)
+    path = plot_segmentation(images, truths, preds, names, args.out,
+                             title=f"{args.checkpoint}: evaluation images {args.first}..{args.first + len(images) - 1}")
+    print(f"wrote {path}")
+    return 0
