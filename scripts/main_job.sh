@@ -7,21 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 
-# 1. Fashion-MNIST from Debian's package when it is not there yet (qtvit falls back to a download otherwise).
-if [ ! -r /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist; } \
-        >/dev/null || echo "main_job: could not install dataset-fashion-mnist with apt-get; qtvit will try to download" \
-                           "Fashion-MNIST" >&2
-fi
-
-# 2. The package with its training extra (kornia, torchmetrics), torch pinned to the CPU build.
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
-fi
-. .venv/bin/activate
-pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[train]"
+# 1-2. Fashion-MNIST (Debian's package) and the package with its training extra (kornia, torchmetrics).
+QTVIT_EXTRAS=train . scripts/setup_env.sh
 echo "main_job: installed in $(( $(date +%s) - t0 )) s"
 
 # On a machine shared with other jobs, `export OMP_WAIT_POLICY=PASSIVE` keeps idle OpenMP threads from spinning

@@ -305,6 +305,17 @@ def test_figure_shows_the_images_truth_and_the_predictions_validate_scores(seg_r
         predict_examples(run, SMALL_FMNIST, images=1, first=1000)
 
 
+def test_eval_size_is_saved_and_validate_evaluates_there(tmp_path):
+    r = train(seg_config(tmp_path, eval_size=128, epochs=1))
+    net = load_model(r["run_dir"])
+    assert net.pretrained_cfg["eval_short_side"] == 128
+    kw = dict(data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0)
+    half = validate(r["run_dir"], **kw)  # the saved evaluation size: the run's own score
+    assert half["miou"] == pytest.approx(r["history"][-1]["miou"], abs=1e-3)
+    full = validate(r["run_dir"], img_size=256, **kw)  # --img-size still overrides it
+    assert full["loss"] != pytest.approx(half["loss"], rel=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 def test_recipe_and_flags_from_the_command_line(tmp_path):
     code = main(["train", "--recipe", "seg-scenes", "--model", "seg_tiny", "--data", SMALL_FMNIST, "--img-size", "64",

@@ -49,6 +49,8 @@ _HELP = {
     "randaug_m": "RandAugment magnitude", "reprob": "random erasing probability",
     "rrc_scale": "random resized crop area range (image folders)",
     "scale_range": "segmentation: random rescale ratio range before the crop (mmseg: 0.5 2.0)",
+    "eval_size": "segmentation: evaluate with the images' short side resized to this (the labels keep their size; "
+    "default: the dataset's protocol)",
     "padding": "random-crop padding (Fashion-MNIST)",
     "hflip": "random horizontal flips", "drop_path": "drop path rate",
     "drop_path_schedule": "constant, or linear in training progress", "model_ema": "keep an EMA of the weights",

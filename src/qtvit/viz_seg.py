@@ -18,7 +18,7 @@ import torch
 from .bench.measure import save_figure
 from .data.segmentation import build_segmentation_batches
 from .data.transforms import resolve_data_config
-from .train.evaluate import class_names, load_model
+from .train.evaluate import class_names, eval_short_side, load_model
 from .train.inputs import model_input
 from .train.seg_evaluate import main_logits, open_task_data, seg_palette
 from .train.seg_metrics import upsample_logits
@@ -36,7 +36,7 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
     info = open_task_data("segmentation", data)
     data_cfg = resolve_data_config(net, dataset_mean=info.mean, dataset_std=info.std)  # as `qtvit validate`
     batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1], batch_size=1,
-                                         workers=0, limit=first + images)
+                                         workers=0, limit=first + images, eval_short_side=eval_short_side(net))
     if batches.num_samples <= first:
         raise ValueError(f"--first {first}: the evaluation split has only {batches.num_samples} images")
     shown, truths, preds = [], [], []

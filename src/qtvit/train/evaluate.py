@@ -28,7 +28,7 @@ from .recipes import TASKS
 from .seg_evaluate import evaluate_segmentation, open_task_data, segment_images
 
 __all__ = ["autocast", "model_input", "evaluate", "reestimate_bn_on", "load_model", "task_of", "validate", "predict",
-           "iter_predictions"]
+           "iter_predictions", "eval_short_side"]
 
 
 @torch.no_grad()
@@ -135,6 +135,12 @@ def class_names(net: nn.Module, num_classes: int) -> list[str]:
     return names + [str(i) for i in range(len(names), num_classes)]
 
 
+def eval_short_side(net: nn.Module, img_size: int | None = None) -> int | None:
+    """The short side a segmentation model's evaluation images are resized to: `img_size` when given, else the one
+    its training evaluated at (``--eval-size``, saved with the weights), else None (the dataset's protocol)."""
+    return img_size or net.pretrained_cfg.get("eval_short_side")
+
+
 def _no_crop_pct(crop_pct: float | None) -> None:
     if crop_pct is not None:
         raise ValueError("--crop-pct is for classification checkpoints; a segmentation model sees the whole image "
@@ -159,7 +165,7 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
             data_cfg = _preprocessing(net, None, None, info.mean, info.std)
             batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1],
                                                  batch_size=batch_size, rank=d.rank, world=d.world, workers=workers,
-                                                 limit=limit, eval_short_side=img_size)
+                                                 limit=limit, eval_short_side=eval_short_side(net, img_size))
             r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp)
             names = class_names(net, num_classes)
             r.update({k: dict(zip(names, v)) for k, v in r.items() if k.startswith("per_class_")})
@@ -195,7 +201,8 @@ def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathL
             raise ValueError("a segmentation checkpoint predicts masks: pass --output-dir, the folder to write "
                              "each image's <name>_mask.png and <name>_overlay.png to")
         _no_crop_pct(crop_pct)
-        yield from segment_images(net, images, output_dir, _preprocessing(net, None, None), names, img_size)
+        yield from segment_images(net, images, output_dir, _preprocessing(net, None, None), names,
+                                  eval_short_side(net, img_size))
         return
     if output_dir is not None:
         raise ValueError("--output-dir is for segmentation checkpoints (masks); a classification checkpoint prints "

@@ -47,6 +47,8 @@ class TrainConfig:
     smoothing: float = 0.1
     aux_weight: float = 0.4            # segmentation: weight of the auxiliary head's loss (UperNet's FCN head)
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale ratio before the crop (mmseg's)
+    eval_size: int | None = None       # segmentation: evaluate with the images' short side resized to this (labels
+                                       # keep their size); default: the dataset's protocol
     bce: bool = False                  # BCE-with-logits on the (smoothed, mixed) targets instead of cross-entropy
     mixup: float = 0.0                 # Beta(alpha, alpha) for mixup; 0 = off
     cutmix: float = 0.0
@@ -183,7 +185,7 @@ BOUNDS: dict[str, Bound] = {
     "keep_checkpoints": _POSITIVE, "eval_every_epochs": _POSITIVE, "limit_train": _POSITIVE,
     "limit_eval": _POSITIVE, "max_steps": _POSITIVE, "betas": Bound(0, 1, hi_open=True),
     "rrc_scale": Bound(0, 1, lo_open=True), "aux_weight": _NONNEG,
-    "scale_range": Bound(0, 8, lo_open=True),
+    "scale_range": Bound(0, 8, lo_open=True), "eval_size": Bound(8, 8192),
 }
 BOUND_HINTS = {"limit_train": "; leave it out to use all images", "limit_eval": "; leave it out to use all images",
           "crop_pct": " (the fraction of the resized image kept by the centre crop)",

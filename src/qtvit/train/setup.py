@@ -126,7 +126,8 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     set_pretrained_cfg(model, {**model.pretrained_cfg, "input_size": list(data_cfg.input_size),
                                "crop_pct": data_cfg.crop_pct, "interpolation": data_cfg.interpolation,
                                "mean": list(data_cfg.mean), "std": list(data_cfg.std), "num_classes": num_classes,
-                               "label_names": labels, "dataset": info.kind, "recipe": cfg.recipe, "task": cfg.task},
+                               "label_names": labels, "dataset": info.kind, "recipe": cfg.recipe, "task": cfg.task,
+                               **({"eval_short_side": cfg.eval_size} if cfg.eval_size else {})},
                        model.pretrained_cfg.get("architecture", cfg.model))
     return model, data_cfg, num_classes
 
@@ -137,7 +138,7 @@ def _seg_batches(cfg: TrainConfig, info: SegDatasetInfo, data_cfg: DataConfig, d
     train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, limit=cfg.limit_train,
                                        hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range), **common)
     evals = build_segmentation_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval,
-                                       **common)
+                                       eval_short_side=cfg.eval_size, **common)
     bn = None
     if cfg.bn_reestimate_images > 0:
         bn = build_segmentation_batches(info, train=True, batch_size=min(cfg.bn_reestimate_batch, train.num_samples),
