@@ -103,6 +103,9 @@ def test_recipe_and_options_from_the_command_line():
     cfg = config_from_args(args)
     assert cfg.recipe == "fashion-mnist" and cfg.epochs == 2 and cfg.hflip is False and cfg.lr == 3e-3
     assert cfg.model_kwargs == {"widths": [8, 8, 8, 8, 8]} and cfg.betas == (0.8, 0.9)
+    seg = config_from_args(build_parser().parse_args(["train", "--recipe", "seg-scenes", "--eval-size", "96",
+                                                      "--scale-range", "0.5", "1", "--img-size", "64"]))
+    assert seg.eval_size == 96 and type(seg.eval_size) is int and seg.img_size == 64 and seg.scale_range == (0.5, 1.0)
 
 
 def test_main_job_recipe_model_trains_and_reloads(tmp_path, capsys):

@@ -142,7 +142,7 @@ def _field_type(name: str, default):
     return bounded(kind, BOUNDS.get(name), BOUND_HINTS.get(name, ""))
 
 
-_INT_OR_NONE = ("num_classes", "img_size", "threads", "limit_train", "limit_eval", "max_steps")
+_INT_OR_NONE = ("num_classes", "img_size", "eval_size", "threads", "limit_train", "limit_eval", "max_steps")
 _SPECIAL = {"task": dict(choices=["classification", "segmentation"]), "schedule": dict(choices=["cosine", "poly"]),
             "amp": dict(choices=["none", "bf16", "fp16"]), "drop_path_schedule": dict(choices=["constant", "linear"]),
             "device": dict(type=device_arg), "name": dict(type=run_name)}
