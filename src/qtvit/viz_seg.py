@@ -53,13 +53,16 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
 
 def plot_segmentation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, names: list[str],
                       path: str | Path, title: str = "", ignore_index: int = 255) -> Path:
-    """One row per image: the image, its ground truth, the prediction (ignored pixels white in both)."""
+    """One row per image: the image as the model sees it, its ground truth, the prediction (ignored pixels white
+    in both), and a legend of the classes shown."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     palette = np.concatenate([seg_palette(len(names)), np.full((256 - len(names), 3), 255, np.uint8)])
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n + 0.8), squeeze=False)
+    # one row per image and a last, short one for the legend
+    fig, axes = plt.subplots(n + 1, 3, figsize=(7.5, 2.5 * n + 0.8), squeeze=False,
+                             gridspec_kw={"height_ratios": [1] * n + [0.3]})
     for row, (img, truth, pred) in enumerate(zip(images, truths, preds)):
         valid = truth != ignore_index
         acc = 100.0 * float((pred[valid] == truth[valid]).mean()) if valid.any() else float("nan")
@@ -71,8 +74,9 @@ def plot_segmentation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
             ax.axis("off")
     present = sorted(set(np.unique(truths)) | set(np.unique(preds)) - {ignore_index})
     handles = [Patch(color=palette[c] / 255, label=names[c]) for c in present if c < len(names)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
-    fig.subplots_adjust(bottom=0.6 / (2.5 * n + 0.8))
+    for ax in axes[-1]:
+        ax.axis("off")
+    axes[-1, 1].legend(handles=handles, loc="center", ncol=4, fontsize=7, frameon=False)
     return save_figure(fig, path, title=title)
 
 
