@@ -12,7 +12,7 @@ from qtvit.study.fidelity import map_fidelity
 from qtvit.study.kernels import summarise
 from qtvit.study.net import CONTROL, StudyNet
 from qtvit.study.runs import _to_input
-from qtvit.study.task import PointerSpec, make_pointer_canvases
+from qtvit.study.task import PointerSpec, make_pointer_canvases, marker_slices
 from qtvit.bench.measure import read_csv
 from conftest import SMALL_FMNIST
 
@@ -30,15 +30,29 @@ def test_canvases_are_deterministic_and_the_label_is_the_garment_opposite_the_ma
     assert x.shape == (16, 1, 64, 64) and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert not torch.equal(x, make_pointer_canvases(images, labels, 16, split="test", seed=4)[0])
-    m = spec.marker
-    corners = [x[:, 0, 1:1 + m, 1:1 + m], x[:, 0, 1:1 + m, -1 - m:-1], x[:, 0, -1 - m:-1, 1:1 + m],
-               x[:, 0, -1 - m:-1, -1 - m:-1]]
-    full = torch.stack([(c == 255).all(dim=(1, 2)) for c in corners], dim=1)  # (16, 4) marker cells
-    assert (full.sum(dim=1) == 1).all()  # exactly one marker per canvas
-    # the garment opposite the marker is the labelled one: its class is among the source labels
-    assert set(y.tolist()) <= set(labels.tolist())
+    full = torch.stack([torch.stack([(x[:, 0, rows, cols] == 255).flatten(1).all(1)
+                                     for rows, cols in marker_slices(spec, cell)]).all(0) for cell in range(4)], 1)
+    assert (full.sum(dim=1) == 1).all()  # exactly one marked cell per canvas
+    # labels index the spec's classes; the garment opposite the marker is one of them, and each class occurs
+    assert set(y.tolist()) <= set(range(len(spec.classes))) and len(set(y.tolist())) > 1
     with pytest.raises(ValueError, match="item_px"):
         PointerSpec(item_px=(16, 30))
+
+
+def test_label_is_the_class_of_the_garment_opposite_the_marker():
+    # flat "garments" whose brightness tells their class: class c is drawn at 120 + 25 * (index of c)
+    spec = PointerSpec(noise=0.0)
+    classes = sorted(spec.classes)
+    images = torch.stack([torch.full((28, 28), 120 + 25 * i, dtype=torch.uint8) for i in range(len(classes))])
+    x, y = make_pointer_canvases(images, torch.tensor(classes), 32, split="train", spec=spec)
+    half = spec.size // 2
+    for canvas, label in zip(x[:, 0].int(), y.tolist()):
+        marked = [cell for cell in range(4) if all((canvas[rows, cols] == 255).all()
+                                                   for rows, cols in marker_slices(spec, cell))]
+        assert len(marked) == 1
+        r, c = divmod(3 - marked[0], 2)  # the opposite cell
+        inner = canvas[r * half:(r + 1) * half, c * half:(c + 1) * half]
+        assert int(inner.max()) == 120 + 25 * label
 
 
 def test_control_has_the_attention_budget_and_mixes_no_tokens():

@@ -28,7 +28,7 @@ from ..data.fashion_mnist import load_fashion_mnist
 from .fidelity import fidelity_rows, plot_fidelity
 from .net import CONTROL
 from .runs import Data, Recipe, parse_variant, run_one, variant_name
-from .task import PointerSpec, make_pointer_canvases
+from .task import PointerSpec, make_pointer_canvases, marker_slices
 
 __all__ = ["STUDY_KERNELS", "StudyPlan", "FULL", "SMALL", "make_data", "run_study", "summarise"]
 
@@ -55,14 +55,14 @@ class StudyPlan:
 
 
 FULL = StudyPlan(train=6000, test=2000, recipe=Recipe(), fidelity_images=64)
-SMALL = StudyPlan(train=96, test=64, recipe=Recipe(epochs=1, batch_size=32, dim=32), fidelity_images=4)
+SMALL = StudyPlan(train=64, test=32, recipe=Recipe(epochs=1, batch_size=32, dim=32), fidelity_images=4)
 
 
 def make_data(plan: StudyPlan, root: str | None = None) -> Data:
     """The plan's training and test canvases (deterministic: seed 0 of each split)."""
     train = make_pointer_canvases(*load_fashion_mnist("train", root), plan.train, split="train", spec=plan.spec)
     test = make_pointer_canvases(*load_fashion_mnist("test", root), plan.test, split="test", spec=plan.spec)
-    return Data(*train, *test)
+    return Data(*train, *test, num_classes=len(plan.spec.classes))
 
 
 def _std(values: list[float]) -> float:
@@ -123,13 +123,12 @@ def plot_study(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
 
 
 def _marker_query(canvas: torch.Tensor, spec: PointerSpec, grid: int) -> int:
-    """The token holding the marker of one canvas (1, S, S): the corner whose marker square is the brightest."""
-    m, s = spec.marker, spec.size
-    corners = {(0, 0): (1, 1), (0, 1): (1, s - 1 - m), (1, 0): (s - 1 - m, 1), (1, 1): (s - 1 - m, s - 1 - m)}
-    best = max(corners.items(), key=lambda kv: float(canvas[0, kv[1][0]:kv[1][0] + m, kv[1][1]:kv[1][1] + m].sum()))
-    y, x = best[1]
-    stride = s // grid
-    return ((y + m // 2) // stride) * grid + (x + m // 2) // stride
+    """The token at the outer corner of the marked cell of one canvas (1, S, S)."""
+    def brightness(cell: int) -> float:
+        return sum(float(canvas[0, rows, cols].float().mean()) for rows, cols in marker_slices(spec, cell))
+
+    r, c = divmod(max(range(4), key=brightness), 2)
+    return (r * (grid - 1)) * grid + c * (grid - 1)
 
 
 def _fidelity(net, data: Data, plan: StudyPlan, kernels: Sequence[str], out: Path, plots: bool,
@@ -155,8 +154,13 @@ def _fidelity(net, data: Data, plan: StudyPlan, kernels: Sequence[str], out: Pat
         paths.append(plot_attention_maps(image, attention_rows(q, k, query, kernels), (grid, grid), query,
                                          out / "kernel_fidelity_maps.png",
                                          title="last layer of the softmax StudyNet, the marker token's attention "
-                                               f"(label: {int(data.test_y[0])})"))
+                                               f"(label: {_class_name(plan.spec, int(data.test_y[0]))})"))
     return paths
+
+
+def _class_name(spec: PointerSpec, label: int) -> str:
+    from ..constants import FASHION_MNIST_CLASSES
+    return FASHION_MNIST_CLASSES[sorted(spec.classes)[label]]
 
 
 def _can_plot() -> bool:

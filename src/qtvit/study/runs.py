@@ -22,7 +22,7 @@ RESIDUAL_SUFFIX = "+softmax_residual"
 class Recipe:
     """The one recipe every variant is trained with."""
     epochs: int = 6
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
@@ -40,6 +40,7 @@ class Data:
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
+    num_classes: int
 
 
 def variant_name(kernel: str, residual: bool = False) -> str:
@@ -57,9 +58,9 @@ def _to_input(x: Tensor) -> Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
-def build_net(variant: str, recipe: Recipe, img_size: int) -> StudyNet:
+def build_net(variant: str, recipe: Recipe, img_size: int, num_classes: int) -> StudyNet:
     kernel, residual = parse_variant(variant)
-    return StudyNet(kernel, img_size=img_size, dim=recipe.dim, depth=recipe.depth, head_dim=recipe.head_dim,
+    return StudyNet(kernel, num_classes=num_classes, img_size=img_size, dim=recipe.dim, depth=recipe.depth, head_dim=recipe.head_dim,
                     residual_softmax=residual)
 
 
@@ -119,7 +120,7 @@ def run_one(variant: str, seed: int, data: Data, recipe: Recipe) -> tuple[dict, 
     """Train ``variant`` (a kernel name, ``control``, or ``<kernel>+softmax_residual``) with ``seed``; its CSV row
     and the trained net."""
     torch.manual_seed(seed)
-    net = build_net(variant, recipe, data.train_x.shape[-1])
+    net = build_net(variant, recipe, data.train_x.shape[-1], data.num_classes)
     params = sum(p.numel() for p in net.parameters())
     net.set_residual_weight(1.0)
     mem = _step_memory(net, _to_input(data.train_x[:recipe.batch_size]), data.train_y[:recipe.batch_size])

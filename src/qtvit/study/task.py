@@ -1,14 +1,16 @@
 """The kernel study's task, **pointer canvases**: which garment does the marker point to?
 
 A canvas is ``size`` x ``size`` grey pixels (default 64: 16 x 16 = 256 tokens at the study net's stride 4) cut into
-2 x 2 cells. Every cell holds one Fashion-MNIST garment, scaled to 16..24 px (bilinear), placed at random in the
-cell but never in its outer corner (the ``corner`` x ``corner`` px at the canvas corner). One cell's outer corner
-carries a marker, a bright ``marker`` x ``marker`` square: the label is the Fashion-MNIST class of the garment in
-the cell **diagonally opposite** the marker. Backgrounds are a random grey level plus Gaussian pixel noise.
+2 x 2 cells. Every cell holds one Fashion-MNIST garment of one of four classes told apart at a glance (T-shirt/top,
+Trouser, Sandal, Bag: recognising garments is not what the study is about), scaled to 20..26 px (bilinear), placed
+at random in the cell but at least ``corner`` px from the cell's two outer edges (those on the canvas border). One
+cell carries the marker, bright bars ``marker`` px thick along its two outer edges (an L on the canvas border):
+the label is the class of the garment in the cell **diagonally opposite** the marker. Backgrounds are a random
+grey level plus Gaussian pixel noise.
 
-Why attention must decide: the marker and the garment it points to are at least ``size/2 - corner`` px apart
-along both axes (27 px at 64), and each alone says nothing about the label: the garment is one of four, and the
-marker is a blank square. A network whose token mixing is local (the study's attention-free control: stem and
+Why attention must decide: the marker and the garment it points to are at least ``size/2 - marker`` px apart
+(30 px at 64; the Chebyshev distance), and each alone says nothing about the label: the garment is one of four,
+and the marker is a blank bar. A network whose token mixing is local (the study's attention-free control: stem and
 depthwise convolutions reach 11.5 px around a token) followed by a mean over tokens and a linear head sums what
 each neighbourhood saw: it can tell which four classes are present, and where the marker is, but not combine the
 two (the label is their product, not their sum). So the control is left with guessing among the four garments,
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PointerSpec", "make_pointer_canvases", "opposite_cell"]
+__all__ = ["PointerSpec", "make_pointer_canvases", "marker_slices", "opposite_cell"]
 
 _SPLITS = {"train": 0, "test": 1}
 
@@ -37,9 +39,10 @@ _SPLITS = {"train": 0, "test": 1}
 class PointerSpec:
     """The canvases' settings (see the module docstring)."""
     size: int = 64
-    item_px: tuple[int, int] = (16, 24)
+    item_px: tuple[int, int] = (20, 26)
+    classes: tuple[int, ...] = (0, 1, 5, 8)  # T-shirt/top, Trouser, Sandal, Bag: told apart at a glance
     corner: int = 6  # the outer corner of every cell kept free of garments
-    marker: int = 4  # the marker's side, 1 px in from the canvas corner
+    marker: int = 2  # thickness of the marker's bars along the cell's outer edges
     background: tuple[int, int] = (0, 60)  # grey level range of the canvas
     noise: float = 8.0  # std of the per-pixel Gaussian noise
 
@@ -49,14 +52,27 @@ class PointerSpec:
             raise ValueError(f"pointer canvas settings {self}: need an even size and 8 <= item_px[0] <= item_px[1] "
                              f"<= size/2 - corner ({half - self.corner}) so that a garment fits its cell beside "
                              "the marker's corner")
+        if len(set(self.classes)) < 2 or not set(self.classes) <= set(range(10)):
+            raise ValueError(f"pointer canvas classes {self.classes}: need at least 2 distinct Fashion-MNIST classes "
+                             "(0..9)")
         if not 1 <= self.marker <= self.corner - 1:
-            raise ValueError(f"pointer canvas settings {self}: the marker ({self.marker} px) must fit in the "
-                             f"corner ({self.corner} px) with a 1 px margin")
+            raise ValueError(f"pointer canvas settings {self}: the marker's bars ({self.marker} px) must be "
+                             f"thinner than the garment-free border ({self.corner} px)")
 
 
 def opposite_cell(cell: int) -> int:
     """Cells are numbered row by row (0 1 / 2 3); the diagonally opposite one of (r, c) is (1 - r, 1 - c)."""
     return 3 - cell
+
+
+def marker_slices(spec: PointerSpec, cell: int) -> list[tuple[slice, slice]]:
+    """The marker of ``cell``: (rows, cols) of its two arms, ``marker`` px thick bars along the cell's two outer
+    edges (an L on the canvas border)."""
+    half, m, s = spec.size // 2, spec.marker, spec.size
+    r, c = divmod(cell, 2)
+    rows_edge = slice(0, m) if r == 0 else slice(s - m, s)
+    cols_edge = slice(0, m) if c == 0 else slice(s - m, s)
+    return [(rows_edge, slice(c * half, (c + 1) * half)), (slice(r * half, (r + 1) * half), cols_edge)]
 
 
 def _place(rng: np.random.Generator, n: int, spec: PointerSpec, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,15 +89,19 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
                           spec: PointerSpec = PointerSpec()) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` canvases from Fashion-MNIST ``images`` (uint8 (M, 28, 28)) and ``labels`` of one split.
 
-    Returns uint8 canvases (n, 1, size, size) and int64 labels (n,): the class of the garment opposite the marker.
+    Returns uint8 canvases (n, 1, size, size) and int64 labels (n,): the class of the garment opposite the marker,
+    as its index among ``sorted(spec.classes)``.
     """
     if split not in _SPLITS:
         raise ValueError(f"pointer canvas split {split!r}: use 'train' or 'test'")
     if n < 1 or images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels) or len(images) < 1:
         raise ValueError(f"pointer canvases need n >= 1 ({n}) and Fashion-MNIST images (M, 28, 28) with one label "
                          f"each (got {tuple(images.shape)} and {tuple(labels.shape)})")
+    pool = np.nonzero(np.isin(torch.as_tensor(labels).numpy(), spec.classes))[0]
+    if len(pool) == 0:
+        raise ValueError(f"no image of the classes {spec.classes} among the {len(labels)} given")
     rng = np.random.default_rng([seed, _SPLITS[split]])
-    sources = rng.integers(len(images), size=(n, 4))
+    sources = pool[rng.integers(len(pool), size=(n, 4))]
     sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
     (tops, outer), target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
     base = rng.uniform(*spec.background, size=(n, 1, 1))
@@ -97,12 +117,10 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
             y, x = tops[i, cell]
             region = canvas[i, y:y + s, x:x + s]
             np.maximum(region, patch, out=region)  # the garment over the background, as light on dark
-    m = spec.marker
     for i, cell in enumerate(opposite_cell(target)):
-        ry, rx = outer[cell]
-        y = 1 if ry == 0 else spec.size - 1 - m
-        x = 1 if rx == 0 else spec.size - 1 - m
-        canvas[i, y:y + m, x:x + m] = 255.0
+        for rows, cols in marker_slices(spec, cell):
+            canvas[i, rows, cols] = 255.0
     canvas = torch.from_numpy(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))[:, None]
-    y = torch.as_tensor(labels)[torch.as_tensor(sources[np.arange(n), target])].long()
+    fm = torch.as_tensor(labels)[torch.as_tensor(sources[np.arange(n), target])].long()
+    y = torch.as_tensor(np.searchsorted(np.sort(spec.classes), fm.numpy()))  # index among the sorted classes
     return canvas, y
