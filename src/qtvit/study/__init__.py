@@ -25,23 +25,22 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--no-control", dest="control", action="store_false", help="skip the attention-free control")
     k.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     k.add_argument("--data", default=None, help="folder of Fashion-MNIST's idx files (default: the usual search)")
-    k.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    k.add_argument("--workers", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
+    k.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's; with "
+                                                             "--workers > 1: 1)")
     k.add_argument("--out", type=Path, default=Path("results/kernel_study"))
     k.set_defaults(func=_kernels_cli)
 
 
 def _kernels_cli(args: argparse.Namespace) -> int:
-    import torch
-
     from .kernels import run_study
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     seeds = args.seeds if args.seeds is not None else (2 if args.small else 3)
     if seeds < 1 or (args.epochs is not None and args.epochs < 1):
         raise ValueError(f"--seeds ({seeds}) and --epochs ({args.epochs}) must be at least 1")
     result = run_study(args.kernels, seeds, args.out, small=args.small, control=args.control,
-                       residual_kernels=args.residual_kernels, data_root=args.data, epochs=args.epochs)
+                       residual_kernels=args.residual_kernels, data_root=args.data, epochs=args.epochs,
+                       workers=args.workers, threads=args.threads)
     for path in result["paths"]:
         print(f"wrote {path}")
     return 0

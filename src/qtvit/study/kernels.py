@@ -27,7 +27,7 @@ from ..bench.measure import device_line, write_csv
 from ..data.fashion_mnist import load_fashion_mnist
 from .fidelity import fidelity_rows, plot_fidelity
 from .net import CONTROL
-from .runs import Data, Recipe, parse_variant, run_one, variant_name
+from .runs import Data, Recipe, build_net, parse_variant, run_one, variant_name
 from .task import PointerSpec, make_pointer_canvases, marker_slices
 
 __all__ = ["STUDY_KERNELS", "StudyPlan", "FULL", "SMALL", "make_data", "run_study", "summarise"]
@@ -55,7 +55,7 @@ class StudyPlan:
 
 
 FULL = StudyPlan(train=6000, test=2000, recipe=Recipe(), fidelity_images=64)
-SMALL = StudyPlan(train=64, test=32, recipe=Recipe(epochs=1, batch_size=32, dim=32), fidelity_images=4)
+SMALL = StudyPlan(train=64, test=32, recipe=Recipe(epochs=1), fidelity_images=4)
 
 
 def make_data(plan: StudyPlan, root: str | None = None) -> Data:
@@ -122,6 +122,39 @@ def plot_study(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     return save_figure(fig, path, title=title)
 
 
+_WORKER: dict = {}
+
+
+def _init_worker(data: Data, recipe: Recipe, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(data=data, recipe=recipe)
+
+
+def _worker_run(job: tuple[str, int]) -> tuple[dict, dict | None]:
+    row, net = run_one(*job, _WORKER["data"], _WORKER["recipe"])
+    return row, (net.state_dict() if job == ("softmax", 0) else None)  # only the fidelity needs weights back
+
+
+def _run_jobs(jobs: list[tuple[str, int]], data: Data, recipe: Recipe, workers: int, threads: int | None):
+    """(row, trained net or None) of every (variant, seed), in order; in ``workers`` processes when > 1."""
+    if workers <= 1:
+        if threads:
+            torch.set_num_threads(threads)
+        yield from (run_one(variant, seed, data, recipe) for variant, seed in jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(data, recipe, threads or 1)) as pool:
+        for (variant, seed), (row, state) in zip(jobs, pool.map(_worker_run, jobs)):
+            net = None
+            if state is not None:
+                net = build_net(variant, recipe, data.train_x.shape[-1], data.num_classes)
+                net.load_state_dict(state)
+            yield row, net
+
+
 def _marker_query(canvas: torch.Tensor, spec: PointerSpec, grid: int) -> int:
     """The token at the outer corner of the marked cell of one canvas (1, S, S)."""
     def brightness(cell: int) -> float:
@@ -173,16 +206,21 @@ def _can_plot() -> bool:
 
 def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 3, out: str | Path = "results/kernel_study",
               *, small: bool = False, control: bool = True, residual_kernels: Sequence[str] = ("qt",),
-              data_root: str | None = None, epochs: int | None = None,
-              log: Callable[[str], None] = print) -> dict[str, list[Path] | str]:
+              data_root: str | None = None, epochs: int | None = None, workers: int = 1,
+              threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, list[Path] | str]:
     """Train every variant with seeds 0..seeds-1, write the CSVs and figures (module docstring); returns the paths
-    written and the control's verdict line."""
+    written and the control's verdict line. ``workers`` > 1 trains that many runs at once in separate processes
+    (``threads`` torch threads each, default 1): small networks use one core each better than two threads share
+    them."""
     from ..attention import list_kernels
 
     bad = [k for k in [*kernels, *residual_kernels] if k not in list_kernels()]
-    if bad or seeds < 1 or "softmax" in residual_kernels:
-        raise ValueError(f"study kernels {bad} unknown (use {', '.join(list_kernels())}), seeds {seeds} < 1, or "
-                         "softmax given a softmax residual; fix the arguments")
+    if bad:
+        raise ValueError(f"unknown kernel(s) {', '.join(bad)}; use {', '.join(list_kernels())}")
+    if seeds < 1 or workers < 1:
+        raise ValueError(f"seeds ({seeds}) and workers ({workers}) must be at least 1")
+    if "softmax" in residual_kernels:
+        raise ValueError("softmax cannot take a softmax residual: give linear kernels to --residual-kernels")
     plan = SMALL if small else FULL
     if epochs is not None:
         plan = replace(plan, recipe=replace(plan.recipe, epochs=epochs))
@@ -193,14 +231,15 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 3, out: str |
     variants = [*kernels, *([CONTROL] if control else []), *(variant_name(k, True) for k in residual_kernels)]
     machine = device_line(torch.device("cpu"))
     runs, softmax_net = [], None
-    for variant in variants:
-        for seed in range(seeds):
-            row, net = run_one(variant, seed, data, plan.recipe)
-            runs.append(row)
-            softmax_net = net if (variant == "softmax" and seed == 0) else softmax_net
-            log(f"{variant:28s} seed {seed}: top-1 {row['top1']:6.2f}%  {row['train_images_per_s']:7.1f} img/s  "
-                f"peak {row['peak_mib'] or float('nan'):7.1f} MiB  ({time.perf_counter() - t0:.0f} s)")
-            write_csv(runs, out / "kernel_study_runs.csv", f"kernel study runs; {machine}", RUN_FIELDS)
+    jobs = [(variant, seed) for variant in variants for seed in range(seeds)]
+    for (variant, seed), (row, net) in zip(jobs, _run_jobs(jobs, data, plan.recipe, workers, threads)):
+        runs.append(row)
+        if variant == "softmax" and seed == 0:
+            softmax_net = net
+        log(f"{variant:28s} seed {seed}: top-1 {row['top1']:6.2f}%  {row['train_images_per_s']:7.1f} img/s  "
+            f"peak {row['peak_mib'] or float('nan'):7.1f} MiB  ({time.perf_counter() - t0:.0f} s)")
+        write_csv(runs, out / "kernel_study_runs.csv", f"kernel study runs; {machine}; {workers} worker(s) x "
+                  f"{threads or torch.get_num_threads()} thread(s)", RUN_FIELDS)
     summary, verdict = summarise(runs)
     log(verdict)
     header = (f"kernel study: {plan.train} train / {plan.test} test pointer canvases, {seeds} seeds; {verdict}; "

@@ -21,14 +21,14 @@ RESIDUAL_SUFFIX = "+softmax_residual"
 @dataclass(frozen=True)
 class Recipe:
     """The one recipe every variant is trained with."""
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
     clip_grad: float = 1.0
     residual_until: float = 0.75  # a softmax residual's λ falls linearly from 1 to 0 over this fraction of training
-    dim: int = 64
+    dim: int = 32
     depth: int = 2
     head_dim: int = 16
 

@@ -1,22 +1,22 @@
 """The kernel study's task, **pointer canvases**: which garment does the marker point to?
 
 A canvas is ``size`` x ``size`` grey pixels (default 64: 16 x 16 = 256 tokens at the study net's stride 4) cut into
-2 x 2 cells. Every cell holds one Fashion-MNIST garment of one of four classes told apart at a glance (T-shirt/top,
-Trouser, Sandal, Bag: recognising garments is not what the study is about), scaled to 20..26 px (bilinear), placed
-at random in the cell but at least ``corner`` px from the cell's two outer edges (those on the canvas border). One
-cell carries the marker, bright bars ``marker`` px thick along its two outer edges (an L on the canvas border):
-the label is the class of the garment in the cell **diagonally opposite** the marker. Backgrounds are a random
-grey level plus Gaussian pixel noise.
+2 x 2 cells. One cell is **marked**: it holds only a bright ``marker`` x ``marker`` square in its outer corner (on
+the canvas corner). Each of the three other cells holds one Fashion-MNIST garment of one of four classes told apart
+at a glance (T-shirt/top, Trouser, Sandal, Bag: recognising garments is not what the study is about), scaled to
+20..26 px (bilinear) and placed at random in its cell, at least ``corner`` px from the cell's outer edges. **The
+label is the class of the garment in the cell diagonally opposite the marker.** Backgrounds are a random grey
+level plus Gaussian pixel noise.
 
-Why attention must decide: the marker and the garment it points to are at least ``size/2 - marker`` px apart
-(30 px at 64; the Chebyshev distance), and each alone says nothing about the label: the garment is one of four,
-and the marker is a blank bar. A network whose token mixing is local (the study's attention-free control: stem and
-depthwise convolutions reach 11.5 px around a token) followed by a mean over tokens and a linear head sums what
-each neighbourhood saw: it can tell which four classes are present, and where the marker is, but not combine the
-two (the label is their product, not their sum). So the control is left with guessing among the four garments,
-while one attention layer can carry the marker's position to the garment's tokens (or the garment's class to the
-marker's). Classes are drawn independently per cell, so a class repeated in another cell does not give the answer
-away more than chance.
+Why attention must decide: the marker is at least ``size/2 - marker`` px (24 at 64) from every garment, and
+neither alone gives the label: the garment is one of three, and the marker is a blank square. A network whose
+token mixing is local (the study's attention-free control: the stem and two depthwise convolutions reach 11.5 px
+around a token, so no token sees two things 24 px apart) followed by a mean over tokens and a linear head adds up
+what each neighbourhood saw: which classes are present and where, and where the marker is, but it cannot combine
+a garment's place with the marker's (the label is their product, not a sum). It is left guessing among the three
+garments (about 40 % with repeated classes), while one attention layer can carry the marker's place to the
+garments' tokens (or the target's class to the marker's). The marked cell is empty because a garment beside the
+marker would tell a local network which garment is *not* the target.
 
 Canvases are made once, all at once, from ``numpy.random.default_rng([seed, split])`` (training canvases from the
 training images, test canvases from the test images) and kept as one uint8 tensor: the same on every run of a
@@ -42,7 +42,7 @@ class PointerSpec:
     item_px: tuple[int, int] = (20, 26)
     classes: tuple[int, ...] = (0, 1, 5, 8)  # T-shirt/top, Trouser, Sandal, Bag: told apart at a glance
     corner: int = 6  # the outer corner of every cell kept free of garments
-    marker: int = 2  # thickness of the marker's bars along the cell's outer edges
+    marker: int = 8  # side of the marker square in the marked cell's outer corner
     background: tuple[int, int] = (0, 60)  # grey level range of the canvas
     noise: float = 8.0  # std of the per-pixel Gaussian noise
 
@@ -55,9 +55,9 @@ class PointerSpec:
         if len(set(self.classes)) < 2 or not set(self.classes) <= set(range(10)):
             raise ValueError(f"pointer canvas classes {self.classes}: need at least 2 distinct Fashion-MNIST classes "
                              "(0..9)")
-        if not 1 <= self.marker <= self.corner - 1:
-            raise ValueError(f"pointer canvas settings {self}: the marker's bars ({self.marker} px) must be "
-                             f"thinner than the garment-free border ({self.corner} px)")
+        if not 1 <= self.marker <= self.size // 2 - 24:
+            raise ValueError(f"pointer canvas settings {self}: the marker ({self.marker} px) must keep 24 px from "
+                             f"the other cells (marker <= size/2 - 24 = {self.size // 2 - 24})")
 
 
 def opposite_cell(cell: int) -> int:
@@ -66,13 +66,11 @@ def opposite_cell(cell: int) -> int:
 
 
 def marker_slices(spec: PointerSpec, cell: int) -> list[tuple[slice, slice]]:
-    """The marker of ``cell``: (rows, cols) of its two arms, ``marker`` px thick bars along the cell's two outer
-    edges (an L on the canvas border)."""
-    half, m, s = spec.size // 2, spec.marker, spec.size
+    """The marker of ``cell`` as (rows, cols): a ``marker`` x ``marker`` square in the cell's outer corner (on the
+    canvas corner)."""
+    m, s = spec.marker, spec.size
     r, c = divmod(cell, 2)
-    rows_edge = slice(0, m) if r == 0 else slice(s - m, s)
-    cols_edge = slice(0, m) if c == 0 else slice(s - m, s)
-    return [(rows_edge, slice(c * half, (c + 1) * half)), (slice(r * half, (r + 1) * half), cols_edge)]
+    return [(slice(0, m) if r == 0 else slice(s - m, s), slice(0, m) if c == 0 else slice(s - m, s))]
 
 
 def _place(rng: np.random.Generator, n: int, spec: PointerSpec, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +102,7 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
     sources = pool[rng.integers(len(pool), size=(n, 4))]
     sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
     (tops, outer), target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
+    marked = opposite_cell(target)
     base = rng.uniform(*spec.background, size=(n, 1, 1))
     canvas = base + rng.normal(0.0, spec.noise, size=(n, spec.size, spec.size))
     items = images.float()[torch.as_tensor(sources.reshape(-1))][:, None]  # (n*4, 1, 28, 28)
@@ -114,10 +113,12 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
                                align_corners=False, antialias=True)[:, 0].numpy()
         for j, patch in zip(idx, scaled):
             i, cell = divmod(int(j), 4)
+            if cell == marked[i]:
+                continue  # the marked cell holds only the marker
             y, x = tops[i, cell]
             region = canvas[i, y:y + s, x:x + s]
             np.maximum(region, patch, out=region)  # the garment over the background, as light on dark
-    for i, cell in enumerate(opposite_cell(target)):
+    for i, cell in enumerate(marked):
         for rows, cols in marker_slices(spec, cell):
             canvas[i, rows, cols] = 255.0
     canvas = torch.from_numpy(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))[:, None]
