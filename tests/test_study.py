@@ -54,9 +54,10 @@ def test_label_is_the_class_of_the_garment_opposite_the_marker():
         marked = [cell for cell in range(4) if all((canvas[rows, cols] == 255).all()
                                                    for rows, cols in marker_slices(spec, cell))]
         assert len(marked) == 1
-        r, c = divmod(3 - marked[0], 2)  # the opposite cell
-        inner = canvas[r * half:(r + 1) * half, c * half:(c + 1) * half]
-        assert int(inner.max()) == 120 + 25 * label
+        peaks = [int(canvas[r * half:(r + 1) * half, c * half:(c + 1) * half].max()) for r in (0, 1) for c in (0, 1)]
+        assert peaks[3 - marked[0]] == 120 + 25 * label  # the opposite cell's garment is the label's class
+        garments = [p for cell, p in enumerate(peaks) if cell != marked[0]]
+        assert len(set(garments)) == 3 and all(p >= 120 for p in garments)  # three garments, distinct classes
 
 
 def test_control_has_the_attention_budget_and_mixes_no_tokens():

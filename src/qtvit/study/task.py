@@ -3,8 +3,8 @@
 A canvas is ``size`` x ``size`` grey pixels (default 64: 16 x 16 = 256 tokens at the study net's stride 4) cut into
 2 x 2 cells. One cell is **marked**: it holds only a bright ``marker`` x ``marker`` square in its outer corner (on
 the canvas corner). Each of the three other cells holds one Fashion-MNIST garment of one of four classes told apart
-at a glance (T-shirt/top, Trouser, Sandal, Bag: recognising garments is not what the study is about), scaled to
-20..26 px (bilinear) and placed at random in its cell, at least ``corner`` px from the cell's outer edges. **The
+at a glance (T-shirt/top, Trouser, Sandal, Bag: recognising garments is not what the study is about; no two garments
+of a canvas share a class), scaled to 20..26 px (bilinear) and placed at random in its cell, at least ``corner`` px from the cell's outer edges. **The
 label is the class of the garment in the cell diagonally opposite the marker.** Backgrounds are a random grey
 level plus Gaussian pixel noise.
 
@@ -14,7 +14,7 @@ token mixing is local (the study's attention-free control: the stem and two dept
 around a token, so no token sees two things 24 px apart) followed by a mean over tokens and a linear head adds up
 what each neighbourhood saw: which classes are present and where, and where the marker is, but it cannot combine
 a garment's place with the marker's (the label is their product, not a sum). It is left guessing among the three
-garments (about 40 % with repeated classes), while one attention layer can carry the marker's place to the
+garments (1/3; 56 % if classes could repeat, by majority vote, which is why they do not), while one attention layer can carry the marker's place to the
 garments' tokens (or the target's class to the marker's). The marked cell is empty because a garment beside the
 marker would tell a local network which garment is *not* the target.
 
@@ -52,9 +52,10 @@ class PointerSpec:
             raise ValueError(f"pointer canvas settings {self}: need an even size and 8 <= item_px[0] <= item_px[1] "
                              f"<= size/2 - corner ({half - self.corner}) so that a garment fits its cell beside "
                              "the marker's corner")
-        if len(set(self.classes)) < 2 or not set(self.classes) <= set(range(10)):
-            raise ValueError(f"pointer canvas classes {self.classes}: need at least 2 distinct Fashion-MNIST classes "
-                             "(0..9)")
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 4 or \
+                not set(self.classes) <= set(range(10)):
+            raise ValueError(f"pointer canvas classes {self.classes}: need at least 4 distinct Fashion-MNIST classes "
+                             "(0..9), one per cell")
         if not 1 <= self.marker <= self.size // 2 - 24:
             raise ValueError(f"pointer canvas settings {self}: the marker ({self.marker} px) must keep 24 px from "
                              f"the other cells (marker <= size/2 - 24 = {self.size // 2 - 24})")
@@ -95,11 +96,17 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
     if n < 1 or images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels) or len(images) < 1:
         raise ValueError(f"pointer canvases need n >= 1 ({n}) and Fashion-MNIST images (M, 28, 28) with one label "
                          f"each (got {tuple(images.shape)} and {tuple(labels.shape)})")
-    pool = np.nonzero(np.isin(torch.as_tensor(labels).numpy(), spec.classes))[0]
-    if len(pool) == 0:
-        raise ValueError(f"no image of the classes {spec.classes} among the {len(labels)} given")
+    lab = torch.as_tensor(labels).numpy()
+    classes = np.sort(np.asarray(spec.classes))
+    pools = [np.nonzero(lab == c)[0] for c in classes]
+    if any(len(p) == 0 for p in pools):
+        raise ValueError(f"pointer canvases need images of every class {tuple(classes)}; some have none among the "
+                         f"{len(lab)} given")
     rng = np.random.default_rng([seed, _SPLITS[split]])
-    sources = pool[rng.integers(len(pool), size=(n, 4))]
+    # distinct classes in a canvas: a local network's best guess among its three garments is then 1/3
+    cls = np.stack([rng.permutation(len(classes))[:4] for _ in range(n)])  # (n, 4) class indices, one per cell
+    picks = rng.integers(1 << 62, size=(n, 4))
+    sources = np.vectorize(lambda c, r: pools[c][r % len(pools[c])])(cls, picks)
     sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
     (tops, outer), target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
     marked = opposite_cell(target)
@@ -122,6 +129,4 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
         for rows, cols in marker_slices(spec, cell):
             canvas[i, rows, cols] = 255.0
     canvas = torch.from_numpy(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))[:, None]
-    fm = torch.as_tensor(labels)[torch.as_tensor(sources[np.arange(n), target])].long()
-    y = torch.as_tensor(np.searchsorted(np.sort(spec.classes), fm.numpy()))  # index among the sorted classes
-    return canvas, y
+    return canvas, torch.as_tensor(cls[np.arange(n), target], dtype=torch.int64)
