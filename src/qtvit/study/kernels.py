@@ -90,7 +90,10 @@ def summarise(runs: Sequence[dict]) -> tuple[list[dict], str]:
     if soft is None or ctrl is None:
         return rows, "control check: needs both softmax and the control"
     gap, spread = soft["top1_mean"] - ctrl["top1_mean"], max(soft["top1_std"], ctrl["top1_std"])
-    verdict = "attention matters" if gap > spread else "NOT shown that attention matters"
+    if min(soft["seeds"], ctrl["seeds"]) < 2:
+        verdict = "one seed: no spread to compare with (use --seeds 2 or more)"
+    else:
+        verdict = "attention matters" if gap > spread else "NOT shown that attention matters"
     return rows, (f"control check: softmax {soft['top1_mean']:.2f} - control {ctrl['top1_mean']:.2f} = {gap:.2f} "
                   f"points vs seed spread (largest std) {spread:.2f}: {verdict}")
 
