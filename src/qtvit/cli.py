@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("qtvit.bench", "add_benchmark_parser"),
     ("qtvit.export", "add_export_parser"),
     ("qtvit.viz", "add_figure_parser"),
+    ("qtvit.study", "add_study_parser"),
 ]
 
 _HELP = {

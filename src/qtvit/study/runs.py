@@ -1,0 +1,133 @@
+"""One training run of the kernel study and its measurements: top-1, training images/s, peak memory, parameters."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..bench.measure import peak_memory_bytes
+from ..train.optim import create_optimizer, lr_at
+from .net import StudyNet
+
+__all__ = ["Recipe", "Data", "run_one", "variant_name", "parse_variant"]
+
+RESIDUAL_SUFFIX = "+softmax_residual"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The one recipe every variant is trained with."""
+    epochs: int = 8  # 4 (24 000 images) was too few for softmax to learn the selection (docs/kernel_study.md)
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05
+    clip_grad: float = 1.0
+    residual_until: float = 0.75  # a softmax residual's λ falls linearly from 1 to 0 over this fraction of training
+    dim: int = 32
+    depth: int = 2
+    head_dim: int = 16
+
+
+@dataclass
+class Data:
+    """The canvases as uint8 tensors (N, 1, S, S) and int64 labels."""
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+
+
+def variant_name(kernel: str, residual: bool = False) -> str:
+    return kernel + (RESIDUAL_SUFFIX if residual else "")
+
+
+def parse_variant(variant: str) -> tuple[str, bool]:
+    """(kernel, with a softmax residual) of a variant name."""
+    if variant.endswith(RESIDUAL_SUFFIX):
+        return variant[:-len(RESIDUAL_SUFFIX)], True
+    return variant, False
+
+
+def _to_input(x: Tensor) -> Tensor:
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def build_net(variant: str, recipe: Recipe, img_size: int, num_classes: int) -> StudyNet:
+    kernel, residual = parse_variant(variant)
+    return StudyNet(kernel, num_classes=num_classes, img_size=img_size, dim=recipe.dim, depth=recipe.depth, head_dim=recipe.head_dim,
+                    residual_softmax=residual)
+
+
+@torch.no_grad()
+def evaluate(net: StudyNet, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent."""
+    net.eval()
+    correct = sum(int((net(_to_input(x[i:i + batch_size])).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    return 100.0 * correct / len(x)
+
+
+def _step_memory(net: StudyNet, x: Tensor, y: Tensor) -> float | None:
+    """Peak extra MiB of one training forward + backward at the recipe's batch size (λ = 1 for a residual)."""
+    net.train()
+
+    def step():
+        F.cross_entropy(net(x), y).backward()
+
+    got = peak_memory_bytes(step, x.device)
+    net.zero_grad(set_to_none=True)
+    return None if got is None else got / 2 ** 20
+
+
+def _train(net: StudyNet, data: Data, recipe: Recipe, seed: int) -> tuple[float, int]:
+    """Train; returns (seconds spent in training steps, images seen)."""
+    opt = create_optimizer(net, recipe.lr, recipe.weight_decay)
+    n, bs = len(data.train_x), recipe.batch_size
+    steps_per_epoch = n // bs
+    total = steps_per_epoch * recipe.epochs
+    warmup = max(1, round(recipe.warmup_frac * total))
+    gen = torch.Generator().manual_seed(seed)
+    step, seconds = 0, 0.0
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=gen)
+        for i in range(steps_per_epoch):
+            idx = order[i * bs:(i + 1) * bs]
+            x, y = _to_input(data.train_x[idx]), data.train_y[idx]
+            t0 = time.perf_counter()
+            net.train()
+            net.set_residual_weight(max(0.0, 1.0 - step / max(1.0, recipe.residual_until * total)))
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, recipe.lr)
+            loss = F.cross_entropy(net(x), y)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
+            opt.step()
+            seconds += time.perf_counter() - t0
+            step += 1
+    return seconds, total * bs
+
+
+def run_one(variant: str, seed: int, data: Data, recipe: Recipe) -> tuple[dict, StudyNet]:
+    """Train ``variant`` (a kernel name, ``control``, or ``<kernel>+softmax_residual``) with ``seed``; its CSV row
+    and the trained net."""
+    torch.manual_seed(seed)
+    net = build_net(variant, recipe, data.train_x.shape[-1], data.num_classes)
+    params = sum(p.numel() for p in net.parameters())
+    net.set_residual_weight(1.0)
+    mem = _step_memory(net, _to_input(data.train_x[:recipe.batch_size]), data.train_y[:recipe.batch_size])
+    torch.manual_seed(seed)  # the memory probe drew no random numbers, but keep the init-to-training path plain
+    seconds, images = _train(net, data, recipe, seed)
+    kernel, residual = parse_variant(variant)
+    row = dict(variant=variant, kernel=kernel, softmax_residual=int(residual), seed=seed,
+               top1=evaluate(net, data.test_x, data.test_y), train_images_per_s=images / seconds,
+               peak_mib=mem, params=params, train_s=seconds, **{f"recipe_{k}": v for k, v in asdict(recipe).items()})
+    return row, net

@@ -1,0 +1,132 @@
+"""The kernel study's task, **pointer canvases**: which garment does the marker point to?
+
+A canvas is ``size`` x ``size`` grey pixels (default 64: 16 x 16 = 256 tokens at the study net's stride 4) cut into
+2 x 2 cells. One cell is **marked**: it holds only a bright ``marker`` x ``marker`` square in its outer corner (on
+the canvas corner). Each of the three other cells holds one Fashion-MNIST garment of one of four classes told apart
+at a glance (T-shirt/top, Trouser, Sandal, Bag: recognising garments is not what the study is about; no two garments
+of a canvas share a class), scaled to 20..26 px (bilinear) and placed at random in its cell, at least ``corner`` px from the cell's outer edges. **The
+label is the class of the garment in the cell diagonally opposite the marker.** Backgrounds are a random grey
+level plus Gaussian pixel noise.
+
+Why attention must decide: the marker is at least ``size/2 - marker`` px (24 at 64) from every garment, and
+neither alone gives the label: the garment is one of three, and the marker is a blank square. A network whose
+token mixing is local (the study's attention-free control: the stem and two depthwise convolutions reach 11.5 px
+around a token, so no token sees two things 24 px apart) followed by a mean over tokens and a linear head adds up
+what each neighbourhood saw: which classes are present and where, and where the marker is, but it cannot combine
+a garment's place with the marker's (the label is their product, not a sum). It is left guessing among the three
+garments (1/3; 56 % if classes could repeat, by majority vote, which is why they do not), while one attention layer can carry the marker's place to the
+garments' tokens (or the target's class to the marker's). The marked cell is empty because a garment beside the
+marker would tell a local network which garment is *not* the target.
+
+Canvases are made once, all at once, from ``numpy.random.default_rng([seed, split])`` (training canvases from the
+training images, test canvases from the test images) and kept as one uint8 tensor: the same on every run of a
+study, and cheap (about 1 s for 10 000 canvases).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PointerSpec", "make_pointer_canvases", "marker_slices", "opposite_cell"]
+
+_SPLITS = {"train": 0, "test": 1}
+
+
+@dataclass(frozen=True)
+class PointerSpec:
+    """The canvases' settings (see the module docstring)."""
+    size: int = 64
+    item_px: tuple[int, int] = (20, 26)
+    classes: tuple[int, ...] = (0, 1, 5, 8)  # T-shirt/top, Trouser, Sandal, Bag: told apart at a glance
+    corner: int = 6  # the outer corner of every cell kept free of garments
+    marker: int = 8  # side of the marker square in the marked cell's outer corner
+    background: tuple[int, int] = (0, 60)  # grey level range of the canvas
+    noise: float = 8.0  # std of the per-pixel Gaussian noise
+
+    def __post_init__(self):
+        half, (lo, hi) = self.size // 2, self.item_px
+        if self.size % 2 or not 8 <= lo <= hi <= half - self.corner:
+            raise ValueError(f"pointer canvas settings {self}: need an even size and 8 <= item_px[0] <= item_px[1] "
+                             f"<= size/2 - corner ({half - self.corner}) so that a garment fits its cell beside "
+                             "the marker's corner")
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 4 or \
+                not set(self.classes) <= set(range(10)):
+            raise ValueError(f"pointer canvas classes {self.classes}: need at least 4 distinct Fashion-MNIST classes "
+                             "(0..9), one per cell")
+        if not 1 <= self.marker <= self.size // 2 - 24:
+            raise ValueError(f"pointer canvas settings {self}: the marker ({self.marker} px) must keep 24 px from "
+                             f"the other cells (marker <= size/2 - 24 = {self.size // 2 - 24})")
+
+
+def opposite_cell(cell: int) -> int:
+    """Cells are numbered row by row (0 1 / 2 3); the diagonally opposite one of (r, c) is (1 - r, 1 - c)."""
+    return 3 - cell
+
+
+def marker_slices(spec: PointerSpec, cell: int) -> list[tuple[slice, slice]]:
+    """The marker of ``cell`` as (rows, cols): a ``marker`` x ``marker`` square in the cell's outer corner (on the
+    canvas corner)."""
+    m, s = spec.marker, spec.size
+    r, c = divmod(cell, 2)
+    return [(slice(0, m) if r == 0 else slice(s - m, s), slice(0, m) if c == 0 else slice(s - m, s))]
+
+
+def _place(rng: np.random.Generator, n: int, spec: PointerSpec, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left (y, x) of each cell's garment, (n, 4, 2): offset >= corner from the cell's outer edges."""
+    half = spec.size // 2
+    # offset from the cell's outer edge (the canvas border side) along each axis, then mirrored into place
+    offset = rng.integers(spec.corner, half - sizes[..., None] + 1, size=(n, 4, 2))
+    rows, cols = np.divmod(np.arange(4), 2)
+    outer = np.stack([rows, cols], axis=-1)  # (4, 2): 0 = the cell's outer edge is at 0, 1 = at size
+    return np.where(outer == 0, offset, spec.size - offset - sizes[..., None]), outer
+
+
+def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *, split: str = "train", seed: int = 0,
+                          spec: PointerSpec = PointerSpec()) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` canvases from Fashion-MNIST ``images`` (uint8 (M, 28, 28)) and ``labels`` of one split.
+
+    Returns uint8 canvases (n, 1, size, size) and int64 labels (n,): the class of the garment opposite the marker,
+    as its index among ``sorted(spec.classes)``.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"pointer canvas split {split!r}: use 'train' or 'test'")
+    if n < 1 or images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels) or len(images) < 1:
+        raise ValueError(f"pointer canvases need n >= 1 ({n}) and Fashion-MNIST images (M, 28, 28) with one label "
+                         f"each (got {tuple(images.shape)} and {tuple(labels.shape)})")
+    lab = torch.as_tensor(labels).numpy()
+    classes = np.sort(np.asarray(spec.classes))
+    pools = [np.nonzero(lab == c)[0] for c in classes]
+    if any(len(p) == 0 for p in pools):
+        raise ValueError(f"pointer canvases need images of every class {tuple(classes)}; some have none among the "
+                         f"{len(lab)} given")
+    rng = np.random.default_rng([seed, _SPLITS[split]])
+    # distinct classes in a canvas: a local network's best guess among its three garments is then 1/3
+    cls = np.stack([rng.permutation(len(classes))[:4] for _ in range(n)])  # (n, 4) class indices, one per cell
+    picks = rng.integers(1 << 62, size=(n, 4))
+    sources = np.vectorize(lambda c, r: pools[c][r % len(pools[c])])(cls, picks)
+    sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
+    (tops, outer), target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
+    marked = opposite_cell(target)
+    base = rng.uniform(*spec.background, size=(n, 1, 1))
+    canvas = base + rng.normal(0.0, spec.noise, size=(n, spec.size, spec.size))
+    items = images.float()[torch.as_tensor(sources.reshape(-1))][:, None]  # (n*4, 1, 28, 28)
+    flat_sizes = sizes.reshape(-1)
+    for s in np.unique(flat_sizes):  # one resize per garment size
+        idx = np.nonzero(flat_sizes == s)[0]
+        scaled = F.interpolate(items[torch.as_tensor(idx)], size=(int(s), int(s)), mode="bilinear",
+                               align_corners=False, antialias=True)[:, 0].numpy()
+        for j, patch in zip(idx, scaled):
+            i, cell = divmod(int(j), 4)
+            if cell == marked[i]:
+                continue  # the marked cell holds only the marker
+            y, x = tops[i, cell]
+            region = canvas[i, y:y + s, x:x + s]
+            np.maximum(region, patch, out=region)  # the garment over the background, as light on dark
+    for i, cell in enumerate(marked):
+        for rows, cols in marker_slices(spec, cell):
+            canvas[i, rows, cols] = 255.0
+    canvas = torch.from_numpy(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))[:, None]
+    return canvas, torch.as_tensor(cls[np.arange(n), target], dtype=torch.int64)
