@@ -321,7 +321,8 @@ def test_recipe_and_flags_from_the_command_line(tmp_path):
     code = main(["train", "--recipe", "seg-scenes", "--model", "seg_tiny", "--data", SMALL_FMNIST, "--img-size", "64",
                  "-b", "4", "--eval-batch-size", "4", "--limit-train", "8", "--limit-eval", "2", "--epochs", "2",
                  "--max-steps", "3", "--workers", "0", "--threads", "1", "--no-progress", "--output", str(tmp_path),
-                 "--name", "cli"])
+                 "--name", "cli", "--lr", "1e-3", "--warmup-epochs", "1", "--eval-every-epochs", "1",
+                 "--eval-size", "64"])
     assert code == 0
     args = json.loads((tmp_path / "cli" / "args.json").read_text())
     assert args["task"] == "segmentation" and args["schedule"] == "poly" and args["batch_size"] == 4
@@ -333,7 +334,7 @@ def test_recipe_and_flags_from_the_command_line(tmp_path):
     assert [row["step"] for row in rows] == [2, 4] and all("miou" in row and "top1" not in row for row in rows)
     # poly decay after one epoch of warm-up (2 steps): step 3 of 4 is at t = 1/2
     assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9)
-    assert args["scale_range"] == [0.5, 2.0]  # mmseg's random rescale by default
+    assert args["scale_range"] == [0.4, 0.6] and args["eval_size"] == 64  # the recipe's half resolution, overridden
     with pytest.raises(ValueError, match="--scale-range 2.0 1.0: give the smaller ratio first"):
         train(seg_config(tmp_path, scale_range=(2.0, 1.0)))
 
