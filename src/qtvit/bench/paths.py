@@ -13,9 +13,12 @@ Modes (``qtvit benchmark models --modes``):
 - ``onnxruntime``: the dynamic ONNX graph of ``qtvit export`` in onnxruntime's CPU provider (all graph
   optimisations, idle worker threads spin);
 - ``onnxruntime-nospin``: the same session with spinning off (``session.intra_op.allow_spinning=0``): idle
-  workers sleep, which helps on a CPU shared with other jobs and costs a little on an idle one.
+  workers sleep, which helps on a CPU shared with other jobs and costs a little on an idle one;
+- ``onnxruntime-int8``: the graph of ``qtvit export --quantize int8`` (convs and classifier in INT8, attention in
+  fp32), calibrated here on random inputs: right for its speed, not its accuracy.
 
-Also here: the loader of the official QT-ViT code from a local checkout, for side-by-side comparisons (its code is never copied here).
+Also here: the loader of the official QT-ViT code from a local checkout, for side-by-side comparisons (its code is
+never copied here).
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from ..models import create_model, inference_form
 __all__ = ["MODES", "Forms", "runner", "build_model", "count_flops", "interleaved_times",
            "load_official_qtvit", "jit_form"]
 
-MODES = ("eager", "fused", "fused-dynamic", "jit", "compile", "onnxruntime", "onnxruntime-nospin")
+MODES = ("eager", "fused", "fused-dynamic", "jit", "compile", "onnxruntime", "onnxruntime-nospin",
+         "onnxruntime-int8")
 
 
 def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
@@ -114,6 +118,13 @@ class Forms:
         path = self.onnx_dir / "model.onnx"
         return path if path.exists() else export_onnx(self.model, path, (224, 224), dynamic=True)
 
+    def _int8_path(self) -> Path:
+        from ..export import quantize_onnx
+
+        g = torch.Generator().manual_seed(0)
+        calib = [torch.randn(1, getattr(self.model, "in_chans", 3), 224, 224, generator=g) for _ in range(4)]
+        return quantize_onnx(self._onnx_path(), self.onnx_dir / "model_int8.onnx", calib)
+
     def build(self, mode: str, h: int, w: int, batch: int) -> tuple[Callable[[], None], float]:
         """(the call, its setup seconds)."""
         x = torch.randn(batch, getattr(self.model, "in_chans", 3), h, w)
@@ -133,11 +144,12 @@ class Forms:
             run = runner(compiled, x)
             run()  # compile now, so the setup time is its own column and not the warm-up's
             return run, time.perf_counter() - t0
-        if mode in ("onnxruntime", "onnxruntime-nospin"):
+        if mode.startswith("onnxruntime"):
             from ..export import onnx_session
 
-            spin = mode == "onnxruntime"
-            sess, setup = self._shared(mode, lambda: onnx_session(self._onnx_path(), self.threads, spinning=spin))
+            spin, int8 = mode != "onnxruntime-nospin", mode == "onnxruntime-int8"
+            sess, setup = self._shared(mode, lambda: onnx_session(self._int8_path() if int8 else self._onnx_path(),
+                                                                  self.threads, spinning=spin))
             arr = x.numpy()
             return (lambda: sess.run(None, {"input": arr})), setup
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
