@@ -7,10 +7,11 @@
     qtvit benchmark models --profile qtvit_1 efficientvit_b1 --sizes 224 1024   # top ops by self CPU time
 
 Modes (``qtvit.bench.paths``): ``eager`` (the model as built), ``fused`` (the inference form for the size),
-``fused-dynamic`` (the inference form valid for every size), ``jit`` (traced and frozen, oneDNN fusion),
+``fused-dynamic`` (the inference form valid for every size), ``jit`` (traced, ``optimize_for_inference``),
 ``compile`` (``torch.compile`` of the inference form, compiled per size; its compile time is the ``setup_s``
 column), ``onnxruntime`` and ``onnxruntime-nospin`` (the dynamic ONNX graph of ``qtvit export``, one export per
-model, CPU execution provider, idle threads spinning or sleeping). ``--side-by-side`` compares qtvit_1's paths
+model, CPU execution provider, idle threads spinning or sleeping), ``onnxruntime-int8`` (``qtvit export --quantize
+int8``, calibrated on random inputs: for speed only). ``--side-by-side`` compares qtvit_1's paths
 with efficientvit_b1, the official code and the sgemm floor (``qtvit.bench.compare``).
 
 Per point: the median over ``--repeats`` runs after one warm-up call (no more runs past ``--budget`` seconds, at
@@ -37,7 +38,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn as nn
 
 from .._utils import did_you_mean, parse_model_spec, parse_size
 from ..models import create_model, inference_form, list_models
