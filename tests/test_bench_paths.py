@@ -73,9 +73,11 @@ def test_side_by_side_rows_and_ratios(monkeypatch, tmp_path, nano):
     small = {"qtvit_1": lambda: nano, "efficientvit_b1": lambda: qtvit.create_model("efficientvit_nano",
                                                                                     num_classes=10).eval()}
     monkeypatch.setattr(compare, "build_model", lambda name: small[name]())
+    monkeypatch.setattr(compare, "PAUSE_S", 0.0)
     official = _fake_official(tmp_path / "amd")
     try:
-        rows = compare.side_by_side(["32", "48"], modes=("fused-dynamic", "onnxruntime"), repeats=2,
+        modes = ("fused-dynamic", "onnxruntime", "onnxruntime-nospin")
+        rows = compare.side_by_side(["32", "48"], modes=modes, repeats=2,
                                     official=official)
         with pytest.raises(ValueError, match="square inputs only"):
             compare.side_by_side(["32x48"], repeats=1, official=official)
@@ -86,13 +88,16 @@ def test_side_by_side_rows_and_ratios(monkeypatch, tmp_path, nano):
     for r in rows:
         qt, b1 = r["qtvit_1 onnxruntime ms"], r["efficientvit_b1 onnxruntime ms"]
         assert r["qt_over_b1"] == pytest.approx(qt / b1, rel=1e-2)
-        fastest = min(r["qtvit_1 fused-dynamic ms"], qt)
+        nospin = r["qtvit_1 onnxruntime-nospin ms"] / r["efficientvit_b1 onnxruntime-nospin ms"]
+        assert r["qt_over_b1 onnxruntime-nospin"] == pytest.approx(nospin, rel=1e-2)
+        fastest = min(r["qtvit_1 fused-dynamic ms"], qt, r["qtvit_1 onnxruntime-nospin ms"])
         assert r[f"qtvit_1 {r['fastest']} ms"] == fastest
         assert r["official_over_fastest"] == pytest.approx(r["official QT-ViT-1 eager ms"] / fastest, rel=1e-2)
         assert r["sgemm_gflops"] > 0 and r["floor_ms"] > 0
         assert r["fastest_over_floor"] == pytest.approx(fastest / r["floor_ms"], rel=1e-2)
         text = compare.format_row(r)
-        assert "qtvit_1/b1 (onnxruntime)" in text and "official/fastest" in text and "fastest/floor" in text
+        assert "qtvit_1/b1 (onnxruntime)" in text and "qtvit_1/b1 (onnxruntime-nospin)" in text
+        assert "official/fastest" in text and "fastest/floor" in text
 
 
 def test_side_by_side_needs_an_onnxruntime_mode_and_a_real_checkout(tmp_path):

@@ -68,14 +68,18 @@ def runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warmup: int = 2) -> dict[str, list[float]]:
-    """Run the callables in turn (A B A B ...) ``repeats`` times each, so load drifts hit all of them alike."""
+def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warmup: int = 2,
+                      pause_s: float = 0.0) -> dict[str, list[float]]:
+    """Run the callables in turn (A B A B ...) ``repeats`` times each, so load drifts hit all of them alike;
+    ``pause_s`` before each timed call lets the previous one's spinning worker threads go idle first."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            if pause_s:
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
