@@ -80,7 +80,7 @@ def test_guard_skips_larger_sizes():
 
 def test_bad_mode():
     with pytest.raises(ValueError, match="unknown mode"):
-        benchmark_models(["qtvit_nano"], ["32"], modes=["jit"])
+        benchmark_models(["qtvit_nano"], ["32"], modes=["tensorrt"])
 
 
 def test_csv_plot_and_table(rows, tmp_path):

@@ -143,3 +143,58 @@ def test_export_is_reexported_from_the_models():
     from qtvit.models.inference import inference_form as models_inference_form
 
     assert inference_form is models_inference_form
+
+
+def test_int8_quantization_keeps_dynamic_shapes_and_attention_in_float(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from qtvit.export import onnx_top1, quantize_onnx
+
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 32)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", 32)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(4)]
+    int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", calib)
+    graph = onnx.load(str(int8)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "Conv" not in ops and ops.count("QLinearConv") > 10  # every conv in INT8, its bias too
+    quantized = {o for n in graph.node if n.op_type in ("QLinearConv", "QuantizeLinear") for o in n.output}
+    norms = [n for n in graph.node if n.op_type == "ReduceL2"]  # the QT kernel's norms read float tensors
+    assert norms and not any(i in quantized for n in norms for i in n.input)
+    shape = onnx_session(int8).get_inputs()[0].shape
+    assert isinstance(shape[0], str) and isinstance(shape[2], str) and isinstance(shape[3], str)
+    # top-1 against the fp32 model's own predictions: fp32 agrees with itself, int8 with most of them
+    x = torch.randn(64, 3, 48, 32, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = onnx_top1({"fp32": onnx_session(fp32), "int8": onnx_session(int8)}, [(x[:32], y[:32]), (x[32:], y[32:])])
+    assert res["fp32"][:2] == (100.0, 64) and res["int8"][1] == 64
+    assert 50.0 <= res["int8"][0] <= 100.0 and res["int8"][2] > 0
+
+
+def test_onnx_top1_needs_images():
+    from qtvit.export import onnx_top1
+
+    with pytest.raises(ValueError, match="no evaluation images"):
+        onnx_top1({"fp32": None}, [])
+
+
+def test_cli_quantize_int8_with_evaluation(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    import numpy as np
+
+    from qtvit.data.fashion_mnist import write_idx
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for split in ("train", "t10k"):
+        write_idx(data / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28), dtype=np.uint8))
+        write_idx(data / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, 12, dtype=np.uint8))
+    out = tmp_path / "q.onnx"
+    assert main(["export", "qtvit_pico", "--num-classes", "10", "--img-size", "28", "--output", str(out),
+                 "--quantize", "int8", "--calibration-data", str(data), "--calibration-images", "8",
+                 "--evaluate"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and not (tmp_path / "q.fp32.onnx").exists()  # the fp32 intermediate is removed
+    assert "int8" in text and "top-1 on 12 evaluation images: fp32" in text and "speed-up" in text

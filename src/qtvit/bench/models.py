@@ -6,10 +6,13 @@
     qtvit benchmark models --goals                           # the side-by-side speed goals (ABAB, median of 9)
     qtvit benchmark models --profile qtvit_1 efficientvit_b1 --sizes 224 1024   # top ops by self CPU time
 
-Modes: ``eager`` (the model as built, eval mode), ``fused`` (the inference form: BatchNorms folded, positional
-embeddings cached for the size, ``qtvit.models.inference_form``), ``compile`` (``torch.compile`` of the inference
-form, compiled per size; its compile time is the ``setup_s`` column) and ``onnxruntime`` (the dynamic ONNX graph of
-``qtvit export``, one export per model, CPU execution provider).
+Modes (``qtvit.bench.paths``): ``eager`` (the model as built), ``fused`` (the inference form for the size),
+``fused-dynamic`` (the inference form valid for every size), ``jit`` (traced, ``optimize_for_inference``),
+``compile`` (``torch.compile`` of the inference form, compiled per size; its compile time is the ``setup_s``
+column), ``onnxruntime`` and ``onnxruntime-nospin`` (the dynamic ONNX graph of ``qtvit export``, one export per
+model, CPU execution provider, idle threads spinning or sleeping), ``onnxruntime-int8`` (``qtvit export --quantize
+int8``, calibrated on random inputs: for speed only). ``--side-by-side`` compares qtvit_1's paths
+with efficientvit_b1, the official code and the sgemm floor (``qtvit.bench.compare``).
 
 Per point: the median over ``--repeats`` runs after one warm-up call (no more runs past ``--budget`` seconds, at
 least 3), the peak memory over the warm-up call (``qtvit.bench.measure.peak_memory_bytes``: extra resident memory
@@ -35,75 +38,23 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn as nn
 
 from .._utils import did_you_mean, parse_model_spec, parse_size
 from ..models import create_model, inference_form, list_models
 from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
+from .paths import MODES, Forms as _Forms, build_model as _build, count_flops, interleaved_times  # noqa: F401
+from .paths import runner as _runner
 from .measure import write_csv as write_results_csv
 
 DEFAULT_MODELS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
                   "l2vit_tiny"]
 DEFAULT_SIZES = ["224", "384", "512", "768", "1024", "512x1024"]
-MODES = ("eager", "fused", "compile", "onnxruntime")
 FIELDS = ["model", "params_m", "height", "width", "batch", "mode", "dtype", "device", "time_ms", "runs",
           "images_per_s", "gflops", "gmacs", "peak_mib", "setup_s", "note"]
 
 
 def size_label(h: int, w: int) -> str:
     return str(h) if h == w else f"{h}x{w}"
-
-
-def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
-    """FLOPs (2 per multiply-add) of one forward on an input of ``shape``, by torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(*shape))
-    return int(counter.get_total_flops())
-
-
-def _runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        with torch.inference_mode():
-            model(x)
-    return run
-
-
-class _Forms:
-    """Builds each mode's callable for one model, caching what is shared between sizes (the ONNX session)."""
-
-    def __init__(self, model: nn.Module, onnx_dir: Path) -> None:
-        self.model = model.eval()
-        self.onnx_dir = onnx_dir
-        self._session = None
-        self.export_s = 0.0
-
-    def build(self, mode: str, h: int, w: int, batch: int) -> tuple[Callable[[], None], float]:
-        """(the call, its setup seconds)."""
-
-        x = torch.randn(batch, self.model.in_chans if hasattr(self.model, "in_chans") else 3, h, w)
-        t0 = time.perf_counter()
-        if mode == "eager":
-            return _runner(self.model, x), 0.0
-        if mode == "fused":
-            return _runner(inference_form(self.model, (h, w)), x), time.perf_counter() - t0
-        if mode == "compile":
-            compiled = torch.compile(inference_form(self.model, (h, w)), dynamic=False)
-            run = _runner(compiled, x)
-            run()  # compile now, so the setup time is its own column and not the warm-up's
-            return run, time.perf_counter() - t0
-        if mode == "onnxruntime":
-            from ..export import export_onnx, onnx_session
-
-            if self._session is None:
-                path = export_onnx(self.model, self.onnx_dir / "model.onnx", (h, w), dynamic=True)
-                self._session = onnx_session(path)
-                self.export_s = time.perf_counter() - t0
-            sess, arr = self._session, x.numpy()
-            return (lambda: sess.run(None, {"input": arr})), self.export_s
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
 
 
 @dataclass
@@ -238,28 +189,6 @@ def benchmark_models(
 # --------------------------------------------------------------------------------------------------------------------
 # The speed goals: side by side, interleaved
 # --------------------------------------------------------------------------------------------------------------------
-def _build(spec: str, num_classes: int | None = None) -> nn.Module:
-    """An eval-mode model from a name or a ``name:key=value`` spec (``num_classes=None``: the model's own)."""
-    name, kwargs = parse_model_spec(spec)
-    if num_classes is not None:
-        kwargs.setdefault("num_classes", num_classes)
-    return create_model(name, **kwargs).eval()
-
-
-def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warmup: int = 2) -> dict[str, list[float]]:
-    """Run the callables in turn (A B A B ...) ``repeats`` times each, so load drifts hit all of them alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
 def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int] = "224", *, repeats: int = 7,
                           num_classes: int | None = None) -> list[dict]:
     """Batch-1 eager latency of several models at one size, measured in turns (A B C A B C ...): the fairest
@@ -402,8 +331,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="model names, each optionally with constructor arguments, e.g. qtvit_seg_1_cityscapes:kernel=softmax")
     p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="S", help="sides or HxW, e.g. 224 512x1024")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "fused", "onnxruntime"],
-                   help="default: eager fused onnxruntime; add compile for torch.compile (slow to compile)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=None,
+                   help="default: eager fused onnxruntime; add compile for torch.compile (slow to compile); "
+                        "the modes are described in qtvit.bench.paths")
     p.add_argument("--compile-sizes", nargs="+", default=["224", "512"], metavar="S",
                    help="sizes at which the compile mode is measured (each shape compiles for about a minute)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per point after a warm-up; the median is kept")
@@ -419,6 +349,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--goals", action="store_true",
                    help="only the speed goals: qtvit_1 vs efficientvit_b1 at 224 and 1024, fused vs eager at 512")
     p.add_argument("--goal-repeats", type=int, default=9)
+    p.add_argument("--side-by-side", action="store_true",
+                   help="only qtvit_1's paths (--modes; default fused-dynamic onnxruntime) against efficientvit_b1 "
+                        "in onnxruntime, the official code (--official) and the sgemm floor at --sizes, interleaved, "
+                        "--goal-repeats each; prints and saves the ratios (qtvit.bench.compare)")
+    p.add_argument("--official", type=Path, default=None, metavar="DIR",
+                   help="a checkout of AMD-AIG-AIMA/AMD_QTViT, for --side-by-side's official QT-ViT-1")
     p.add_argument("--interleaved", action="store_true",
                    help="only batch-1 eager latency of --models at the first of --sizes, measured in turns "
                         "(--repeats each); for the Pareto plot")
@@ -449,6 +385,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 print(f"\n## {name} at {size_label(h, w)}, batch 1, eager: top ops by self CPU time")
                 print(profile_table(name, (h, w)))
         return 0
+    if args.side_by_side:
+        return _run_side_by_side(args, line)
     if args.goals:
         out = args.out if args.out != Path("results/models_cpu.csv") else Path("results/speed_goals_cpu.csv")
 
@@ -477,7 +415,8 @@ def run_cli(args: argparse.Namespace) -> int:
               f"{ips:>9}{r['gmacs']!s:>8}{r['peak_mib']!s:>8}  {r['note']}", flush=True)
 
     t0 = time.perf_counter()
-    rows = benchmark_models(args.models, sizes, batch_sizes=args.batch_sizes, modes=args.modes,
+    rows = benchmark_models(args.models, sizes, batch_sizes=args.batch_sizes,
+                            modes=args.modes or ["eager", "fused", "onnxruntime"],
                             repeats=args.repeats, budget_s=args.budget, max_call_s=args.max_call,
                             compile_sizes=args.compile_sizes,
                             flops=not args.no_flops, memory=not args.no_memory, on_row=show)
@@ -492,4 +431,16 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"wrote {png}")
     except ImportError:
         print("matplotlib not installed: no plot (pip install 'qtvit[plot]')")
+    return 0
+
+
+def _run_side_by_side(args: argparse.Namespace, line: str) -> int:
+    from .compare import DEFAULT_SIDE_MODES, format_row, side_by_side
+
+    out = args.out if args.out != Path("results/models_cpu.csv") else Path("results/side_by_side_cpu.csv")
+    rows = side_by_side(args.sizes, modes=args.modes or DEFAULT_SIDE_MODES, repeats=args.goal_repeats,
+                        official=args.official, on_row=lambda r: print(format_row(r), flush=True))
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(rows, out, line, fields=fields)
+    print(f"wrote {out}")
     return 0

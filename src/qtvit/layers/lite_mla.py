@@ -18,13 +18,51 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..attention import KernelLayer, kernel_factory
 from .conv import ConvNormAct, DropPath, LayerType, MBConv
 from .fold import ChannelAffine, bn_scale_shift
 
-__all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock"]
+__all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock", "bicubic_matrix", "bicubic_resize"]
+
+
+def _cubic_taps(t: torch.Tensor, a: float = -0.75) -> torch.Tensor:
+    """Weights of the four taps at offsets -1, 0, 1, 2 for a fractional position t in [0, 1), (..., 4): the
+    cubic convolution kernel of torch's bicubic upsampling (A = -0.75), written with the same operation order."""
+
+    def near(x: torch.Tensor) -> torch.Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: torch.Tensor) -> torch.Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=-1)
+
+
+def bicubic_matrix(n_out, n_in: int, dtype: torch.dtype = torch.float32,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
+    """The (n_out, n_in) matrix M with ``M @ x`` = ``F.interpolate`` bicubic (align_corners=False) of x's first
+    axis from n_in to n_out samples, sources clamped at the borders, no antialias.
+
+    Built from ``arange(n_out)`` and comparisons only, so a traced ``n_out`` (a shape of the input) stays symbolic
+    in an exported graph: ONNX gets a few small elementwise ops instead of a dynamic bicubic ``Resize``, which
+    onnxruntime runs slowly (and the resize becomes two tiny matrix products, see ``bicubic_resize``).
+    """
+    dst = torch.arange(n_out, dtype=dtype, device=device)
+    src = (dst + 0.5) * (n_in / n_out) - 0.5  # torch's source index for align_corners=False (no clamp for cubic)
+    i0 = src.floor()
+    taps = (i0.unsqueeze(-1) + torch.arange(-1, 3, dtype=dtype, device=device)).clamp(0, n_in - 1)
+    cols = torch.arange(n_in, dtype=dtype, device=device)
+    # Clamped taps may land on the same border sample: summing the one-hot rows adds their weights, as torch does.
+    return ((taps.unsqueeze(-1) == cols).to(dtype) * _cubic_taps(src - i0).unsqueeze(-1)).sum(dim=-2)
+
+
+def bicubic_resize(x: torch.Tensor, h, w) -> torch.Tensor:
+    """``F.interpolate(x, (h, w), mode="bicubic", align_corners=False)`` of a (..., h0, w0) tensor as
+    ``Mh @ x @ Mw^T`` (exact: the bicubic resize is separable and linear)."""
+    mh = bicubic_matrix(h, x.shape[-2], x.dtype, x.device)
+    mw = bicubic_matrix(w, x.shape[-1], x.dtype, x.device)
+    return mh @ x @ mw.transpose(0, 1)
 
 
 class QKVAggregation(nn.Module):
@@ -116,7 +154,7 @@ class LiteMLA(nn.Module):
         key = (h, w, pe._version, pe.dtype, pe.device)
         if not torch.is_grad_enabled() and not tracing and self._resized_key == key:
             return self._resized
-        pe = F.interpolate(pe, size=(h, w), mode="bicubic", align_corners=False)
+        pe = bicubic_resize(pe, h, w)  # = F.interpolate(bicubic); exports as matmuls, not a dynamic Resize
         pe = pe.reshape(1, self.num_heads, self.head_dim, h * w).transpose(-1, -2)
         if not torch.is_grad_enabled() and not tracing:
             self._resized, self._resized_key = pe, key

@@ -1,0 +1,183 @@
+"""The CPU inference paths the model benchmark compares, built the same way for every model.
+
+Modes (``qtvit benchmark models --modes``):
+
+- ``eager``: the model as built, eval mode, ``torch.inference_mode``;
+- ``fused``: the inference form for the benchmarked size (BatchNorms folded, positional embeddings cached);
+- ``fused-dynamic``: the inference form with nothing shape-specific (``inference_form(model, None)``: the
+  positional embedding is resized per call, as two small matrix products), valid for every input size;
+- ``jit``: ``torch.jit.trace`` + ``torch.jit.optimize_for_inference`` (freeze, conv/BN/activation folding,
+  oneDNN weight prepacking) of ``fused-dynamic`` (oneDNN graph fusion, ``torch.jit.enable_onednn_fusion``,
+  fails on this graph in torch 2.13: "partition compile failed");
+- ``compile``: ``torch.compile`` of the inference form, compiled per size;
+- ``onnxruntime``: the dynamic ONNX graph of ``qtvit export`` in onnxruntime's CPU provider (all graph
+  optimisations, idle worker threads spin);
+- ``onnxruntime-nospin``: the same session with spinning off (``session.intra_op.allow_spinning=0``): idle
+  workers sleep, which helps on a CPU shared with other jobs and costs a little on an idle one;
+- ``onnxruntime-int8``: the graph of ``qtvit export --quantize int8`` (convs and classifier in INT8, attention in
+  fp32), calibrated here on random inputs: right for its speed, not its accuracy.
+
+Also here: the loader of the official QT-ViT code from a local checkout, for side-by-side comparisons (its code is
+never copied here).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .._utils import parse_model_spec
+from ..models import create_model, inference_form
+
+__all__ = ["MODES", "Forms", "runner", "build_model", "count_flops", "interleaved_times",
+           "load_official_qtvit", "jit_form"]
+
+MODES = ("eager", "fused", "fused-dynamic", "jit", "compile", "onnxruntime", "onnxruntime-nospin",
+         "onnxruntime-int8")
+
+
+def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    """An eval-mode model from a name or a ``name:key=value`` spec (``num_classes=None``: the model's own)."""
+    name, kwargs = parse_model_spec(spec)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    return create_model(name, **kwargs).eval()
+
+
+def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
+    """FLOPs (2 per multiply-add) of one forward on an input of ``shape``, by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(*shape))
+    return int(counter.get_total_flops())
+
+
+def runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            model(x)
+    return run
+
+
+def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warmup: int = 2,
+                      pause_s: float = 0.0) -> dict[str, list[float]]:
+    """Run the callables in turn (A B A B ...) ``repeats`` times each, so load drifts hit all of them alike;
+    ``pause_s`` before each timed call lets the previous one's spinning worker threads go idle first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if pause_s:
+                time.sleep(pause_s)
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+@torch.no_grad()
+def jit_form(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` + ``optimize_for_inference`` of the size-free inference form (valid for every input size:
+    the positional-embedding resize is traced from the input's shape, the attention runs in one chunk)."""
+    from ..export import _trace_model
+
+    with warnings.catch_warnings():  # the tracer's warnings about shape checks hold for every size (qtvit.export)
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(_trace_model(inference_form(model, None)), example, check_trace=False)
+        return torch.jit.optimize_for_inference(traced.eval())
+
+
+class Forms:
+    """Builds each mode's callable for one model, caching what is shared between sizes (ONNX sessions, the
+    traced module)."""
+
+    def __init__(self, model: nn.Module, onnx_dir: Path, threads: int | None = None) -> None:
+        self.model = model.eval()
+        self.onnx_dir = Path(onnx_dir)
+        self.threads = threads
+        self._cache: dict[str, object] = {}
+        self.setup_s: dict[str, float] = {}
+
+    def _shared(self, mode: str, make: Callable[[], object]) -> tuple[object, float]:
+        if mode not in self._cache:
+            t0 = time.perf_counter()
+            self._cache[mode] = make()
+            self.setup_s[mode] = time.perf_counter() - t0
+        return self._cache[mode], self.setup_s[mode]
+
+    def _onnx_path(self) -> Path:
+        from ..export import export_onnx
+
+        path = self.onnx_dir / "model.onnx"
+        return path if path.exists() else export_onnx(self.model, path, (224, 224), dynamic=True)
+
+    def _int8_path(self) -> Path:
+        from ..export import quantize_onnx
+
+        g = torch.Generator().manual_seed(0)
+        calib = [torch.randn(1, getattr(self.model, "in_chans", 3), 224, 224, generator=g) for _ in range(4)]
+        return quantize_onnx(self._onnx_path(), self.onnx_dir / "model_int8.onnx", calib)
+
+    def build(self, mode: str, h: int, w: int, batch: int) -> tuple[Callable[[], None], float]:
+        """(the call, its setup seconds)."""
+        x = torch.randn(batch, getattr(self.model, "in_chans", 3), h, w)
+        t0 = time.perf_counter()
+        if mode == "eager":
+            return runner(self.model, x), 0.0
+        if mode == "fused":
+            return runner(inference_form(self.model, (h, w)), x), time.perf_counter() - t0
+        if mode == "fused-dynamic":
+            fused, setup = self._shared(mode, lambda: inference_form(self.model, None))
+            return runner(fused, x), setup
+        if mode == "jit":
+            traced, setup = self._shared(mode, lambda: jit_form(self.model, x))
+            return runner(traced, x), setup
+        if mode == "compile":
+            compiled = torch.compile(inference_form(self.model, (h, w)), dynamic=False)
+            run = runner(compiled, x)
+            run()  # compile now, so the setup time is its own column and not the warm-up's
+            return run, time.perf_counter() - t0
+        if mode.startswith("onnxruntime"):
+            from ..export import onnx_session
+
+            spin, int8 = mode != "onnxruntime-nospin", mode == "onnxruntime-int8"
+            sess, setup = self._shared(mode, lambda: onnx_session(self._int8_path() if int8 else self._onnx_path(),
+                                                                  self.threads, spinning=spin))
+            arr = x.numpy()
+            return (lambda: sess.run(None, {"input": arr})), setup
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+def load_official_qtvit(repo: str | Path, variant: str = "b1") -> nn.Module:
+    """QT-ViT from a local checkout of AMD-AIG-AIMA/AMD_QTViT (``efficientvit_cls_<variant>``; b1 = QT-ViT-1),
+    random weights, eval mode, for speed comparisons. The training-only modules its model files import
+    (``efficientvit.apps.trainer``, which needs torchpack) are stubbed; square inputs only, as in that code."""
+    repo = Path(repo)
+    if not (repo / "efficientvit" / "models" / "efficientvit" / "cls.py").is_file():
+        raise FileNotFoundError(f"{repo} is not a checkout of AMD-AIG-AIMA/AMD_QTViT (no efficientvit/models/"
+                                "efficientvit/cls.py); clone it and pass its folder")
+    if "efficientvit" in sys.modules and not str(getattr(sys.modules["efficientvit"], "__file__", "")).startswith(
+            str(repo.resolve())):
+        raise RuntimeError("another package named efficientvit is already imported; run in a fresh process")
+    stub = types.ModuleType("efficientvit.apps.trainer.run_config")
+    stub.Scheduler = type("Scheduler", (), {"PROGRESS": 0})  # read only by drop-path schedules in training
+    for name in ("efficientvit.apps", "efficientvit.apps.trainer"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules.setdefault(stub.__name__, stub)
+    sys.path.insert(0, str(repo.resolve()))
+    try:
+        cls = importlib.import_module("efficientvit.models.efficientvit.cls")
+    finally:
+        sys.path.remove(str(repo.resolve()))
+    return getattr(cls, f"efficientvit_cls_{variant}")().eval()

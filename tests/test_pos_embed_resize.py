@@ -1,0 +1,73 @@
+"""The QT-ViT positional-embedding resize as two interpolation matrices: equal to torch's bicubic F.interpolate
+(float64, up- and downsizing, non-square, border clamping) and exported without a dynamic ONNX Resize."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qtvit
+from qtvit.layers.lite_mla import bicubic_matrix, bicubic_resize
+
+SOURCES = [(14, 14), (7, 7), (7, 9), (1, 1), (2, 3), (16, 5)]
+TARGETS = [1, 2, 3, 5, 7, 8, 13, 14, 15, 28, 33, 64, 97]
+
+
+@pytest.mark.parametrize("src", SOURCES)
+def test_matrices_equal_torch_bicubic_in_float64(src):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *src, generator=g, dtype=torch.float64)
+    for h in TARGETS:
+        for w in (1, 4, 14, 21, 64):
+            ref = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
+            out = bicubic_resize(x, h, w)
+            assert out.shape == ref.shape
+            rel = (out - ref).abs().max() / ref.abs().max().clamp_min(1e-300)
+            assert rel < 1e-12, (src, h, w, float(rel))
+
+
+def test_matrix_rows_sum_to_one_and_same_size_is_identity():
+    for n_out, n_in in [(5, 14), (14, 14), (64, 14), (3, 1)]:
+        m = bicubic_matrix(n_out, n_in, torch.float64)
+        assert m.shape == (n_out, n_in)
+        torch.testing.assert_close(m.sum(1), torch.ones(n_out, dtype=torch.float64), rtol=0, atol=1e-14)
+    torch.testing.assert_close(bicubic_matrix(14, 14, torch.float64), torch.eye(14, dtype=torch.float64),
+                               rtol=0, atol=0)
+
+
+def test_float32_close_to_torch():
+    x = torch.randn(1, 256, 14, 14, generator=torch.Generator().manual_seed(1))
+    for h, w in [(64, 64), (20, 30), (7, 7)]:
+        ref = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
+        torch.testing.assert_close(bicubic_resize(x, h, w), ref, rtol=0, atol=2e-5)
+
+
+def test_lite_mla_pos_embed_tokens_match_interpolate_and_keep_gradients():
+    torch.manual_seed(0)
+    model = qtvit.create_model("qtvit_nano", num_classes=10).double()
+    mla = next(m for m in model.modules() if getattr(m, "pos_embed", None) is not None)
+    with torch.no_grad():
+        mla.pos_embed.normal_()
+    E, d = mla.num_heads, mla.head_dim
+    for h, w in [(3, 5), (9, 9), (2, 2)]:
+        ref = F.interpolate(mla.pos_embed, size=(h, w), mode="bicubic", align_corners=False)
+        ref = ref.reshape(1, E, d, h * w).transpose(-1, -2)
+        out = mla.pos_embed_tokens(h, w)
+        assert out.grad_fn is not None  # trainable through the matrices
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_exported_graph_has_no_resize(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from qtvit.export import calibrate_batchnorm, check_onnx, export_onnx
+
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 48)
+    path = export_onnx(model, tmp_path / "nano.onnx", 32)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Resize" not in ops and "MatMul" in ops
+    # one dynamic graph: down- (16 px: 1x1 map), up- (96 px) and non-square sizes
+    rows = check_onnx(model, path, [(32, 32), (16, 16), (96, 96), (32, 80)], batch_size=2, atol=1e-4)
+    assert max(r["max_abs_diff"] for r in rows) <= 1e-4
+    assert min(r["max_abs_output"] for r in rows) > 0.05
