@@ -21,6 +21,7 @@ from qtvit.models.segmentation import SegmentationModel, _windows, predict_full
 
 from conftest import SHARED_FIXTURES as SHARED, rel_err
 from oracle_weights import fill
+from test_seg_parity import DATA as SEG_DATA, parity_errors
 
 DATA = Path(__file__).parent / "data" / "efficientvit"
 SEG_FIXTURES = [("efficientvit_seg_b1_ade20k", "seg_mit_b1_ade20k_r128x128.json"),
@@ -49,27 +50,7 @@ def _filled(model):
 
 
 # ------------------------------------------------------------------------------------------------ parity
-
-
-@pytest.mark.parametrize("name, fixture", SEG_FIXTURES)
-def test_parity_with_official_segmentation_models(name, fixture, tmp_path):
-    """Official-format file -> create_model(checkpoint_path=...) -> float64 logits equal the official code's."""
-    ref = _fixture(fixture)
-    sd = _official_sd(ref["keys"])
-    torch.save({"state_dict": sd}, tmp_path / "official.pt")
-    model = qtvit.create_model(name, checkpoint_path=tmp_path / "official.pt").double().eval()
-    report = model.load_report
-    assert report.ok and report.new == [] and report.state_key == "state_dict" and report.loaded == len(sd)
-    assert sum(p.numel() for p in model.parameters()) == ref["params"]
-    x = torch.randn(*ref["input"], generator=torch.Generator().manual_seed(ref["input_seed"]), dtype=torch.float64)
-    with torch.no_grad():
-        out = model(x)
-    assert list(out.shape) == ref["output_shape"] and model.stride == 8
-    w = torch.randn((8,) + tuple(ref["output_shape"][1:]), generator=torch.Generator().manual_seed(ref["probe_seed"]),
-                    dtype=torch.float64)
-    assert rel_err(torch.einsum("bchw,pchw->bp", out, w), torch.tensor(ref["probes"], dtype=torch.float64)) < 1e-9
-    assert rel_err(out.mean(dim=(2, 3)), torch.tensor(ref["pooled"], dtype=torch.float64)) < 1e-9
-    assert rel_err(out[..., :4, :4], torch.tensor(ref["corner"], dtype=torch.float64)) < 1e-9
+# (the float64 parity of every variant with the official code is tests/test_seg_parity.py)
 
 
 def test_efficientvit_seg_file_into_qtvit_seg_reports_the_qt_parameters_as_new():
@@ -236,6 +217,22 @@ def test_pretrained_downloads_the_official_file(tmp_path, monkeypatch):
     assert model.load_report.ok and model.load_report.loaded == len(sd)
     assert torch.equal(model.head.classifier.weight, sd["head.output_ops.0.op_list.0.conv.weight"])
     assert (tmp_path / "cache" / "efficientvit_seg_b1_ade20k.pt").is_file()
+
+
+def test_pretrained_gives_the_official_outputs(tmp_path, monkeypatch):
+    """pretrained=True end to end on a model with the final expansion: the downloaded official-format file gives the
+    official code's float64 logits (the in-repo fixture of mit-han-lab's B0 Cityscapes)."""
+    name = "efficientvit_seg_b0_cityscapes"
+    ref = json.loads((SEG_DATA / "seg_mit_b0_cityscapes_r96x64.json").read_text())
+    (tmp_path / "hf").mkdir()
+    torch.save({"state_dict": _official_sd(ref["keys"])}, tmp_path / "hf" / f"{name}.pt")
+    with _serve(tmp_path / "hf") as (url, requests):
+        monkeypatch.setenv("QTVIT_PRETRAINED_URL_BASE", url)
+        monkeypatch.setenv("QTVIT_CACHE", str(tmp_path / "cache"))
+        model = qtvit.create_model(name, pretrained=True)
+    assert requests == [f"/{name}.pt"] and model.load_report.ok and model.load_report.loaded == len(ref["keys"])
+    errors = parity_errors(model, ref)
+    assert max(errors.values()) < 1e-9, errors
 
 
 def test_pretrained_backbone_starts_from_the_imagenet_weights(tmp_path, monkeypatch):
