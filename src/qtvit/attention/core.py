@@ -46,7 +46,8 @@ def result_dtype(*tensors: Tensor) -> torch.dtype:
     """The output dtype of mixed inputs, promoted as torch ops do (e.g. bf16 q and v with an fp32 k -> fp32)."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+        if t.dtype != dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
 
@@ -193,8 +194,7 @@ def _shift_state(s_num: Tensor, s_den: Tensor, c2: Tensor | None, v: Tensor, n: 
         return s_num, None, eps
     bias = c2 * n + eps
     mean = v.sum(dim=2, keepdim=True) * (c2 / bias)
-    return torch.baddbmm(s_num.flatten(0, 1), s_den.flatten(0, 1), mean.flatten(0, 1), alpha=-1).view_as(s_num), \
-        mean, bias
+    return torch.addcmul(s_num, s_den, mean, value=-1), mean, bias  # s_den (dφ, 1) * mean (1, dv): Σφ(k)ᵀm
 
 
 def _read_shifted(f: Tensor, t: Tensor | None, s_num: Tensor, s_den: Tensor, mean: Tensor | None,
@@ -275,8 +275,10 @@ def normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 # torch's fused weight-norm kernel: w = v·g/‖v‖ per row together with ‖v‖, in one pass (private, long-standing;
-# absent: the plain formula).
+# absent: the plain formula). It splits every call over the threads however small; torch's element-wise ops only
+# from this many elements (at::internal::GRAIN_SIZE), so smaller inputs keep the formula.
 _FUSED_ROW_NORM = getattr(torch, "_weight_norm_interface", None)
+_FUSED_MIN_NUMEL = 32768
 
 
 def _eager() -> bool:
@@ -290,15 +292,15 @@ def _eager() -> bool:
 def normalize_fused(x: Tensor) -> Tensor | None:
     """x/‖x‖₂ over the last axis, ‖x‖₂ floored at the dtype's smallest normal number (an all-zero row gives 0),
     in one pass over x instead of a norm and a division: the fast path of ``x / l2norm(x)`` on CPU outside
-    autograd. None where it does not apply (autograd, GPU, half dtypes, tracing): the caller uses the formula.
-    ``x`` must be a fresh contiguous temporary."""
+    autograd. None where it does not apply (autograd, GPU, half dtypes, tracing, under 32768 elements): the
+    caller uses the formula. ``x`` must be a fresh contiguous temporary."""
     if (_FUSED_ROW_NORM is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
-            or not x.is_contiguous() or not inplace_ok(x) or not _eager()):
+            or not x.is_contiguous() or x.numel() < _FUSED_MIN_NUMEL or not inplace_ok(x) or not _eager()):
         return None
     rows = x.view(-1, x.shape[-1])
     out, norm = _FUSED_ROW_NORM(rows, rows.new_ones(rows.shape[0], 1), 0)
     tiny = torch.finfo(x.dtype).tiny
-    if bool(norm.amin() < tiny):  # rare: an all-zero (0/0) or underflowing row, floored as the formula does
+    if norm.amin().item() < tiny:  # rare: an all-zero (0/0) or underflowing row, floored as the formula does
         out = torch.where(norm < tiny, rows / tiny, out)
     return out.view(x.shape)
 

@@ -294,7 +294,7 @@ class QTKernel(AttentionKernel):
         return x2, self._norm(x2)
 
     def constant(self, dtype: torch.dtype) -> Tensor:
-        return self.scale.to(dtype)
+        return self.scale if self.scale.dtype == dtype else self.scale.to(dtype)
 
 
 class QTPaperKernel(AttentionKernel):
