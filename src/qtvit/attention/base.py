@@ -163,7 +163,7 @@ class AttentionKernel(nn.Module):
         dtype = result_dtype(q, k, v)
         ct = compute_dtype(dtype)
         with fp32_island(q.device):
-            out = self.linear(q.to(ct), k.to(ct), v.to(ct), numerator_map)
+            out = self.linear(*(t if t.dtype == ct else t.to(ct) for t in (q, k, v)), numerator_map)
         return to_input_dtype(out, dtype)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:

@@ -16,8 +16,8 @@ Shapes: q (B, H, Nq, d), k (B, H, N, d), v (B, H, N, dv) -> (B, H, Nq, dv). Non-
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,8 @@ def result_dtype(*tensors: Tensor) -> torch.dtype:
     """The output dtype of mixed inputs, promoted as torch ops do (e.g. bf16 q and v with an fp32 k -> fp32)."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+        if t.dtype != dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
 
@@ -55,11 +56,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@contextmanager
-def fp32_island(device: torch.device) -> Iterator[None]:
-    """Autocast off: the k^T v sums and the division overflow in fp16 (EfficientViT issues #15 and #110)."""
-    with torch.autocast(device_type=device.type, enabled=False):
-        yield
+def fp32_island(device: torch.device) -> ContextManager:
+    """Autocast off: the k^T v sums and the division overflow in fp16 (EfficientViT issues #15 and #110). Where
+    autocast is not on, nothing to switch off (entering the context costs ~10 µs a call)."""
+    if not _autocast_enabled(device.type):
+        return nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def to_input_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -140,24 +149,24 @@ def linear_attention(
     # than one product with [KV | Σφ(k)ᵀ] and a strided division).
     s_num, s_den = kernel.state(kv, ksum)
     c = kernel.constant(q.dtype)
-    vsum = v.sum(dim=2, keepdim=True) if (c is not None or mode in ("subtract", "magnitude")) else None
+    c2 = None if c is None else c * c  # constant features: c²·Σ_j v_j and c²·N instead of a column on every token
+    # The plain division reads the state shifted by its constant part (``_shift_state``): one pass over the
+    # queries' outputs fewer, and a query map φ(q) = f/t (qt: x²/‖x²‖ under autograd) is read as f.
+    shifted = mode == "divide" and numerator_map is None and kernel.plain_division and not kernel.self_weight
+    if shifted:
+        s_num, mean, bias = _shift_state(s_num, s_den, c2, v, n, kernel.eps)
+    vsum = v.sum(dim=2, keepdim=True) if (not shifted and (c2 is not None or mode in ("subtract", "magnitude"))) \
+        else None
     vmean = vsum / n if mode in ("subtract", "magnitude") else None
-    c2 = None if c is None else c * c  # constant features: c²·Σ_j v_j and c²·N, added in place to the products
-    # A query map φ(q) = f/t with a per-token t (qt: x²/‖x²‖) is read as f: O = (f·KV + t·c²Σv)/(f·Σφ(k) + t·(c²N + eps)),
-    # one pass over the queries fewer. Only for the plain division.
-    factored = mode == "divide" and numerator_map is None and kernel.plain_division
     outs = []
     nq = q.shape[2]
     for sl in _chunks(nq, chunk_size):  # pass 2: every query reads the state
         qc = q if sl.stop - sl.start == nq else q[:, :, sl]
-        if factored:
+        if shifted:
             f, t = kernel.phi_q_factored(qc, stats)
-            if t is not None:
-                outs.append(_read_factored(kernel, f, t, s_num, s_den, c2, vsum, n))
-                continue
-            fq = f
-        else:
-            fq = kernel.phi_q(qc, stats)
+            outs.append(_read_shifted(f, t, s_num, s_den, mean, bias))
+            continue
+        fq = kernel.phi_q(qc, stats)
         num = (fq if numerator_map is None else numerator_map(fq, sl)) @ s_num
         den = None if s_den is None else fq @ s_den
         if c2 is not None:
@@ -176,16 +185,29 @@ def inplace_ok(*tensors: Tensor) -> bool:
     return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
 
 
-def _read_factored(kernel: "AttentionKernel", f: Tensor, t: Tensor, s_num: Tensor, s_den: Tensor,
-                   c2: Tensor | None, vsum: Tensor | None, n: int) -> Tensor:
-    """O = (f·KV + t·c²Σv) / (f·Σφ(k) + t·(c²N + eps)) for φ(q) = f/t: the division by t never touches f."""
+def _shift_state(s_num: Tensor, s_den: Tensor, c2: Tensor | None, v: Tensor, n: int,
+                 eps: float) -> tuple[Tensor, Tensor | None, Tensor | float]:
+    """The state of the plain division O = (φ(q)·KV + c²Σv)/(φ(q)·Σφ(k) + b), b = c²N + eps, read as
+    O = m + φ(q)·(KV − Σφ(k)ᵀm)/(φ(q)·Σφ(k) + b) with m = c²Σv/b (subtract m·den from num: the c²Σv cancels).
+    Returns (KV − Σφ(k)ᵀm, m, b); without constant features (c2 None) m is None and b = eps."""
+    if c2 is None:
+        return s_num, None, eps
+    bias = c2 * n + eps
+    mean = v.sum(dim=2, keepdim=True) * (c2 / bias)
+    return torch.addcmul(s_num, s_den, mean, value=-1), mean, bias  # s_den (dφ, 1) * mean (1, dv): Σφ(k)ᵀm
+
+
+def _read_shifted(f: Tensor, t: Tensor | None, s_num: Tensor, s_den: Tensor, mean: Tensor | None,
+                  bias: Tensor | float) -> Tensor:
+    """O = m + f·S_num/(f·S_den + t·b) for φ(q) = f/t (t None: 1), the state from ``_shift_state``: two products
+    and one fused m + num/den, in place outside autograd."""
     num, den = f @ s_num, f @ s_den
-    if c2 is not None:
-        num = num.addcmul_(t, c2 * vsum)
-        den = den.addcmul_(t, c2 * n + kernel.eps)
-    else:
-        den = den.add_(t * kernel.eps)
-    return num.div_(den) if inplace_ok(num, den) else num / den
+    den = den.add_(bias) if t is None else den.addcmul_(t, bias if isinstance(bias, Tensor) else den.new_tensor(bias))
+    if mean is None:
+        return num.div_(den) if inplace_ok(num, den) else num / den
+    if inplace_ok(num, den, mean):
+        return torch.addcdiv(mean, num, den, out=num)
+    return num / den + mean  # not addcdiv: its gradient squares den, which underflows for an all-zero query
 
 
 def finish_normaliser(mode: str, num: Tensor, den: Tensor | None, vmean: Tensor | None, eps: float) -> Tensor:
@@ -250,6 +272,37 @@ def l2norm_heads(x: Tensor) -> Tensor:
 def normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     """x/‖x‖₂ over the last axis, as F.normalize (norm clamped at eps), with finite gradients at x = 0."""
     return x / l2norm(x).clamp_min(eps)
+
+
+# torch's fused weight-norm kernel: w = v·g/‖v‖ per row together with ‖v‖, in one pass (private, long-standing;
+# absent: the plain formula). It splits every call over the threads however small; torch's element-wise ops only
+# from this many elements (at::internal::GRAIN_SIZE), so smaller inputs keep the formula.
+_FUSED_ROW_NORM = getattr(torch, "_weight_norm_interface", None)
+_FUSED_MIN_NUMEL = 32768
+
+
+def _eager() -> bool:
+    """Not traced, scripted or compiled: a data-dependent branch and a private op are fine."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return not (compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def normalize_fused(x: Tensor) -> Tensor | None:
+    """x/‖x‖₂ over the last axis, ‖x‖₂ floored at the dtype's smallest normal number (an all-zero row gives 0),
+    in one pass over x instead of a norm and a division: the fast path of ``x / l2norm(x)`` on CPU outside
+    autograd. None where it does not apply (autograd, GPU, half dtypes, tracing, under 32768 elements): the
+    caller uses the formula. ``x`` must be a fresh contiguous temporary."""
+    if (_FUSED_ROW_NORM is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+            or not x.is_contiguous() or x.numel() < _FUSED_MIN_NUMEL or not inplace_ok(x) or not _eager()):
+        return None
+    rows = x.view(-1, x.shape[-1])
+    out, norm = _FUSED_ROW_NORM(rows, rows.new_ones(rows.shape[0], 1), 0)
+    tiny = torch.finfo(x.dtype).tiny
+    if norm.amin().item() < tiny:  # rare: an all-zero (0/0) or underflowing row, floored as the formula does
+        out = torch.where(norm < tiny, rows / tiny, out)
+    return out.view(x.shape)
 
 
 def kronecker_square(x: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ from .core import (
     kronecker_square,
     l2norm,
     normalize,
+    normalize_fused,
     result_dtype,
     softmax_attention,
     to_input_dtype,
@@ -269,21 +270,31 @@ class QTKernel(AttentionKernel):
         """The official u = x/(‖x‖ + ε), u = u², u/(‖u‖ + ε) in closed form: u² = x²/(‖x‖ + ε)², so the result is
         x²/(‖x²‖ + ε(‖x‖ + ε)²) = x²/‖x²‖ up to a relative ε‖x‖²/‖x²‖ ≤ ε√d (4e-15 at d = 16, ε = 1e-15), below
         float64's resolution of the tests; computed as x²/‖x²‖ (floored: an all-zero token gives 0): one pass to
-        square, one read for the norm, one in-place division, instead of eight passes. In fp32, x⁴ stays finite
-        for |x| < 1e9; the official first normalisation only guards that range."""
+        square and one fused pass for the norm and the division (``core.normalize_fused``; under autograd one read
+        for the norm and one division), instead of eight passes. In fp32, x⁴ stays finite for |x| < 1e9; the
+        official first normalisation only guards that range."""
         x2 = x * x
-        n2 = torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        unit = normalize_fused(x2)
+        if unit is not None:
+            return unit
+        n2 = self._norm(x2)
         return x2.div_(n2) if inplace_ok(x2, n2) else x2 / n2
+
+    @staticmethod
+    def _norm(x2: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(torch.finfo(x2.dtype).tiny)
 
     def phi(self, x: Tensor) -> Tensor:
         return self.squared_direction(x)
 
     def phi_q_factored(self, q: Tensor, stats: Any) -> tuple[Tensor, Tensor | None]:
+        """(q², ‖q²‖): the core folds the division by ‖q²‖ into its denominator (measured faster than the fused
+        normalisation of the keys here, whose result is needed as a whole)."""
         x2 = q * q
-        return x2, torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+        return x2, self._norm(x2)
 
     def constant(self, dtype: torch.dtype) -> Tensor:
-        return self.scale.to(dtype)
+        return self.scale if self.scale.dtype == dtype else self.scale.to(dtype)
 
 
 class QTPaperKernel(AttentionKernel):
