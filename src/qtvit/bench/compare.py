@@ -83,7 +83,8 @@ def _row(h: int, w: int, med: dict[str, float], modes: Sequence[str], ort_mode: 
     t_fast = med[f"qtvit_1 {fastest}"]
     floor = 2 * macs / (rate * 1e9)
     row = dict(size=f"{h}" if h == w else f"{h}x{w}", runs=repeats, load1=round(load, 2),
-               sgemm_gflops=round(rate, 1), gmacs=round(macs / 1e9, 3), floor_ms=round(floor * 1e3, 2))
+               sgemm_gflops=round(rate, 1), gmacs=round(macs / 1e9, 3),
+               floor_ms=float(f"{floor * 1e3:.4g}"))  # 4 significant digits: small models have sub-ms floors
     row.update({f"{k} ms": round(v * 1e3, 2) for k, v in med.items()})
     row["qt_over_b1"] = round(med[f"qtvit_1 {ort_mode}"] / med[f"efficientvit_b1 {ort_mode}"], 3)
     for m in modes:
