@@ -246,7 +246,17 @@ class InLineKernel(AttentionKernel):
         return self.phi(q) * (self.head_dim ** -0.5 / stats)
 
 
-class MALAKernel(AttentionKernel):
+class _EluReleasedKernel(AttentionKernel):
+    """φ(x) = ELU(x) + 1 with the eps of MALA's and RALA's released code (1e-6), which both kernels share."""
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(head_dim, num_heads, eps=eps, **kwargs)
+
+    def phi(self, x: Tensor) -> Tensor:
+        return F.elu(x) + 1
+
+
+class MALAKernel(_EluReleasedKernel):
     """mala: Magnitude-Aware Linear Attention, as the released AddLinearAttention.
 
     φ(x) = ELU(x) + 1; Sim(q, k) = φ(q)·φ(k)·d^-½/N, z_i = Σ_j Sim_ij; O_i = (1 + 1/(z_i + 1e-6))·Σ_j Sim_ij v_j
@@ -260,12 +270,6 @@ class MALAKernel(AttentionKernel):
     name = "mala"
     normaliser = "magnitude"
 
-    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-6, **kwargs: Any) -> None:
-        super().__init__(head_dim, num_heads, eps=eps, **kwargs)
-
-    def phi(self, x: Tensor) -> Tensor:
-        return F.elu(x) + 1
-
     def token_stats(self, q: Tensor, k: Tensor) -> Any:
         return k.shape[2]
 
@@ -273,7 +277,7 @@ class MALAKernel(AttentionKernel):
         return self.phi(q) * (self.head_dim ** -0.5 / stats)
 
 
-class RALAKernel(AttentionKernel):
+class RALAKernel(_EluReleasedKernel):
     """rala: Rank-Augmented Linear Attention's kernel (RAVLT), key reweighting by the global query.
 
     φ(x) = ELU(x) + 1; q̄ = mean_i φ(q_i); α_j = softmax_j(q̄·φ(k_j)/√d) over all keys. Sim(q_i, k_j) =
@@ -286,12 +290,6 @@ class RALAKernel(AttentionKernel):
     """
 
     name = "rala"
-
-    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-6, **kwargs: Any) -> None:
-        super().__init__(head_dim, num_heads, eps=eps, **kwargs)
-
-    def phi(self, x: Tensor) -> Tensor:
-        return F.elu(x) + 1
 
     def token_stats(self, q: Tensor, k: Tensor) -> Any:
         qbar = self.phi(q).mean(dim=2, keepdim=True) * self.head_dim ** -0.5  # (B, H, 1, d)
