@@ -4,7 +4,7 @@ the class colours of ``qtvit predict``'s masks (``seg_palette``), with a legend 
     qtvit figure segmentation --checkpoint runs/seg-scenes            # the first 6 test scenes
     qtvit figure segmentation --checkpoint runs/seg-scenes --images 4 --first 100 --out results/seg.png
 
-The images go through the dataset's evaluation protocol (``build_segmentation_batches(train=False)``), exactly as
+The images go through the dataset's evaluation protocol (``segmentation_eval_batches``), exactly as
 ``qtvit validate`` scores them, and each panel's title gives that image's pixel accuracy.
 """
 from __future__ import annotations
@@ -16,9 +16,7 @@ import numpy as np
 import torch
 
 from .bench.measure import save_figure
-from .data.segmentation import build_segmentation_batches
-from .data.transforms import resolve_data_config
-from .train.evaluate import class_names, eval_short_side, load_model
+from .train.evaluate import class_names, load_model, segmentation_eval_batches
 from .train.inputs import model_input
 from .train.seg_evaluate import main_logits, open_task_data, seg_palette
 from .train.seg_metrics import upsample_logits
@@ -34,9 +32,7 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
         raise ValueError(f"--images {images} --first {first}: give at least one image and a first index >= 0")
     net = load_model(checkpoint)
     info = open_task_data("segmentation", data)
-    data_cfg = resolve_data_config(net, dataset_mean=info.mean, dataset_std=info.std)  # as `qtvit validate`
-    batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1], batch_size=1,
-                                         workers=0, limit=first + images, eval_short_side=eval_short_side(net))
+    data_cfg, batches = segmentation_eval_batches(net, info, batch_size=1, workers=0, limit=first + images)
     if batches.num_samples <= first:
         raise ValueError(f"--first {first}: the evaluation split has only {batches.num_samples} images")
     shown, truths, preds = [], [], []
@@ -47,8 +43,7 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
         preds.append(upsample_logits(logits.float(), y.shape[-2:]).argmax(1)[0].numpy())
         shown.append(x[0].expand(3, -1, -1).permute(1, 2, 0).numpy())
         truths.append(y[0].numpy())
-    num_classes = net.pretrained_cfg.get("num_classes") or logits.shape[1]
-    return np.stack(shown), np.stack(truths), np.stack(preds), class_names(net, num_classes)
+    return np.stack(shown), np.stack(truths), np.stack(preds), class_names(net, logits.shape[1])
 
 
 def plot_segmentation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, names: list[str],

@@ -28,7 +28,7 @@ from .recipes import TASKS
 from .seg_evaluate import evaluate_segmentation, open_task_data, segment_images
 
 __all__ = ["autocast", "model_input", "evaluate", "reestimate_bn_on", "load_model", "task_of", "validate", "predict",
-           "iter_predictions", "eval_short_side"]
+           "iter_predictions", "eval_short_side", "segmentation_eval_batches"]
 
 
 @torch.no_grad()
@@ -141,6 +141,17 @@ def eval_short_side(net: nn.Module, img_size: int | None = None) -> int | None:
     return img_size or net.pretrained_cfg.get("eval_short_side")
 
 
+def segmentation_eval_batches(net: nn.Module, info, *, batch_size: int, workers: int, limit: int | None = None,
+                              img_size: int | None = None, rank: int = 0, world: int = 1):
+    """(DataConfig, evaluation batches) of a segmentation model on the dataset `info`, as `validate` scores it: the
+    saved preprocessing with the dataset's mean and std, the images resized to ``eval_short_side``."""
+    data_cfg = _preprocessing(net, None, None, info.mean, info.std)
+    batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1], batch_size=batch_size,
+                                         rank=rank, world=world, workers=workers, limit=limit,
+                                         eval_short_side=eval_short_side(net, img_size))
+    return data_cfg, batches
+
+
 def _no_crop_pct(crop_pct: float | None) -> None:
     if crop_pct is not None:
         raise ValueError("--crop-pct is for classification checkpoints; a segmentation model sees the whole image "
@@ -162,10 +173,8 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
         _check_classes(net, info.classes, num_classes)
         if task == "segmentation":
             _no_crop_pct(crop_pct)
-            data_cfg = _preprocessing(net, None, None, info.mean, info.std)
-            batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1],
-                                                 batch_size=batch_size, rank=d.rank, world=d.world, workers=workers,
-                                                 limit=limit, eval_short_side=eval_short_side(net, img_size))
+            data_cfg, batches = segmentation_eval_batches(net, info, batch_size=batch_size, workers=workers,
+                                                          limit=limit, img_size=img_size, rank=d.rank, world=d.world)
             r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp)
             names = class_names(net, num_classes)
             r.update({k: dict(zip(names, v)) for k, v in r.items() if k.startswith("per_class_")})
