@@ -133,17 +133,17 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
 
 
 def _seg_batches(cfg: TrainConfig, info: SegDatasetInfo, data_cfg: DataConfig, d: DistInfo):
-    # --img-size is the training crop; evaluation follows the dataset's protocol (labels at their own size)
+    # --img-size is the training crop; evaluation follows the dataset's protocol (labels at their own size), its
+    # images resized to --eval-size when given
     common = dict(crop_size=data_cfg.input_size[-1], seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
-    train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, limit=cfg.limit_train,
-                                       hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range), **common)
+    crops = dict(limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range))
+    train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, **crops, **common)
     evals = build_segmentation_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval,
                                        eval_short_side=cfg.eval_size, **common)
     bn = None
-    if cfg.bn_reestimate_images > 0:
+    if cfg.bn_reestimate_images > 0:  # training crops, as the classification task's re-estimation
         bn = build_segmentation_batches(info, train=True, batch_size=min(cfg.bn_reestimate_batch, train.num_samples),
-                                        limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range),
-                                        **common)
+                                        **crops, **common)
     return train, evals, bn
 
 
