@@ -31,8 +31,8 @@ def test_model_specs_carry_constructor_arguments():
     rows = benchmark_models(["qtvit_nano:kernel=softmax"], ["32"], batch_sizes=[1], modes=["eager"], repeats=1,
                             flops=False, memory=False)
     assert [r["model"] for r in rows] == ["qtvit_nano:kernel=softmax"]
-    from qtvit.bench.models import _build
-    kernels = {type(m).__name__ for m in _build("qtvit_nano:kernel=softmax").modules() if hasattr(m, "chunk_size")}
+    from qtvit.bench.paths import build_model
+    kernels = {type(m).__name__ for m in build_model("qtvit_nano:kernel=softmax").modules() if hasattr(m, "chunk_size")}
     assert kernels and all("Softmax" in k for k in kernels), kernels
 
 

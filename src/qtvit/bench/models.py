@@ -42,7 +42,7 @@ import torch
 from .._utils import did_you_mean, parse_model_spec, parse_size
 from ..models import create_model, inference_form, list_models
 from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
-from .paths import MODES, Forms as _Forms, build_model as _build, count_flops, interleaved_times  # noqa: F401
+from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
 from .measure import write_csv as write_results_csv
 
@@ -107,7 +107,7 @@ def _measure(fn: Callable[[], None], plan: _Plan) -> tuple[float, int, int | Non
     return t, len(times), mem, False
 
 
-def _mode_rows(name: str, params_m: float, mode: str, forms: "_Forms", plan: _Plan,
+def _mode_rows(name: str, params_m: float, mode: str, forms: Forms, plan: _Plan,
                flops_of: Callable[[int, int], int | None], on_row: Callable[[dict], None] | None) -> list[dict]:
     """The rows of one model in one mode, smallest size first, skipping what the guard rules out."""
     stopped: dict[int, tuple[int, str]] = {}  # batch -> (first size index to skip, why)
@@ -171,7 +171,7 @@ def benchmark_models(
     rows: list[dict] = []
     for name in models:  # a name, or a spec with constructor arguments: "qtvit_seg_1_cityscapes:kernel=softmax"
         torch.manual_seed(0)
-        model = _build(name, num_classes)
+        model = build_model(name, num_classes)
         params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
         in_chans = getattr(model, "in_chans", 3)
 
@@ -180,7 +180,7 @@ def benchmark_models(
             return count_flops(model, (1, in_chans, h, w)) if flops else None
 
         with tempfile.TemporaryDirectory() as tmp:
-            forms = _Forms(model, Path(tmp))
+            forms = Forms(model, Path(tmp))
             for mode in modes:
                 rows += _mode_rows(name, params_m, mode, forms, plan, flops_of, on_row)
     return rows
@@ -198,7 +198,7 @@ def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int]
     built = {}
     for name in models:
         torch.manual_seed(0)
-        built[name] = _build(name, num_classes)
+        built[name] = build_model(name, num_classes)
     fns = {n: _runner(m, torch.randn(1, getattr(m, "in_chans", 3), h, w)) for n, m in built.items()}
     times = interleaved_times(fns, repeats=repeats, warmup=1)
     rows = []
