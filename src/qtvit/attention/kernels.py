@@ -35,7 +35,6 @@ from .core import (
     fp32_island,
     inplace_ok,
     kronecker_square,
-    l2norm,
     normalize,
     normalize_fused,
     result_dtype,

@@ -74,14 +74,14 @@ def marker_slices(spec: PointerSpec, cell: int) -> list[tuple[slice, slice]]:
     return [(slice(0, m) if r == 0 else slice(s - m, s), slice(0, m) if c == 0 else slice(s - m, s))]
 
 
-def _place(rng: np.random.Generator, n: int, spec: PointerSpec, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _place(rng: np.random.Generator, n: int, spec: PointerSpec, sizes: np.ndarray) -> np.ndarray:
     """Top-left (y, x) of each cell's garment, (n, 4, 2): offset >= corner from the cell's outer edges."""
     half = spec.size // 2
     # offset from the cell's outer edge (the canvas border side) along each axis, then mirrored into place
     offset = rng.integers(spec.corner, half - sizes[..., None] + 1, size=(n, 4, 2))
     rows, cols = np.divmod(np.arange(4), 2)
     outer = np.stack([rows, cols], axis=-1)  # (4, 2): 0 = the cell's outer edge is at 0, 1 = at size
-    return np.where(outer == 0, offset, spec.size - offset - sizes[..., None]), outer
+    return np.where(outer == 0, offset, spec.size - offset - sizes[..., None])
 
 
 def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *, split: str = "train", seed: int = 0,
@@ -108,7 +108,7 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
     picks = rng.integers(1 << 62, size=(n, 4))
     sources = np.vectorize(lambda c, r: pools[c][r % len(pools[c])])(cls, picks)
     sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
-    (tops, outer), target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
+    tops, target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
     marked = opposite_cell(target)
     base = rng.uniform(*spec.background, size=(n, 1, 1))
     canvas = base + rng.normal(0.0, spec.noise, size=(n, spec.size, spec.size))
