@@ -105,3 +105,30 @@ def test_qt_gradients_unchanged_by_the_fast_paths():
     g_ref = torch.autograd.grad((m.explicit(q, k, v) * w).sum(), [q, k, v, m.scale])
     for a, b in zip(g_fast, g_ref):
         assert rel_err(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("zero_token", [False, True])
+def test_l2norm_same_in_either_layout_with_finite_gradients(zero_token):
+    # token-major memory takes torch's vector norm, channel-major views (LiteMLA's layout) the sum of squares
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 40, 16, generator=g, dtype=torch.float64)
+    if zero_token:
+        x[0, 1, 5] = 0
+    token_major = x.clone().requires_grad_(True)
+    channel_major = x.transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_(True)
+    assert channel_major.stride(-1) != 1
+    a, b = core.l2norm(token_major), core.l2norm(channel_major)
+    assert rel_err(a, b) < 1e-14
+    (a.sum() + (x.sum(-1, keepdim=True) / a).sum()).backward()
+    (b.sum() + (x.sum(-1, keepdim=True) / b).sum()).backward()
+    assert torch.isfinite(token_major.grad).all() and torch.isfinite(channel_major.grad).all()
+    assert rel_err(token_major.grad, channel_major.grad) < 1e-12
+
+
+def test_qt_same_output_for_channel_major_inputs():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 16, 300, generator=g, dtype=torch.float64).transpose(-1, -2) for _ in range(3))
+    kernel = create_kernel("qt", head_dim=16, num_heads=2).double()
+    ref = kernel(q.contiguous(), k.contiguous(), v.contiguous())
+    assert rel_err(kernel(q, k, v), ref) < 1e-12
+    assert rel_err(kernel.explicit(q, k, v), ref) < 1e-12

@@ -35,6 +35,7 @@ from .core import (
     fp32_island,
     inplace_ok,
     kronecker_square,
+    l2norm,
     normalize,
     normalize_fused,
     result_dtype,
@@ -276,12 +277,8 @@ class QTKernel(AttentionKernel):
         unit = normalize_fused(x2)
         if unit is not None:
             return unit
-        n2 = self._norm(x2)
+        n2 = l2norm(x2)
         return x2.div_(n2) if inplace_ok(x2, n2) else x2 / n2
-
-    @staticmethod
-    def _norm(x2: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(torch.finfo(x2.dtype).tiny)
 
     def phi(self, x: Tensor) -> Tensor:
         return self.squared_direction(x)
@@ -290,7 +287,7 @@ class QTKernel(AttentionKernel):
         """(q², ‖q²‖): the core folds the division by ‖q²‖ into its denominator (measured faster than the fused
         normalisation of the keys here, whose result is needed as a whole)."""
         x2 = q * q
-        return x2, self._norm(x2)
+        return x2, l2norm(x2)
 
     def constant(self, dtype: torch.dtype) -> Tensor:
         return self.scale if self.scale.dtype == dtype else self.scale.to(dtype)
