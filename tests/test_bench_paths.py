@@ -116,3 +116,14 @@ def test_fastest_is_chosen_among_fp32_paths_and_the_floor_is_two_flops_per_mac()
     assert r["qt_over_b1"] == pytest.approx(1.1) and r["official_over_fastest"] == pytest.approx(3.0)
     assert r["floor_ms"] == pytest.approx(20.0) and r["fastest_over_floor"] == pytest.approx(11.0)
     assert "MISSED >= 3.0" not in compare.format_row(r) and "met <= 1.10" in compare.format_row(r)
+
+
+def test_benchmark_weights_give_activations_of_trained_scale():
+    # at init the logits are ~1e-14 and the attention products denormal (10-100x slower on CPU)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        fresh = paths.create_model("efficientvit_b0").eval()(x).abs().max().item()
+        bench = paths.build_model("efficientvit_b0")(x).abs().max().item()
+    assert fresh < 1e-6 and bench > 1e-2
+    assert not paths.build_model("efficientvit_b0").training

@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .._utils import did_you_mean, parse_model_spec, parse_size
-from ..models import create_model, inference_form, list_models
+from ..models import inference_form, list_models
 from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
@@ -219,7 +219,7 @@ def speed_goals(repeats: int = 9, sizes: Sequence[int] = (224, 1024), fused_size
     and qtvit_1 eager / fused at ``fused_size`` (>= 1.3), each pair interleaved, medians of ``repeats`` runs."""
 
     torch.manual_seed(0)
-    qt, b1 = create_model("qtvit_1").eval(), create_model("efficientvit_b1").eval()
+    qt, b1 = build_model("qtvit_1"), build_model("efficientvit_b1")
     rows = []
     pairs = [(f"{s}", {"qtvit_1 eager": (qt, s), "efficientvit_b1 eager": (b1, s)}, "<= 1.10") for s in sizes]
     pairs.append((f"{fused_size}", {"qtvit_1 eager": (qt, fused_size),
@@ -248,7 +248,7 @@ def profile_table(name: str, size: int | Sequence[int], *, fused: bool = False, 
 
     h, w = parse_size(size if not isinstance(size, int) else str(size))
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = build_model(name)
     if fused:
         model = inference_form(model, (h, w))
     fn = _runner(model, torch.randn(1, 3, h, w))
