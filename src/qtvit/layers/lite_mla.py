@@ -45,8 +45,9 @@ def bicubic_matrix(n_out, n_in: int, dtype: torch.dtype = torch.float32,
 def bicubic_resize(x: torch.Tensor, h, w) -> torch.Tensor:
     """``F.interpolate(x, (h, w), mode="bicubic", align_corners=False)`` of a (..., h0, w0) tensor as
     ``Mh @ x @ Mw^T`` (exact: the bicubic resize is separable and linear)."""
-    mh = bicubic_matrix(h, x.shape[-2], x.dtype, x.device)
-    mw = bicubic_matrix(w, x.shape[-1], x.dtype, x.device)
+    h0, w0 = (int(n) for n in x.shape[-2:])  # the embedding's stored size: a constant in an exported graph
+    mh = bicubic_matrix(h, h0, x.dtype, x.device)
+    mw = bicubic_matrix(w, w0, x.dtype, x.device)
     return mh @ x @ mw.transpose(0, 1)
 
 
