@@ -1,12 +1,11 @@
-"""The fast paths of the linear core against the formulas they replace (issue 11.3): the fused row normalisation
-of qt's keys, and the plain division read as m + φ(q)·(KV − Σφ(k)ᵀm)/den. Each fast path runs outside autograd
+"""The fast paths of the linear core against the formulas they replace (issue 11.3): qt's in-place key
+normalisation, and the plain division read as m + φ(q)·(KV − Σφ(k)ᵀm)/den. Each fast path runs outside autograd
 only, so every test compares it with the autograd path or with the explicit O(N²) reference."""
 import pytest
 import torch
 
 from conftest import rel_err
 from qtvit.attention import core, create_kernel
-from qtvit.attention.core import normalize_fused
 
 # divide-normalised kernels with constant features: the shifted read applies to all of them
 SHIFTED = ["qt", "taylor2", "taylor1", "angular", "qt_paper", "qt_pool", "qt_chunk", "qt_random"]
@@ -18,29 +17,6 @@ def qkv(n=37, nq=None, d=8, dv=5, h=3, dtype=torch.float64, seed=0, scale=0.7):
     k = torch.randn(2, h, n, d, generator=g, dtype=dtype) * scale
     v = torch.randn(2, h, n, dv, generator=g, dtype=dtype)
     return q, k, v
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_normalize_fused_is_the_floored_formula(dtype):
-    x = torch.randn(5, 410, 16, dtype=dtype) ** 2  # 32800 elements: the fused path's minimum size
-    x[0, 0] = 0  # an all-zero row: 0, not 0/0
-    x[1, 2] = 1e-30 if dtype == torch.float32 else 1e-300  # x² underflows: floored as the formula does
-    ref = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    out = normalize_fused(x.clone())
-    assert out is not None and out.shape == x.shape and torch.isfinite(out).all()
-    assert (out[0, 0] == 0).all()
-    tol = 1e-6 if dtype == torch.float32 else 1e-15
-    torch.testing.assert_close(out, ref, rtol=tol, atol=0)
-
-
-def test_normalize_fused_declines_where_it_does_not_apply():
-    n = 4096  # 65536 elements, above the fused path's minimum size
-    assert normalize_fused(torch.rand(n, 16)) is not None
-    assert normalize_fused(torch.rand(n, 16).requires_grad_()) is None  # autograd: the formula keeps finite grads
-    assert normalize_fused(torch.rand(16, n).t()) is None  # not contiguous
-    assert normalize_fused(torch.rand(n, 16).half()) is None  # half: the caller computes in fp32 anyway
-    assert normalize_fused(torch.rand(4, 16)) is None  # small: the formula (the fused kernel always goes parallel)
-    assert normalize_fused(torch.rand(0, 16)) is None
 
 
 def _paths_agree(m, q, k, v):
@@ -64,25 +40,16 @@ def test_shifted_read_equals_explicit_and_autograd_path(name, chunk):
         _paths_agree(m, q, k, v)
 
 
-@pytest.mark.parametrize("chunk, fused_calls", [(None, 2), (300, 4)])
-def test_qt_fused_keys_equal_explicit(chunk, fused_calls, monkeypatch):
-    """Keys of 2 x 4 x 700 x 16 (chunks of 300: two fused, the last one of 100 through the formula), with all-zero
-    and underflowing key tokens, against the explicit map and the autograd path."""
-    calls = []
-
-    def spy(*args):
-        calls.append(args[0].shape)
-        return fused(*args)
-
-    fused = core._FUSED_ROW_NORM
-    monkeypatch.setattr(core, "_FUSED_ROW_NORM", spy)
+@pytest.mark.parametrize("chunk", [None, 300])
+def test_qt_keys_equal_explicit_with_zero_and_underflowing_tokens(chunk):
+    """Keys of 2 x 4 x 700 x 16 (one chunk, or chunks of 300 with a last one of 100), with all-zero and
+    underflowing key tokens, against the explicit map and the autograd path."""
     m = create_kernel("qt", head_dim=16, num_heads=4, scale=0.9, chunk_size=chunk).double()
     q, k, v = qkv(n=700, d=16, dv=16, h=4, scale=1.0)
     k[:, :, 5] = 0
     k[0, 1, 400] = 1e-160  # x⁴ underflows in float64: floored, as the formula does
     q[:, :, 2] = 0
     _paths_agree(m, q, k, v)
-    assert len(calls) == fused_calls  # the keys of both calls (they need no gradient); queries take the formula
 
 
 def test_qt_fp32_inference_matches_float64_on_a_long_sequence():

@@ -279,37 +279,6 @@ def normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     return x / l2norm(x).clamp_min(eps)
 
 
-# torch's fused weight-norm kernel: w = v·g/‖v‖ per row together with ‖v‖, in one pass (private, long-standing;
-# absent: the plain formula). It splits every call over the threads however small; torch's element-wise ops only
-# from this many elements (at::internal::GRAIN_SIZE), so smaller inputs keep the formula.
-_FUSED_ROW_NORM = getattr(torch, "_weight_norm_interface", None)
-_FUSED_MIN_NUMEL = 32768
-
-
-def _eager() -> bool:
-    """Not traced, scripted or compiled: a data-dependent branch and a private op are fine."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    compiler = getattr(torch, "compiler", None)
-    return not (compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
-def normalize_fused(x: Tensor) -> Tensor | None:
-    """x/‖x‖₂ over the last axis, ‖x‖₂ floored at the dtype's smallest normal number (an all-zero row gives 0),
-    in one pass over x instead of a norm and a division: the fast path of ``x / l2norm(x)`` on CPU outside
-    autograd. None where it does not apply (autograd, GPU, half dtypes, tracing, under 32768 elements): the
-    caller uses the formula. ``x`` must be a fresh contiguous temporary."""
-    if (_FUSED_ROW_NORM is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
-            or not x.is_contiguous() or x.numel() < _FUSED_MIN_NUMEL or not inplace_ok(x) or not _eager()):
-        return None
-    rows = x.view(-1, x.shape[-1])
-    out, norm = _FUSED_ROW_NORM(rows, rows.new_ones(rows.shape[0], 1), 0)
-    tiny = torch.finfo(x.dtype).tiny
-    if norm.amin().item() < tiny:  # rare: an all-zero (0/0) or underflowing row, floored as the formula does
-        out = torch.where(norm < tiny, rows / tiny, out)
-    return out.view(x.shape)
-
-
 def kronecker_square(x: Tensor) -> Tensor:
     """K_r(x) = vec(x ⊗ x): all products x_i x_j, so ⟨K_r(a), K_r(b)⟩ = ⟨a, b⟩² (QT-ViT Eq. 5-6)."""
     return (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
