@@ -1,6 +1,7 @@
 """The kernels that follow an author's released operator, against an independent reimplementation written here from
 that code (or, where marked, from the paper's formula), in float64; the symmetric taylor2 map; the speed ratios' API."""
 import math
+import shutil
 
 import pytest
 import torch
@@ -247,3 +248,16 @@ def test_speed_ratio_baselines_compute_their_formulas():
         peer = peer_taylor_core(16, symmetric=symmetric)
         if peer is not None:
             assert rel_err(peer(q, k, v), attend(q, k, v, kernel="taylor2")) < 1e-10
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler")
+def test_compiled_qt_equals_eager_and_the_compiled_ratio_is_measured():
+    from qtvit.bench.kernels import speed_ratios
+
+    q, k, v = (t.float() for t in qkv(n=64, d=16, dv=16))
+    m = create_kernel("qt", head_dim=16, num_heads=3, scale=0.7)
+    with torch.no_grad():
+        assert rel_err(torch.compile(m, dynamic=False)(q, k, v), m(q, k, v)) < 1e-5
+    rows = speed_ratios("cpu", repeats=1, heads=2, taylor_n=32, qt_n=32, compiled=True)
+    row = next(r for r in rows if r["ratio"] == "qt_vs_relu_minimal_compiled")
+    assert row["kernel"] == "qt (compiled)" and row["baseline"] == "relu_minimal (compiled)" and row["value"] > 0

@@ -103,20 +103,29 @@ def paired_times(fa: Callable[[], object], fb: Callable[[], object], device: tor
 
 
 def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads: int = 8, head_dim: int = 16,
-                 taylor_n: int = 16384, qt_n: int = 4096) -> list[dict]:
-    """taylor2's speed-up over the peer's non-causal Taylor path, and qt's time over ``relu_minimal`` (fp32)."""
+                 taylor_n: int = 16384, qt_n: int = 4096, compiled: bool = False) -> list[dict]:
+    """taylor2's speed-up over the peer's non-causal Taylor path, and qt's time over ``relu_minimal`` (fp32).
+    ``compiled``: also qt over relu_minimal with both under ``torch.compile`` (inductor fuses the element-wise
+    passes and the norms, which eager PyTorch runs one by one over N-sized temporaries)."""
     device = torch.device(device)
     rows = []
     cases = [("taylor2_vs_peer", "taylor2", PEER, taylor_n, peer_taylor_core(head_dim), ">= 3 (speed-up)"),
              ("taylor2_vs_peer_symmetric", "taylor2", PEER + "(remove_even_power_dups)", taylor_n,
               peer_taylor_core(head_dim, symmetric=True), "(speed-up; no target)"),
              ("qt_vs_relu_minimal", "qt", "relu_minimal", qt_n, relu_minimal, "<= 1.5 (time ratio)")]
+    if compiled:
+        cases.append(("qt_vs_relu_minimal_compiled", "qt", "relu_minimal", qt_n, relu_minimal,
+                      "<= 1.5 (time ratio, both torch.compile)"))
     for ratio, name, base_name, n, base, target in cases:
         if base is None:
             continue
         g = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(1, heads, n, head_dim, generator=g).to(device) for _ in range(3))
         module = create_kernel(name, head_dim=head_dim, num_heads=heads).to(device)
+        if ratio.endswith("_compiled"):  # static shapes: one compilation each, before the timed calls
+            module, base = torch.compile(module, dynamic=False), torch.compile(base, dynamic=False)
+            base_name = f"{base_name} (compiled)"
+            name = f"{name} (compiled)"
         t_kernel, t_base = paired_times(lambda: module(q, k, v), lambda: base(q, k, v), device, repeats)
         value = t_base / t_kernel if ratio.startswith("taylor2") else t_kernel / t_base
         rows.append(dict(ratio=ratio, kernel=name, baseline=base_name, n=n, head_dim=head_dim, heads=heads, batch=1,
@@ -253,6 +262,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-call", type=float, default=20.0, help="a kernel slower than this per call skips larger N")
     p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it) "
                    "and measure the two speed ratios side by side (written to <out>_ratios.csv)")
+    p.add_argument("--compile", action="store_true", help="with --peer: also qt against the minimal ReLU attention "
+                   "with both under torch.compile (needs a C++ compiler on CPU; ~10 s to compile)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
     p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
@@ -260,8 +271,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cli)
 
 
-def _report_ratios(device: torch.device, line: str, out: Path, repeats: int) -> None:
-    ratios = speed_ratios(device, repeats=repeats)
+def _report_ratios(device: torch.device, line: str, out: Path, repeats: int, compiled: bool = False) -> None:
+    ratios = speed_ratios(device, repeats=repeats, compiled=compiled)
     for r in ratios:
         print(f"{r['ratio']}: {r['kernel']} {r['kernel_ms']:.3f} ms, {r['baseline']} {r['baseline_ms']:.3f} ms at "
               f"N={r['n']} ({r['heads']} heads, d {r['head_dim']}): {r['value']:.2f} (target {r['target']})")
@@ -297,7 +308,7 @@ def run_cli(args: argparse.Namespace) -> int:
     write_csv(rows, args.out, line, FIELDS)
     print(f"wrote {args.out}")
     if args.peer:
-        _report_ratios(device, line, args.out, max(args.repeats, 9))
+        _report_ratios(device, line, args.out, max(args.repeats, 9), compiled=args.compile)
     for d in args.head_dims:
         sel = [r for r in rows if r["head_dim"] == d]
         n_x = crossover(sel, "qt") if {"qt", "softmax"} <= set(args.kernels) else None
