@@ -138,6 +138,20 @@ def test_loss_resizes_logits_ignores_255_and_adds_the_auxiliary_loss():
         task.loss(torch.randn(2, 3), target)
 
 
+
+def test_seg_jitter_off_leaves_only_the_normalisation():
+    from qtvit.data import DataConfig
+    data_cfg = DataConfig((3, 8, 8), 1.0, "bicubic", (0.5,) * 3, (0.25,) * 3)
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(4, 8, 8, dtype=torch.int64)
+    plain = Segmentation(11, data_cfg, make_config(task="segmentation", seg_jitter=False))
+    assert plain.augment.jitter is None
+    out, target = plain.batch(x, y, torch.device("cpu"), torch.Generator())
+    torch.testing.assert_close(out, (x.float() / 255 - 0.5) / 0.25)
+    assert torch.equal(target, y)
+    jittered = Segmentation(11, data_cfg, make_config(task="segmentation"))  # the default: jitter on
+    assert jittered.augment.jitter is not None
+
 def test_poly_schedule_after_the_warm_up():
     assert lr_at(0, 100, 10, 1.0, schedule="poly") == 0.0
     assert lr_at(10, 100, 10, 1.0, schedule="poly") == 1.0

@@ -85,6 +85,8 @@ class TrainConfig:
     progress: bool = True
     recipe: str | None = None
     model_kwargs: dict = field(default_factory=dict)
+    seg_jitter: bool = True            # segmentation: photometric jitter of the training images (off: the scenes'
+                                       # colours are already random, and the test scenes come from the same renderer)
 
 
 # The official recipes (SPEC C.6, E.6). Per-process batch 128 as in the official code; lr per process, scaled.
