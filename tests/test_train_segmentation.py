@@ -348,7 +348,8 @@ def test_recipe_and_flags_from_the_command_line(tmp_path):
     assert [row["step"] for row in rows] == [2, 4] and all("miou" in row and "top1" not in row for row in rows)
     # poly decay after one epoch of warm-up (2 steps): step 3 of 4 is at t = 1/2
     assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9)
-    assert args["scale_range"] == [0.4, 0.6] and args["eval_size"] == 64  # the recipe's half resolution, overridden
+    assert args["scale_range"] == [0.75, 0.75] and args["eval_size"] == 64  # the recipe's 0.75 scale; size overridden
+    assert args["seg_jitter"] is False and args["limit_eval"] == 2
     with pytest.raises(ValueError, match="--scale-range 2.0 1.0: give the smaller ratio first"):
         train(seg_config(tmp_path, scale_range=(2.0, 1.0)))
 
