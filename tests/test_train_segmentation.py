@@ -138,6 +138,20 @@ def test_loss_resizes_logits_ignores_255_and_adds_the_auxiliary_loss():
         task.loss(torch.randn(2, 3), target)
 
 
+
+def test_seg_jitter_off_leaves_only_the_normalisation():
+    from qtvit.data import DataConfig
+    data_cfg = DataConfig((3, 8, 8), 1.0, "bicubic", (0.5,) * 3, (0.25,) * 3)
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(4, 8, 8, dtype=torch.int64)
+    plain = Segmentation(11, data_cfg, make_config(task="segmentation", seg_jitter=False))
+    assert plain.augment.jitter is None
+    out, target = plain.batch(x, y, torch.device("cpu"), torch.Generator())
+    torch.testing.assert_close(out, (x.float() / 255 - 0.5) / 0.25)
+    assert torch.equal(target, y)
+    jittered = Segmentation(11, data_cfg, make_config(task="segmentation"))  # the default: jitter on
+    assert jittered.augment.jitter is not None
+
 def test_poly_schedule_after_the_warm_up():
     assert lr_at(0, 100, 10, 1.0, schedule="poly") == 0.0
     assert lr_at(10, 100, 10, 1.0, schedule="poly") == 1.0
@@ -334,7 +348,8 @@ def test_recipe_and_flags_from_the_command_line(tmp_path):
     assert [row["step"] for row in rows] == [2, 4] and all("miou" in row and "top1" not in row for row in rows)
     # poly decay after one epoch of warm-up (2 steps): step 3 of 4 is at t = 1/2
     assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9)
-    assert args["scale_range"] == [0.4, 0.6] and args["eval_size"] == 64  # the recipe's half resolution, overridden
+    assert args["scale_range"] == [0.75, 0.75] and args["eval_size"] == 64  # the recipe's 0.75 scale; size overridden
+    assert args["seg_jitter"] is False and args["limit_eval"] == 2
     with pytest.raises(ValueError, match="--scale-range 2.0 1.0: give the smaller ratio first"):
         train(seg_config(tmp_path, scale_range=(2.0, 1.0)))
 
