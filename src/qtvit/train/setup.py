@@ -118,9 +118,10 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     stored = stored[-1] if isinstance(stored, (tuple, list)) else stored
     has_pos_embed = any(n.endswith("pos_embed") for n, _ in model.named_parameters())
     if has_pos_embed and stored and stored != data_cfg.input_size[-1]:
+        fix = "" if cfg.task == "segmentation" else (  # segmentation models take no pos_embed_size
+            f"; store it at that size with --model-kwargs pos_embed_size={data_cfg.input_size[-1]}")
         log(f"note: {cfg.model}'s positional embedding is stored for {stored} px and resized to the "
-            f"{data_cfg.input_size[-1]} px images at every step; store it at that size with --model-kwargs "
-            f"pos_embed_size={data_cfg.input_size[-1]}")
+            f"{data_cfg.input_size[-1]} px images at every step{fix}")
     # The saved weights carry the preprocessing and the labels: the file alone rebuilds the model and its input.
     labels = list(info.classes) + [str(i) for i in range(len(info.classes), num_classes)]
     set_pretrained_cfg(model, {**model.pretrained_cfg, "input_size": list(data_cfg.input_size),
