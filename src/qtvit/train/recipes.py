@@ -114,7 +114,8 @@ RECIPES: dict[str, dict] = {
     # The main job: a small QT-ViT on Fashion-MNIST on 2 CPU cores, >= 90 % test top-1 in minutes. qtvit_nano
     # slimmed (stem and stage 1 downsample, one QT attention block at 7x7): ~4x cheaper per image than its defaults.
     # Measured (seed 0, one thread): test top-1 81.6 / 85.0 / 86.8 / 86.0 / 89.4 / 90.6 / 90.8 / 91.0 % after
-    # epochs 1-8, ~110-135 CPU-seconds per epoch.
+    # epochs 1-8, ~110-135 CPU-seconds per epoch. scripts/main_job.sh runs it in 2 processes x 1 thread x batch 64
+    # (global 128): 90.72 % after 8 epochs, 75-81 CPU-seconds per epoch per process (docs/main_job_recipe.md).
     "fashion-mnist": dict(model="qtvit_pico", epochs=8, warmup_epochs=0.5, batch_size=128, lr=3e-3,
                           weight_decay=0.05, smoothing=0.1, padding=2, hflip=True, eval_batch_size=500,
                           channels_last=True,  # ~1.6x faster convolutions on CPU (oneDNN)
