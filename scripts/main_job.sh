@@ -16,7 +16,8 @@ echo "main_job: installed in $(( $(date +%s) - t0 )) s"
 
 # Two processes of one thread each (DDP over gloo, batch 64 each: global batch 128, as the recipe's one process
 # of 128): this model's ops are too small to share well between threads. With the library's changes of issue 12
-# the training images/s went up 1.41x (measured under load: scripts/bench_train_speed.py, docs/main_job_recipe.md).
+# the training images/s went up 1.17-1.41x (measured under two kinds of load: scripts/bench_train_speed.py,
+# docs/main_job_recipe.md).
 # QTVIT_PROCS=1 trains in one process with the recipe's batch 128.
 procs="${QTVIT_PROCS:-2}"
 if [ "$procs" -gt 1 ]; then
