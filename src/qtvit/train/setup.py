@@ -185,7 +185,7 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
             raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on CPU); leave it out")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     lr = cfg.lr * (d.world if cfg.scale_lr_by_world else 1)
-    optimizer = create_optimizer(model, lr, cfg.weight_decay, cfg.betas, cfg.opt_eps)
+    optimizer = create_optimizer(model, lr, cfg.weight_decay, cfg.betas, cfg.opt_eps, cfg.fused_optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     ema = ModelEma(model, cfg.model_ema_decay, cfg.model_ema_warmup_steps) if cfg.model_ema else None
     aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + d.rank)

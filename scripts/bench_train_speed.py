@@ -1,0 +1,97 @@
+"""Training images/s of the main job's recipe, old set-up against new, side by side.
+
+    python scripts/bench_train_speed.py [--steps 40] [--rounds 3] [--cores 2] [--old-src /path/to/old/src]
+
+old: one process with --cores threads, batch 128, torch's default (per-tensor loop) AdamW: the main job before
+issue 12. new: --cores processes of one thread each (DDP over gloo, as scripts/main_job.sh starts them with torchrun),
+batch 128 / cores per process (global batch 128), fused AdamW. `--old-src`: run "old" on the qtvit sources there
+(e.g. a checkout of main before issue 12: `git worktree add /tmp/old <commit>`, then --old-src /tmp/old/src), so
+that it also measures the library's changes, not only the set-up's. Each round runs old, then new, in fresh processes
+(threads and processes are per-process settings), `--steps` training steps of the fashion-mnist recipe on the real
+data; the medians of the per-round median step times are printed. On a machine shared with other jobs set
+OMP_WAIT_POLICY=PASSIVE, and read the numbers as a comparison under the same load, not as the idle speed.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def worker(args) -> None:
+    """Median seconds per global step of this process group (printed by rank 0 as `step_s <value>`)."""
+    import torch
+    import torch.nn as nn
+    from qtvit.train.distributed import cleanup_distributed, setup_distributed
+    from qtvit.train.recipes import make_config
+    from qtvit.train.setup import setup_run
+    d = setup_distributed("cpu")
+    fused = {"fused_optimizer": True} if args.fused else {}  # an older qtvit has no such option
+    cfg = make_config("fashion-mnist", threads=args.threads, batch_size=args.batch_size, output="/tmp/qtvit-bench",
+                      progress=False, **fused)
+    run = setup_run(cfg, d)
+    batches = itertools.chain.from_iterable(run.train_batches.iterate(e) for e in itertools.count())
+    times = []
+    for _ in range(args.steps + 5):  # the first 5 steps warm the allocator and oneDNN's kernel cache up
+        t0 = time.perf_counter()
+        x, target = run.task.batch(*next(batches), run.device, run.aug_gen)
+        loss = run.task.loss(run.train_model(x), target)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(run.model.parameters(), float("inf"))  # as the loop: the finiteness test
+        if torch.isfinite(norm):
+            run.optimizer.step()
+        times.append(time.perf_counter() - t0)
+    if d.is_main:
+        print(f"step_s {statistics.median(times[5:])}", flush=True)
+    cleanup_distributed()
+
+
+def _run(procs: int, threads: int, batch: int, fused: bool, steps: int, src: str | None) -> float:
+    me = [os.path.abspath(__file__), "--worker", "--threads", str(threads), "--batch-size", str(batch),
+          "--steps", str(steps)] + (["--fused"] if fused else [])
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] + me
+           if procs > 1 else [sys.executable] + me)
+    env = dict(os.environ, **({"PYTHONPATH": src} if src else {}))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("step_s ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return float(lines[-1].split()[1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--old-src", default=None, help="qtvit sources for the old set-up (default: this one's)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)
+    p.add_argument("--fused", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    if 128 % args.cores:
+        p.error(f"--cores {args.cores} does not divide the global batch 128")
+    setups = {"old (1 process x %d threads, AdamW loop)" % args.cores: (1, args.cores, 128, False, args.old_src),
+              "new (%d processes x 1 thread, fused AdamW)" % args.cores: (args.cores, 1, 128 // args.cores, True,
+                                                                          None)}
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    for r in range(args.rounds):
+        for name, setup in setups.items():
+            times[name].append(_run(*setup[:4], args.steps, setup[4]))
+            print(f"round {r + 1}: {name}: {128 / times[name][-1]:.0f} images/s", flush=True)
+    speeds = {k: 128 / statistics.median(v) for k, v in times.items()}
+    (old, a), (new, b) = speeds.items()
+    print(f"\ntraining images/s (median of {args.rounds} rounds x {args.steps} steps, global batch 128):\n"
+          f"  {old}: {a:.0f}\n  {new}: {b:.0f}\n  speed-up: {b / a:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
