@@ -59,6 +59,7 @@ _HELP = {
     "bn_reestimate_images": "re-estimate BN statistics on this many training images before eval (0 = off)",
     "bn_reestimate_batch": "batch for the BN re-estimation", "amp": "mixed precision: none, bf16 or fp16",
     "channels_last": "channels-last memory format", "sync_bn": "SyncBatchNorm across processes (CUDA)",
+    "fused_optimizer": "torch's fused AdamW kernel (one pass over all parameters; same update up to rounding)",
     "device": "auto, cpu, cuda or cuda:N", "threads": "torch threads per process",
     "workers": "data loader workers (image folders)", "seed": "random seed",
     "checkpoint_every_steps": "also checkpoint every N steps (0: per epoch only)",
