@@ -106,7 +106,7 @@ class Segmentation:
     def __init__(self, num_classes: int, data_cfg: DataConfig, cfg, amp: str = "none", ignore_index: int = 255):
         self.num_classes, self.data_cfg, self.cfg, self.amp = num_classes, data_cfg, cfg, amp
         self.ignore_index, self.aux_weight = ignore_index, cfg.aux_weight
-        self.augment = SegBatchAugment(data_cfg.mean, data_cfg.std, jitter=getattr(cfg, "seg_jitter", True))
+        self.augment = SegBatchAugment(data_cfg.mean, data_cfg.std, jitter=cfg.seg_jitter)
 
     def train_module(self, model: nn.Module) -> nn.Module:
         return _WithAux(model) if hasattr(model, "forward_with_aux") else model
