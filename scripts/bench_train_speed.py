@@ -24,27 +24,21 @@ import time
 
 def worker(args) -> None:
     """Median seconds per global step of this process group (printed by rank 0 as `step_s <value>`)."""
-    import torch
-    import torch.nn as nn
     from qtvit.train.distributed import cleanup_distributed, setup_distributed
+    from qtvit.train.engine import train_step
     from qtvit.train.recipes import make_config
     from qtvit.train.setup import setup_run
+    from qtvit.train.state import RunState
     d = setup_distributed("cpu")
     fused = {"fused_optimizer": True} if args.fused else {}  # an older qtvit has no such option
     cfg = make_config("fashion-mnist", threads=args.threads, batch_size=args.batch_size, output="/tmp/qtvit-bench",
                       progress=False, **fused)
-    run = setup_run(cfg, d)
+    run, state = setup_run(cfg, d), RunState()
     batches = itertools.chain.from_iterable(run.train_batches.iterate(e) for e in itertools.count())
     times = []
     for _ in range(args.steps + 5):  # the first 5 steps warm the allocator and oneDNN's kernel cache up
         t0 = time.perf_counter()
-        x, target = run.task.batch(*next(batches), run.device, run.aug_gen)
-        loss = run.task.loss(run.train_model(x), target)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(run.model.parameters(), float("inf"))  # as the loop: the finiteness test
-        if torch.isfinite(norm):
-            run.optimizer.step()
+        train_step(run, state, *next(batches))  # the training loop's own step
         times.append(time.perf_counter() - t0)
     if d.is_main:
         print(f"step_s {statistics.median(times[5:])}", flush=True)
