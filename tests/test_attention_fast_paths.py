@@ -99,3 +99,14 @@ def test_qt_same_output_for_channel_major_inputs():
     ref = kernel(q.contiguous(), k.contiguous(), v.contiguous())
     assert rel_err(kernel(q, k, v), ref) < 1e-12
     assert rel_err(kernel.explicit(q, k, v), ref) < 1e-12
+
+
+def test_auto_chunks_are_cache_sized_on_cpu_and_memory_bounded_on_cuda():
+    from qtvit.attention.core import CUDA_CHUNK_FEATURES, auto_chunk_size
+
+    d_phi = create_kernel("taylor2", head_dim=16).feature_dim  # 1 + 16 + 136 = 153
+    assert auto_chunk_size(d_phi) == 2 ** 17 // d_phi  # 856 tokens: fits the CPU's cache
+    cuda = torch.device("cuda")  # arithmetic only: no GPU needed
+    assert auto_chunk_size(d_phi, cuda, rows=8) == CUDA_CHUNK_FEATURES // (8 * d_phi) > 16384  # one chunk there
+    assert auto_chunk_size(d_phi, cuda, rows=8 * 64) * 8 * 64 * d_phi <= CUDA_CHUNK_FEATURES  # big batches split
+    assert auto_chunk_size(10 ** 9, cuda, rows=10 ** 6) == 256  # never below 256 tokens

@@ -29,7 +29,7 @@ def test_jit_form_is_size_free_and_equals_eager(nano):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", [m for m in paths.MODES if m != "compile"])
+@pytest.mark.parametrize("mode", [m for m in paths.MODES if m not in ("compile", "cudagraph")])
 def test_every_mode_builds_and_runs(nano, mode, tmp_path):
     pytest.importorskip("onnxruntime")
     forms = paths.Forms(nano, tmp_path, threads=1)
@@ -41,6 +41,20 @@ def test_every_mode_builds_and_runs(nano, mode, tmp_path):
     assert (mode in forms.setup_s) == (mode in ("fused-dynamic", "jit") or mode.startswith("onnxruntime"))
     with pytest.raises(ValueError, match="unknown mode"):
         forms.build("tensorrt", 32, 32, 1)
+
+
+def test_cudagraph_mode_without_cuda_says_so(nano, tmp_path):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        paths.Forms(nano, tmp_path).build("cudagraph", 32, 32, 1)
+
+
+def test_onnxruntime_modes_refuse_other_dtypes(nano, tmp_path):
+    forms = paths.Forms(nano, tmp_path, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="CPU in float32 only"):
+        forms.build("onnxruntime", 32, 32, 1)
+    fn, _ = forms.build("eager", 32, 32, 1)  # other modes cast a copy: the model itself stays float32
+    fn()
+    assert next(nano.parameters()).dtype == torch.float32
 
 
 def test_onnx_session_without_spinning_gives_the_same_logits(nano, tmp_path):

@@ -53,10 +53,12 @@ class AttentionKernel(nn.Module):
         self.eps = eps
         self.chunk_size = chunk_size
 
-    @property
-    def tokens_per_chunk(self) -> int | None:
-        """``chunk_size`` tokens per chunk (None: one chunk); "auto": ``core.auto_chunk_size(feature_dim)``."""
-        return auto_chunk_size(self.feature_dim) if self.chunk_size == "auto" else self.chunk_size
+    def tokens_per_chunk(self, x: Tensor) -> int | None:
+        """``chunk_size`` tokens per chunk (None: one chunk); "auto": ``core.auto_chunk_size`` for the feature size,
+        ``x``'s device and its batch × heads rows."""
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        return auto_chunk_size(self.feature_dim, x.device, x.shape[0] * x.shape[1])
 
     @property
     def normalize(self) -> bool:
@@ -168,7 +170,7 @@ class AttentionKernel(nn.Module):
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:
         """The linear path on inputs already in the compute dtype: the shared core."""
-        return linear_attention(self, q, k, v, chunk_size=self.tokens_per_chunk, numerator_map=numerator_map)
+        return linear_attention(self, q, k, v, chunk_size=self.tokens_per_chunk(q), numerator_map=numerator_map)
 
     def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""

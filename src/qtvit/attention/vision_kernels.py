@@ -124,7 +124,7 @@ class AFTSimpleKernel(AttentionKernel):
             raise ValueError("aft_simple has no feature map for a numerator_map to act on")
         lse = torch.logsumexp(k, dim=2, keepdim=True)
         state = None
-        for sl in _chunks(k.shape[2], self.tokens_per_chunk):
+        for sl in _chunks(k.shape[2], self.tokens_per_chunk(k)):
             part = (torch.exp(k[:, :, sl] - lse) * v[:, :, sl]).sum(dim=2, keepdim=True)
             state = part if state is None else state + part
         return torch.sigmoid(q) * state

@@ -85,7 +85,8 @@ def _row(h: int, w: int, med: dict[str, float], modes: Sequence[str], ort_mode: 
     row = dict(size=f"{h}" if h == w else f"{h}x{w}", runs=repeats, load1=round(load, 2),
                sgemm_gflops=round(rate, 1), gmacs=round(macs / 1e9, 3),
                floor_ms=float(f"{floor * 1e3:.4g}"))  # 4 significant digits: small models have sub-ms floors
-    row.update({f"{k} ms": round(v * 1e3, 2) for k, v in med.items()})
+    row.update({f"{k} ms": float(f"{v * 1e3:.4g}") for k, v in med.items()})  # 4 digits, not 2 decimals: the
+    # ratios below use unrounded times, and a tiny model's 0.05 ms rounded to 0.01 ms would not match them
     row["qt_over_b1"] = round(med[f"qtvit_1 {ort_mode}"] / med[f"efficientvit_b1 {ort_mode}"], 3)
     for m in modes:
         if m != ort_mode and f"efficientvit_b1 {m}" in med:

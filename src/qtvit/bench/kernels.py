@@ -37,8 +37,8 @@ from .measure import (  # noqa: F401
 )
 
 DEFAULT_NS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
-FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "time_ms", "runs", "peak_mib",
-          "feature_dim", "note"]
+FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "path", "time_ms", "runs",
+          "peak_mib", "feature_dim", "note"]
 PEER = "taylor_series_linear_attention"
 
 
@@ -123,6 +123,7 @@ def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads:
         q, k, v = (torch.randn(1, heads, n, head_dim, generator=g).to(device) for _ in range(3))
         module = create_kernel(name, head_dim=head_dim, num_heads=heads).to(device)
         if ratio.endswith("_compiled"):  # static shapes: one compilation each, before the timed calls
+            _allow_recompiles(64)
             module, base = torch.compile(module, dynamic=False), torch.compile(base, dynamic=False)
             base_name = f"{base_name} (compiled)"
             name = f"{name} (compiled)"
@@ -134,51 +135,81 @@ def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads:
     return rows
 
 
+def _allow_recompiles(n: int) -> None:
+    """Every kernel shares one ``forward`` code object (``AttentionKernel.forward``), and dynamo's recompile limit
+    (8 by default) counts per code object: past it, compiled kernels silently run eagerly. Raise it for a
+    benchmark that compiles many kernels, modes (grad on/off) and sizes."""
+    import torch._dynamo
+
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), n))
+
+
 def benchmark_kernels(
     kernels: Iterable[str], ns: Iterable[int], *, head_dims: Iterable[int] = (16, 32), heads: int = 4,
     batch: int = 1, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
     modes: Iterable[str] = ("fwd",), repeats: int = 5, budget_s: float = 5.0, max_call_s: float = 20.0,
-    peer: bool = False, on_row: Callable[[dict], None] | None = None,
+    peer: bool = False, compiled: bool = False, on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Measure every (head dim, N, kernel, mode); a kernel slower than ``max_call_s`` per call skips larger N."""
+    """Measure every (head dim, N, kernel, mode); a kernel slower than ``max_call_s`` per call skips larger N.
+    ``compiled``: each kernel also under ``torch.compile`` (rows with ``path`` "compile"; one compilation per
+    kernel and mode, then a second one with dynamic N when N changes, so later sizes reuse it)."""
     device = torch.device(device)
     rows: list[dict] = []
-    names = list(kernels) + ([PEER] if peer else [])
+    if compiled:
+        _allow_recompiles(8 * len(list(kernels)) * len(list(modes)))
     for d in head_dims:
-        too_slow: set[tuple[str, str]] = set()
+        too_slow: set[tuple[str, str, str]] = set()
+        modules: dict[tuple[str, str], Callable] = {}
+        for name in kernels:
+            modules[name, "eager"] = create_kernel(name, head_dim=d, num_heads=heads).to(device)
+            if compiled:
+                modules[name, "compile"] = torch.compile(modules[name, "eager"])
+        peer_fn = _peer_fn(d, heads, device, dtype) if peer else None
+        if peer_fn is not None:
+            modules[PEER, "eager"] = peer_fn
         for n in ns:
             g = torch.Generator().manual_seed(n)
             q, k, v = (torch.randn(batch, heads, n, d, generator=g).to(device, dtype) for _ in range(3))
             x = torch.randn(batch, n, heads * d, generator=g).to(device, dtype)
-            for name in names:
-                if name == PEER:
-                    module, fd = _peer_fn(d, heads, device, dtype), ""
-                    if module is None:
-                        continue
-                    inputs: tuple = (x,)
-                else:
-                    module = create_kernel(name, head_dim=d, num_heads=heads).to(device)
-                    fd, inputs = module.feature_dim or "", (q, k, v)
+            for (name, path), module in modules.items():
+                fd = getattr(modules[name, "eager"], "feature_dim", None) or ""
+                inputs: tuple = (x,) if name == PEER else (q, k, v)
                 for mode in modes:
                     row = dict(kernel=name, n=n, head_dim=d, heads=heads, batch=batch, dtype=str(dtype).split(".")[-1],
-                               device=device.type, mode=mode, feature_dim=fd, note="")
-                    if (name, mode) in too_slow:
+                               device=device.type, mode=mode, path=path, feature_dim=fd, note="")
+                    if (name, mode, path) in too_slow:
                         continue
                     fn = _call(module, inputs, backward=(mode == "fwd+bwd"))
-                    first, _ = median_time(fn, device, repeats=1, warmup=0)
-                    if first > max_call_s:
-                        too_slow.add((name, mode))
-                        t, runs, note = first, 1, f"one run: over {max_call_s:g} s per call, larger N skipped"
-                    else:
-                        t, times = median_time(fn, device, repeats=repeats, warmup=0, budget_s=budget_s)
-                        runs, note = len(times), ""
-                    mem = peak_memory_bytes(fn, device) if first <= max_call_s else None
-                    row.update(time_ms=round(t * 1e3, 4), runs=runs, note=note,
-                               peak_mib="" if mem is None else round(mem / 2 ** 20, 2))
+                    row.update(_measure_point(fn, device, compiled=path == "compile", repeats=repeats,
+                                              budget_s=budget_s, max_call_s=max_call_s))
+                    if row["note"]:  # too slow or failed: larger N would be too
+                        too_slow.add((name, mode, path))
                     rows.append(row)
                     if on_row:
                         on_row(row)
     return rows
+
+
+def _measure_point(fn: Callable[[], None], device: torch.device, *, compiled: bool, repeats: int, budget_s: float,
+                   max_call_s: float) -> dict:
+    """time_ms, runs, peak_mib and note of one point; out of memory (or a compiler error) is a note, not the end."""
+    try:
+        if compiled:
+            fn()  # compiling is not the first call's time
+        first, _ = median_time(fn, device, repeats=1, warmup=0)
+        if first > max_call_s:
+            return dict(time_ms=round(first * 1e3, 4), runs=1, peak_mib="",
+                        note=f"one run: over {max_call_s:g} s per call, larger N skipped")
+        t, times = median_time(fn, device, repeats=repeats, warmup=0, budget_s=budget_s)
+        mem = peak_memory_bytes(fn, device)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return dict(time_ms="", runs=0, peak_mib="",
+                    note=f"failed: {type(e).__name__}: {' '.join(str(e).split())[:120]}; larger N skipped")
+    return dict(time_ms=round(t * 1e3, 4), runs=len(times), note="",
+                peak_mib="" if mem is None else round(mem / 2 ** 20, 2))
 
 
 def _call(module: Callable, inputs: tuple, backward: bool) -> Callable[[], None]:
@@ -201,7 +232,8 @@ def crossover(rows: list[dict], kernel: str, *, reference: str = "softmax", head
     """The N at which ``kernel`` becomes faster than ``reference`` (log-log interpolation), or None."""
     def series(name: str) -> dict[int, float]:
         return {int(r["n"]): float(r["time_ms"]) for r in rows
-                if r["kernel"] == name and r["mode"] == mode and (head_dim is None or int(r["head_dim"]) == head_dim)}
+                if r["kernel"] == name and r["mode"] == mode and r["time_ms"] not in ("", None)
+                and (head_dim is None or int(r["head_dim"]) == head_dim)}
     a, b = series(kernel), series(reference)
     ns = sorted(set(a) & set(b))
     ratio = [(n, math.log(a[n] / b[n])) for n in ns]  # < 0 where the kernel is faster
@@ -222,6 +254,8 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # compiled rows and failed points: in the CSV only
+    rows = [r for r in rows if r.get("path", "") in ("", "eager") and r["time_ms"] not in ("", None)]
     dims = sorted({int(r["head_dim"]) for r in rows})
     fig, axes = plt.subplots(1, len(dims), figsize=(6.5 * len(dims), 5), squeeze=False)
     for ax, d in zip(axes[0], dims):
@@ -262,8 +296,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-call", type=float, default=20.0, help="a kernel slower than this per call skips larger N")
     p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it) "
                    "and measure the two speed ratios side by side (written to <out>_ratios.csv)")
-    p.add_argument("--compile", action="store_true", help="with --peer: also qt against the minimal ReLU attention "
-                   "with both under torch.compile (needs a C++ compiler on CPU; ~10 s to compile)")
+    p.add_argument("--compile", action="store_true", help="also time each kernel under torch.compile (rows with "
+                   "path 'compile'; needs a C++ compiler on CPU, ~10 s to compile each); with --peer also qt "
+                   "against the minimal ReLU attention with both compiled")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
     p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
@@ -295,22 +330,23 @@ def run_cli(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     line = device_line(device)
     print(f"# {line}")
-    print(f"{'kernel':<16}{'N':>7}{'d':>4} {'mode':<8}{'time ms':>11}{'peak MiB':>10}")
+    print(f"{'kernel':<16}{'N':>7}{'d':>4} {'mode':<8}{'path':<8}{'time ms':>11}{'peak MiB':>10}")
 
     def show(r: dict) -> None:
-        print(f"{r['kernel']:<16}{r['n']:>7}{r['head_dim']:>4} {r['mode']:<8}{r['time_ms']:>11.3f}"
+        ms = f"{r['time_ms']:.3f}" if r["time_ms"] != "" else "-"
+        print(f"{r['kernel']:<16}{r['n']:>7}{r['head_dim']:>4} {r['mode']:<8}{r['path']:<8}{ms:>11}"
               f"{r['peak_mib'] if r['peak_mib'] != '' else '-':>10} {r['note']}", flush=True)
 
     rows = benchmark_kernels(args.kernels, args.ns, head_dims=args.head_dims, heads=args.heads, batch=args.batch,
                              dtype=getattr(torch, args.dtype), device=device, modes=args.modes,
                              repeats=args.repeats, budget_s=args.budget, max_call_s=args.max_call, peer=args.peer,
-                             on_row=show)
+                             compiled=args.compile, on_row=show)
     write_csv(rows, args.out, line, FIELDS)
     print(f"wrote {args.out}")
     if args.peer:
         _report_ratios(device, line, args.out, max(args.repeats, 9), compiled=args.compile)
     for d in args.head_dims:
-        sel = [r for r in rows if r["head_dim"] == d]
+        sel = [r for r in rows if r["head_dim"] == d and r["path"] == "eager"]
         n_x = crossover(sel, "qt") if {"qt", "softmax"} <= set(args.kernels) else None
         if n_x:
             print(f"head dim {d}: qt is faster than softmax from N ≈ {n_x:,.0f}")

@@ -11,8 +11,13 @@ Modes (``qtvit.bench.paths``): ``eager`` (the model as built), ``fused`` (the in
 ``compile`` (``torch.compile`` of the inference form, compiled per size; its compile time is the ``setup_s``
 column), ``onnxruntime`` and ``onnxruntime-nospin`` (the dynamic ONNX graph of ``qtvit export``, one export per
 model, CPU execution provider, idle threads spinning or sleeping), ``onnxruntime-int8`` (``qtvit export --quantize
-int8``, calibrated on random inputs: for speed only). ``--side-by-side`` compares qtvit_1's paths
-with efficientvit_b1, the official code and the sgemm floor (``qtvit.bench.compare``).
+int8``, calibrated on random inputs: for speed only), ``cudagraph`` (CUDA: the fused form replayed from a CUDA
+graph). ``--side-by-side`` compares qtvit_1's paths with efficientvit_b1, the official code and the sgemm floor
+(``qtvit.bench.compare``).
+
+On a GPU: ``--device cuda --dtype float16`` (or bfloat16); the default modes there are eager, fused and cudagraph:
+
+    qtvit benchmark models --device cuda --dtype bfloat16 --models qtvit_1 efficientvit_b1 --sizes 224 1024
 
 Per point: the median over ``--repeats`` runs after one warm-up call (no more runs past ``--budget`` seconds, at
 least 3), the peak memory over the warm-up call (``qtvit.bench.measure.peak_memory_bytes``: extra resident memory
@@ -68,12 +73,15 @@ class _Plan:
     budget_s: float
     max_call_s: float
     memory: bool
+    device: torch.device
+    dtype: torch.dtype
 
 
-def _new_row(model: str, params_m: float, h: int, w: int, batch: int, mode: str, flops: int | None) -> dict:
+def _new_row(model: str, params_m: float, h: int, w: int, batch: int, mode: str, flops: int | None,
+             plan: _Plan) -> dict:
     row = dict.fromkeys(FIELDS, "")
-    row.update(model=model, params_m=params_m, height=h, width=w, batch=batch, mode=mode, dtype="float32",
-               device="cpu", runs=0)
+    row.update(model=model, params_m=params_m, height=h, width=w, batch=batch, mode=mode,
+               dtype=str(plan.dtype).removeprefix("torch."), device=plan.device.type, runs=0)
     if flops is not None:
         row.update(gflops=round(flops / 1e9, 4), gmacs=round(flops / 2e9, 4))
     return row
@@ -95,13 +103,13 @@ def _skip_note(plan: _Plan, stopped: dict[int, tuple[int, str]], si: int, batch:
 
 def _measure(fn: Callable[[], None], plan: _Plan) -> tuple[float, int, int | None, bool]:
     """(seconds, runs, peak bytes, too slow): the first call is the warm-up, the guard and the memory measure."""
-    device = torch.device("cpu")
+    device = plan.device
     t0 = time.perf_counter()
     mem = peak_memory_bytes(fn, device) if plan.memory else None
     if not plan.memory:
         fn()
     first = time.perf_counter() - t0
-    if first > plan.max_call_s:
+    if first > plan.max_call_s:  # (on CUDA, peak_memory_bytes synchronises after the call)
         return first, 1, mem, True
     t, times = median_time(fn, device, repeats=plan.repeats, warmup=0, budget_s=plan.budget_s)
     return t, len(times), mem, False
@@ -116,12 +124,23 @@ def _mode_rows(name: str, params_m: float, mode: str, forms: Forms, plan: _Plan,
     for si, (h, w) in enumerate(plan.sizes):
         flops = flops_of(h, w)
         for batch in plan.batches:
-            row = _new_row(name, params_m, h, w, batch, mode, flops)
+            row = _new_row(name, params_m, h, w, batch, mode, flops, plan)
             row["note"] = _skip_note(plan, stopped, si, batch, mode, (h, w), batch1.get((h, w), 0.0))
             if not row["note"]:
-                fn, setup = forms.build(mode, h, w, batch)
-                t, runs, mem, too_slow = _measure(fn, plan)
-                del fn
+                try:
+                    fn, setup = forms.build(mode, h, w, batch)
+                    t, runs, mem, too_slow = _measure(fn, plan)
+                except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as e:
+                    # one failing path (a compiler error, memory) is a result to report, not the end of the run
+                    row["note"] = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:160]}"
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
+                    continue
+                finally:
+                    fn = None
+                    if plan.device.type == "cuda":
+                        torch.cuda.empty_cache()
                 if too_slow:
                     row["note"] = f"one run: {t:.0f} s > max-call {plan.max_call_s:g} s; larger sizes skipped"
                     for b in plan.batches:  # larger sizes, and larger batches, would take longer still
@@ -151,11 +170,14 @@ def benchmark_models(
     flops: bool = True,
     memory: bool = True,
     num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Time every (model, mode, size, batch) point; fields are ``FIELDS`` (see the module docstring).
 
-    ``compile_sizes``: the sizes at which the ``compile`` mode is measured (default: all).
+    ``compile_sizes``: the sizes at which the ``compile`` mode is measured (default: all). ``device``, ``dtype``:
+    where and in which precision the models run (the weights cast after fusing; onnxruntime modes: CPU float32 only).
     """
 
     modes = list(modes)
@@ -167,11 +189,22 @@ def benchmark_models(
     if not size_list or not batch_list or min(batch_list) < 1:
         raise ValueError("need at least one size and positive batch sizes")
     compile_set = set(size_list) if compile_sizes is None else {parse_size(s) for s in compile_sizes}
-    plan = _Plan(size_list, batch_list, compile_set, repeats, budget_s, max_call_s, memory)
+    device = torch.device(device)
+    if device.type == "cpu" and dtype != torch.float32:
+        # reduced precision on CPU runs through slow generic kernels: a number nobody deploys
+        raise ValueError(f"{dtype} on the CPU is not a deployment path; benchmark float32 there "
+                         "(or onnxruntime-int8), float16/bfloat16 on CUDA")
+    for mode in modes:
+        if mode.startswith("onnxruntime") and (device.type != "cpu" or dtype != torch.float32):
+            raise ValueError(f"mode {mode!r} runs on the CPU in float32 only; drop it with --device "
+                             f"{device.type} --dtype {str(dtype).removeprefix('torch.')}")
+        if mode == "cudagraph" and device.type != "cuda":
+            raise ValueError("mode 'cudagraph' needs --device cuda")
+    plan = _Plan(size_list, batch_list, compile_set, repeats, budget_s, max_call_s, memory, device, dtype)
     rows: list[dict] = []
     for name in models:  # a name, or a spec with constructor arguments: "qtvit_seg_1_cityscapes:kernel=softmax"
         torch.manual_seed(0)
-        model = build_model(name, num_classes)
+        model = build_model(name, num_classes).to(device)
         params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
         in_chans = getattr(model, "in_chans", 3)
 
@@ -180,7 +213,7 @@ def benchmark_models(
             return count_flops(model, (1, in_chans, h, w)) if flops else None
 
         with tempfile.TemporaryDirectory() as tmp:
-            forms = Forms(model, Path(tmp))
+            forms = Forms(model, Path(tmp), device=device, dtype=dtype)
             for mode in modes:
                 rows += _mode_rows(name, params_m, mode, forms, plan, flops_of, on_row)
     return rows
@@ -332,8 +365,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="S", help="sides or HxW, e.g. 224 512x1024")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,
-                   help="default: eager fused onnxruntime; add compile for torch.compile (slow to compile); "
-                        "the modes are described in qtvit.bench.paths")
+                   help="default: eager fused onnxruntime (on CUDA: eager fused cudagraph); add compile for "
+                        "torch.compile (slow to compile); the modes are described in qtvit.bench.paths")
     p.add_argument("--compile-sizes", nargs="+", default=["224", "512"], metavar="S",
                    help="sizes at which the compile mode is measured (each shape compiles for about a minute)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per point after a warm-up; the median is kept")
@@ -344,6 +377,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flops", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="weights and inputs (float16/bfloat16 on CUDA only)")
     p.add_argument("--out", type=Path, default=Path("results/models_cpu.csv"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
     p.add_argument("--goals", action="store_true",
@@ -377,7 +413,13 @@ def run_cli(args: argparse.Namespace) -> int:
         sizes = [parse_size(s) for s in args.sizes]
     except ValueError as e:
         raise SystemExit(f"qtvit benchmark models: {e}") from None
-    line = device_line(torch.device("cpu"))
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise SystemExit(f"qtvit benchmark models: unknown device {args.device!r}; use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("qtvit benchmark models: --device cuda but torch sees no CUDA device here")
+    line = device_line(device)
     print(f"# {line}")
     if args.profile:
         for name in args.profile:
@@ -398,12 +440,12 @@ def run_cli(args: argparse.Namespace) -> int:
         write_csv(rows, out, line, fields=list(rows[0]))
         print(f"wrote {out}")
         return 0
-    print(f"{'model':<17}{'size':>9}{'B':>4} {'mode':<12}{'ms':>10}{'img/s':>9}{'GMACs':>8}{'MiB':>8}  note")
+    print(f"{'model':<17} {'size':>9} {'B':>3} {'mode':<12}{'ms':>10} {'img/s':>9} {'GMACs':>8} {'MiB':>8}  note")
     if args.interleaved:
         rows = benchmark_interleaved(args.models, sizes[0], repeats=args.repeats)
         for r in rows:
-            print(f"{r['model']:<17}{size_label(r['height'], r['width']):>9}{1:>4} {'eager':<12}{r['time_ms']:>10.1f}"
-                  f"{r['images_per_s']:>9.1f}{r['gmacs']!s:>8}{'':>8}  {r['note']}")
+            print(f"{r['model']:<17} {size_label(r['height'], r['width']):>9} {1:>3} {'eager':<12}{r['time_ms']:>10.1f}"
+                  f" {r['images_per_s']:>9.1f} {r['gmacs']!s:>8} {'':>8}  {r['note']}")
         write_csv(rows, args.out, line)
         print(f"wrote {args.out}")
         return 0
@@ -411,14 +453,16 @@ def run_cli(args: argparse.Namespace) -> int:
     def show(r: dict) -> None:
         ms = f"{r['time_ms']:.1f}" if r["time_ms"] != "" else "-"
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] != "" else "-"
-        print(f"{r['model']:<17}{size_label(r['height'], r['width']):>9}{r['batch']:>4} {r['mode']:<12}{ms:>10}"
-              f"{ips:>9}{r['gmacs']!s:>8}{r['peak_mib']!s:>8}  {r['note']}", flush=True)
+        # one space between every two columns, so that wide values (a long spec, 330 GMACs) never run together
+        print(f"{r['model']:<17} {size_label(r['height'], r['width']):>9} {r['batch']:>3} {r['mode']:<12}{ms:>10} "
+              f"{ips:>9} {r['gmacs']!s:>8} {r['peak_mib']!s:>8}  {r['note']}", flush=True)
 
     t0 = time.perf_counter()
     rows = benchmark_models(args.models, sizes, batch_sizes=args.batch_sizes,
-                            modes=args.modes or ["eager", "fused", "onnxruntime"],
+                            modes=args.modes or (["eager", "fused", "onnxruntime"] if device.type == "cpu" else
+                                                 ["eager", "fused", "cudagraph"]),
                             repeats=args.repeats, budget_s=args.budget, max_call_s=args.max_call,
-                            compile_sizes=args.compile_sizes,
+                            compile_sizes=args.compile_sizes, device=device, dtype=getattr(torch, args.dtype),
                             flops=not args.no_flops, memory=not args.no_memory, on_row=show)
     write_csv(rows, args.out, line)
     print(f"wrote {args.out} ({len(rows)} rows in {time.perf_counter() - t0:.0f} s)")

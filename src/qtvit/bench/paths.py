@@ -15,13 +15,19 @@ Modes (``qtvit benchmark models --modes``):
 - ``onnxruntime-nospin``: the same session with spinning off (``session.intra_op.allow_spinning=0``): idle
   workers sleep, which helps on a CPU shared with other jobs and costs a little on an idle one;
 - ``onnxruntime-int8``: the graph of ``qtvit export --quantize int8`` (convs and classifier in INT8, attention in
-  fp32), calibrated here on random inputs: right for its speed, not its accuracy.
+  fp32), calibrated here on random inputs: right for its speed, not its accuracy;
+- ``cudagraph`` (CUDA only): the ``fused`` form captured once in a CUDA graph and replayed, which removes the
+  per-kernel launch cost that dominates small batches on a GPU, without compiling anything.
+
+Every mode but the onnxruntime ones runs on any device and dtype (``Forms(device=..., dtype=...)``): the model is
+fused in float32 and cast afterwards, so BatchNorm folding does not round twice.
 
 Also here: the loader of the official QT-ViT code from a local checkout, for side-by-side comparisons (its code is
 never copied here).
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 import time
@@ -37,9 +43,9 @@ from .._utils import parse_model_spec
 from ..models import create_model, inference_form
 
 __all__ = ["MODES", "Forms", "runner", "build_model", "benchmark_weights", "count_flops", "interleaved_times",
-           "load_official_qtvit", "jit_form"]
+           "load_official_qtvit", "jit_form", "cuda_graph_runner"]
 
-MODES = ("eager", "fused", "fused-dynamic", "jit", "compile", "onnxruntime", "onnxruntime-nospin",
+MODES = ("eager", "fused", "fused-dynamic", "jit", "compile", "cudagraph", "onnxruntime", "onnxruntime-nospin",
          "onnxruntime-int8")
 
 
@@ -67,9 +73,10 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
     """FLOPs (2 per multiply-add) of one forward on an input of ``shape``, by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    p = next(model.parameters())
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(torch.zeros(*shape))
+        model(torch.zeros(*shape, device=p.device, dtype=p.dtype))
     return int(counter.get_total_flops())
 
 
@@ -98,6 +105,23 @@ def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 9, warm
     return times
 
 
+def cuda_graph_runner(model: nn.Module, x: torch.Tensor, warmup: int = 3) -> Callable[[], None]:
+    """``model(x)`` captured in a CUDA graph: the returned call replays it (same input buffer, same output buffer).
+    The warm-up runs on a side stream, as the capture requires (cuDNN/cuBLAS pick their algorithms there)."""
+    if x.device.type != "cuda":
+        raise ValueError(f"cudagraph mode needs a CUDA device, got {x.device}; use --device cuda")
+    stream = torch.cuda.Stream(x.device)
+    stream.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(warmup):
+            model(x)
+    torch.cuda.current_stream(x.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        model(x)
+    return graph.replay
+
+
 @torch.no_grad()
 def jit_form(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` + ``optimize_for_inference`` of the size-free inference form (valid for every input size:
@@ -114,12 +138,17 @@ class Forms:
     """Builds each mode's callable for one model, caching what is shared between sizes (ONNX sessions, the
     traced module)."""
 
-    def __init__(self, model: nn.Module, onnx_dir: Path, threads: int | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model: nn.Module, onnx_dir: Path, threads: int | None = None, *,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.device, self.dtype = torch.device(device), dtype
+        self.model = model.eval().to(self.device)  # float32: each form is fused first, then cast
         self.onnx_dir = Path(onnx_dir)
         self.threads = threads
         self._cache: dict[str, object] = {}
         self.setup_s: dict[str, float] = {}
+
+    def _cast(self, model: nn.Module) -> nn.Module:
+        return model if self.dtype == torch.float32 else model.to(self.dtype)
 
     def _shared(self, mode: str, make: Callable[[], object]) -> tuple[object, float]:
         if mode not in self._cache:
@@ -143,24 +172,32 @@ class Forms:
 
     def build(self, mode: str, h: int, w: int, batch: int) -> tuple[Callable[[], None], float]:
         """(the call, its setup seconds)."""
-        x = torch.randn(batch, getattr(self.model, "in_chans", 3), h, w)
+        x = torch.randn(batch, getattr(self.model, "in_chans", 3), h, w, device=self.device, dtype=self.dtype)
         t0 = time.perf_counter()
         if mode == "eager":
-            return runner(self.model, x), 0.0
+            if self.dtype == torch.float32:
+                return runner(self.model, x), 0.0
+            model, setup = self._shared(mode, lambda: self._cast(copy.deepcopy(self.model)))
+            return runner(model, x), setup
         if mode == "fused":
-            return runner(inference_form(self.model, (h, w)), x), time.perf_counter() - t0
+            return runner(self._cast(inference_form(self.model, (h, w))), x), time.perf_counter() - t0
         if mode == "fused-dynamic":
-            fused, setup = self._shared(mode, lambda: inference_form(self.model, None))
+            fused, setup = self._shared(mode, lambda: self._cast(inference_form(self.model, None)))
             return runner(fused, x), setup
         if mode == "jit":
-            traced, setup = self._shared(mode, lambda: jit_form(self.model, x))
+            traced, setup = self._shared(mode, lambda: jit_form(self._cast(copy.deepcopy(self.model)), x))
             return runner(traced, x), setup
         if mode == "compile":
-            compiled = torch.compile(inference_form(self.model, (h, w)), dynamic=False)
+            compiled = torch.compile(self._cast(inference_form(self.model, (h, w))), dynamic=False)
             run = runner(compiled, x)
             run()  # compile now, so the setup time is its own column and not the warm-up's
             return run, time.perf_counter() - t0
+        if mode == "cudagraph":
+            return cuda_graph_runner(self._cast(inference_form(self.model, (h, w))), x), time.perf_counter() - t0
         if mode.startswith("onnxruntime"):
+            if self.device.type != "cpu" or self.dtype != torch.float32:
+                raise ValueError(f"mode {mode!r} runs on the CPU in float32 only (onnxruntime's CPU provider); "
+                                 "use eager, fused, compile or cudagraph on other devices and dtypes")
             from ..export import onnx_session
 
             spin, int8 = mode != "onnxruntime-nospin", mode == "onnxruntime-int8"
