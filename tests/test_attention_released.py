@@ -261,3 +261,5 @@ def test_compiled_qt_equals_eager_and_the_compiled_ratio_is_measured():
     rows = speed_ratios("cpu", repeats=1, heads=2, taylor_n=32, qt_n=32, compiled=True)
     row = next(r for r in rows if r["ratio"] == "qt_vs_relu_minimal_compiled")
     assert row["kernel"] == "qt (compiled)" and row["baseline"] == "relu_minimal (compiled)" and row["value"] > 0
+    core = next(r for r in rows if r["ratio"] == "qt_core_vs_relu_minimal")  # the torch-ops path, for comparison
+    assert core["kernel"].startswith("qt (torch ops") and core["value"] > 0

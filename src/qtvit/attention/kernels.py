@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_fused
 from .base import AttentionKernel
 from .vision_kernels import (
     AFTSimpleKernel,
@@ -31,6 +32,7 @@ from .vision_kernels import (
     RALAKernel,
 )
 from .core import (
+    NumeratorMap,
     compute_dtype,
     fp32_island,
     inplace_ok,
@@ -287,6 +289,13 @@ class QTKernel(AttentionKernel):
 
     def constant(self, dtype: torch.dtype) -> Tensor:
         return self.scale if self.scale.dtype == dtype else self.scale.to(dtype)
+
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:
+        # Inference on the CPU in float32: one fused pass over the keys and one over the queries (cpu_fused), the
+        # same maths as the shared core's shifted read, without its dozen N-sized temporaries.
+        if numerator_map is None and cpu_fused.usable(q, k, v, self.scale) and cpu_fused.available():
+            return cpu_fused.qt_attention(q, k, v, self.scale, self.eps)
+        return super().linear(q, k, v, numerator_map)
 
 
 class QTPaperKernel(AttentionKernel):

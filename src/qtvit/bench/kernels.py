@@ -9,11 +9,13 @@ each linear kernel against softmax marked. With ``--peer`` it also measures two 
 calls alternate, median of ``--repeats`` each; fp32, 8 heads, head dim 16, batch 1) and writes them to
 ``<out>_ratios.csv``: taylor2 against the non-causal path of lucidrains' taylor-series-linear-attention feature map
 at N = 16384 (speed-up, target >= 3), and qt against a minimal ReLU linear attention at N = 4096 (time ratio,
-target <= 1.5).
+target <= 1.5), qt as users call it (on the CPU in inference: the fused kernel of ``attention.cpu_fused``) and, for
+comparison, through the shared core's torch ops.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 from pathlib import Path
@@ -25,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..attention import create_kernel, list_kernels
+from ..attention import cpu_fused, create_kernel, list_kernels
 from .measure import (  # noqa: F401
     device_line,
     median_time,
@@ -104,7 +106,8 @@ def paired_times(fa: Callable[[], object], fb: Callable[[], object], device: tor
 
 def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads: int = 8, head_dim: int = 16,
                  taylor_n: int = 16384, qt_n: int = 4096, compiled: bool = False) -> list[dict]:
-    """taylor2's speed-up over the peer's non-causal Taylor path, and qt's time over ``relu_minimal`` (fp32).
+    """taylor2's speed-up over the peer's non-causal Taylor path, and qt's time over ``relu_minimal`` (fp32), qt as
+    called (fused CPU kernel where it applies) and through torch ops (``cpu_fused.disabled``).
     ``compiled``: also qt over relu_minimal with both under ``torch.compile`` (inductor fuses the element-wise
     passes and the norms, which eager PyTorch runs one by one over N-sized temporaries)."""
     device = torch.device(device)
@@ -112,7 +115,9 @@ def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads:
     cases = [("taylor2_vs_peer", "taylor2", PEER, taylor_n, peer_taylor_core(head_dim), ">= 3 (speed-up)"),
              ("taylor2_vs_peer_symmetric", "taylor2", PEER + "(remove_even_power_dups)", taylor_n,
               peer_taylor_core(head_dim, symmetric=True), "(speed-up; no target)"),
-             ("qt_vs_relu_minimal", "qt", "relu_minimal", qt_n, relu_minimal, "<= 1.5 (time ratio)")]
+             ("qt_vs_relu_minimal", "qt", "relu_minimal", qt_n, relu_minimal, "<= 1.5 (time ratio)"),
+             ("qt_core_vs_relu_minimal", "qt (torch ops, no fused CPU kernel)", "relu_minimal", qt_n, relu_minimal,
+              "(time ratio; no target)")]
     if compiled:
         cases.append(("qt_vs_relu_minimal_compiled", "qt", "relu_minimal", qt_n, relu_minimal,
                       "<= 1.5 (time ratio, both torch.compile)"))
@@ -121,13 +126,14 @@ def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads:
             continue
         g = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(1, heads, n, head_dim, generator=g).to(device) for _ in range(3))
-        module = create_kernel(name, head_dim=head_dim, num_heads=heads).to(device)
+        module = create_kernel(name.split(" ")[0], head_dim=head_dim, num_heads=heads).to(device)
         if ratio.endswith("_compiled"):  # static shapes: one compilation each, before the timed calls
             _allow_recompiles(64)
             module, base = torch.compile(module, dynamic=False), torch.compile(base, dynamic=False)
             base_name = f"{base_name} (compiled)"
             name = f"{name} (compiled)"
-        t_kernel, t_base = paired_times(lambda: module(q, k, v), lambda: base(q, k, v), device, repeats)
+        with cpu_fused.disabled() if ratio.startswith("qt_core") else contextlib.nullcontext():
+            t_kernel, t_base = paired_times(lambda: module(q, k, v), lambda: base(q, k, v), device, repeats)
         value = t_base / t_kernel if ratio.startswith("taylor2") else t_kernel / t_base
         rows.append(dict(ratio=ratio, kernel=name, baseline=base_name, n=n, head_dim=head_dim, heads=heads, batch=1,
                          dtype="float32", device=device.type, kernel_ms=round(t_kernel * 1e3, 4),

@@ -1,0 +1,236 @@
+"""A fused CPU kernel for qt's inference: the whole linear attention of one (batch, head) row in two passes over the
+tokens, nothing N-sized in memory but the output.
+
+Eager PyTorch computes qt as a dozen N-sized passes (the keys' squares, their norms, the division, the state product,
+the key sum, the queries' squares and norms, two products, the read); each is memory- and dispatch-bound at a head
+dim of 16, so qt costs ~1.7x a minimal ReLU attention there although its arithmetic is about the same. Here each key
+token is squared, normalised and added to the state (S += f vᵀ, z += f) while it is in registers, and each query
+token is squared, normalised and read against the state in the same way. The maths is ``linear_attention``'s shifted
+read (``core._shift_state`` / ``core._read_shifted``), which the tests compare it against.
+
+The extension is compiled on first use with torch.utils.cpp_extension (a C++ compiler and ninja; ~30 s once, then
+cached per machine). Where that is impossible, ``available()`` is False and qt runs its eager path, after one
+warning. Set QTVIT_NO_CPP=1 to never build it. Inference only: inputs that need gradients take the eager path.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import threading
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "usable", "qt_attention", "disabled"]
+
+MAX_HEAD_DIM = 64  # per-token scratch lives on the stack
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+// qt linear attention, float32, contiguous (R, Nk, d) keys, (R, Nk, e) values, (R, Nq, d) queries, R = batch x heads.
+// f(x) = x^2 / ||x^2|| (norm floored at sqrt(FLT_MIN)); constant feature c with c2 = c^2; b = c2 Nk + eps.
+// Pass 1: S = sum_n f(k_n) v_n^T, z = sum_n f(k_n), vsum = sum_n v_n. Shift: m = c2 vsum / b, S' = S - z m^T.
+// Pass 2: for each query, x = q^2, t = ||x||: out = m + (x S') / (x . z + t b)   (f(q) = x / t, folded).
+// The general row: any d, e up to 64.
+void qt_row(const float* __restrict__ kr, const float* __restrict__ vr, const float* __restrict__ qr,
+            float* __restrict__ orow, int64_t Nk, int64_t Nq, int64_t d, int64_t e, int64_t sk, int64_t sv,
+            int64_t sq, float c2, float b) {
+  const float floor_norm = std::sqrt(std::numeric_limits<float>::min());
+  float S[64 * 64], z[64], vsum[64], m[64], x[64], num[64];
+  std::fill(S, S + d * e, 0.f);
+  std::fill(z, z + d, 0.f);
+  std::fill(vsum, vsum + e, 0.f);
+  for (int64_t n = 0; n < Nk; ++n) {
+    const float* kn = kr + n * sk;
+    const float* vn = vr + n * sv;
+    float ss = 0.f;
+    for (int64_t i = 0; i < d; ++i) { x[i] = kn[i] * kn[i]; ss += x[i] * x[i]; }
+    const float inv = 1.f / std::max(std::sqrt(ss), floor_norm);
+    for (int64_t j = 0; j < e; ++j) vsum[j] += vn[j];
+    for (int64_t i = 0; i < d; ++i) {
+      const float fi = x[i] * inv;
+      z[i] += fi;
+      for (int64_t j = 0; j < e; ++j) S[i * e + j] += fi * vn[j];
+    }
+  }
+  for (int64_t j = 0; j < e; ++j) m[j] = c2 * vsum[j] / b;
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < e; ++j) S[i * e + j] -= z[i] * m[j];
+  for (int64_t n = 0; n < Nq; ++n) {
+    const float* qn = qr + n * sq;
+    float ss = 0.f, den = 0.f;
+    for (int64_t i = 0; i < d; ++i) { x[i] = qn[i] * qn[i]; ss += x[i] * x[i]; den += x[i] * z[i]; }
+    den += std::max(std::sqrt(ss), floor_norm) * b;
+    for (int64_t j = 0; j < e; ++j) num[j] = 0.f;
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t j = 0; j < e; ++j) num[j] += x[i] * S[i * e + j];
+    const float inv_den = 1.f / den;
+    float* on = orow + n * e;
+    for (int64_t j = 0; j < e; ++j) on[j] = m[j] + num[j] * inv_den;
+  }
+}
+
+// The same for d = e = 16, one token per 16-float vector (GCC/Clang vector extensions: one AVX-512 register, or
+// two AVX2 ones): the 16 x 16 state stays in registers, each token costs 16 broadcast multiply-adds per pass.
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 load16(const float* p) { v16 r; std::memcpy(&r, p, sizeof r); return r; }
+static inline float hsum16(v16 a) {  // a tree: 4 dependent adds, not 15
+  float t[16];
+  std::memcpy(t, &a, sizeof t);
+  for (int w = 8; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
+}
+
+void qt_row16(const float* __restrict__ kr, const float* __restrict__ vr, const float* __restrict__ qr,
+              float* __restrict__ orow, int64_t Nk, int64_t Nq, int64_t sk, int64_t sv, int64_t sq, float c2,
+              float b) {
+  const float floor_norm = std::sqrt(std::numeric_limits<float>::min());
+  v16 S[16], z = {}, vsum = {};
+  for (int i = 0; i < 16; ++i) S[i] = v16{};
+  for (int64_t n = 0; n < Nk; ++n) {
+    const v16 kv = load16(kr + n * sk), vv = load16(vr + n * sv);
+    const v16 x = kv * kv;
+    const float inv = 1.f / std::max(std::sqrt(hsum16(x * x)), floor_norm);
+    const v16 f = x * inv;
+    z += f;
+    vsum += vv;
+    for (int i = 0; i < 16; ++i) S[i] += f[i] * vv;
+  }
+  const v16 m = vsum * (c2 / b);
+  for (int i = 0; i < 16; ++i) S[i] -= z[i] * m;
+  for (int64_t n = 0; n < Nq; ++n) {
+    const v16 qv = load16(qr + n * sq);
+    const v16 x = qv * qv;
+    const float den = hsum16(x * z) + std::max(std::sqrt(hsum16(x * x)), floor_norm) * b;
+    v16 acc[4] = {};  // four partial sums: a chain of 4 multiply-adds instead of 16
+    for (int i = 0; i < 16; ++i) acc[i % 4] += x[i] * S[i];
+    const v16 o = m + ((acc[0] + acc[1]) + (acc[2] + acc[3])) * (1.f / den);
+    std::memcpy(orow + n * 16, &o, sizeof o);
+  }
+}
+
+// (B, H, N, d) q, k and (B, H, N, e) v with unit-stride channels and any other strides (e.g. views of one qkv
+// tensor); returns a contiguous (B, H, Nq, e).
+torch::Tensor qt_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, double c2d, double eps) {
+  const int64_t B = k.size(0), H = k.size(1), Nk = k.size(2), d = k.size(3), e = v.size(3), Nq = q.size(2);
+  TORCH_CHECK(d <= 64 && e <= 64, "qt_forward: head dims up to 64");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "qt_forward: unit-stride channels");
+  auto out = torch::empty({B, H, Nq, e}, v.options());
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float c2 = static_cast<float>(c2d);
+  const float b = static_cast<float>(c2d * static_cast<double>(Nk) + eps);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t bi = r / H, hi = r % H;
+      const float* kr = kp + bi * k.stride(0) + hi * k.stride(1);
+      const float* vr = vp + bi * v.stride(0) + hi * v.stride(1);
+      const float* qr = qp + bi * q.stride(0) + hi * q.stride(1);
+      float* orow = op + r * Nq * e;
+      if (d == 16 && e == 16)
+        qt_row16(kr, vr, qr, orow, Nk, Nq, k.stride(2), v.stride(2), q.stride(2), c2, b);
+      else
+        qt_row(kr, vr, qr, orow, Nk, Nq, d, e, k.stride(2), v.stride(2), q.stride(2), c2, b);
+    }
+  });
+  return out;
+}
+"""
+
+_lock = threading.Lock()
+_module: object | None = None
+_failed = False
+_off = threading.local()
+
+
+@contextlib.contextmanager
+def disabled():
+    """qt takes the shared core's torch ops inside this block (for comparisons; this thread only)."""
+    before = getattr(_off, "on", False)
+    _off.on = True
+    try:
+        yield
+    finally:
+        _off.on = before
+
+
+def _build_name() -> str:
+    """One build per source and CPU: -march=native code must not be reused on another processor."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    key = "\n".join([_SOURCE, platform.machine(), flags, torch.__version__])
+    return "qtvit_qt_cpu_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _load() -> object | None:
+    global _module, _failed
+    if _module is not None or _failed:
+        return _module
+    with _lock:
+        if _module is not None or _failed:
+            return _module
+        if os.environ.get("QTVIT_NO_CPP") == "1":
+            _failed = True
+            return None
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            # -fopenmp: at::parallel_for splits the rows over torch's threads (the process already holds torch's
+            # libgomp.so.1, which the extension then shares); without it the rows run on one thread
+            flags = ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+            _module = load_inline(_build_name(), cpp_sources=[_SOURCE], functions=["qt_forward"],
+                                  extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as e:  # no compiler, no ninja, a read-only cache: the eager path stays correct
+            _failed = True
+            warnings.warn(f"qtvit: the fused CPU kernel for qt could not be built ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); qt runs its eager path. Install a C++ "
+                          "compiler and ninja (pip install ninja) for the fast path, or set QTVIT_NO_CPP=1 to "
+                          "silence this.", RuntimeWarning, stacklevel=3)
+    return _module
+
+
+def usable(q: Tensor, k: Tensor, v: Tensor, scale: Tensor) -> bool:
+    """Whether ``qt_attention`` applies: CPU float32 (B, H, N, d) inputs with unit-stride channels, head dims up to
+    MAX_HEAD_DIM, no gradients wanted, and not inside a tracer, an exporter, torch.compile or a dispatch mode such as
+    FlopCounterMode (they need torch ops)."""
+    if getattr(_off, "on", False):
+        return False
+    ts = (q, k, v)
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 4 or t.stride(-1) != 1 for t in ts):
+        return False
+    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, scale)):
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
+    # a dispatch mode (FLOP counter, fake tensors, a profiler of ops) must see the attention as torch ops
+    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+
+
+def available() -> bool:
+    """True once the extension is built (builds it on the first call)."""
+    return _load() is not None
+
+
+def qt_attention(q: Tensor, k: Tensor, v: Tensor, scale: Tensor, eps: float) -> Tensor:
+    """qt's linear attention (``QTKernel``'s maths) for (B, H, N, d) q, k and (B, H, N, e) v; check ``usable`` and
+    ``available`` first."""
+    c = float(scale)
+    return _load().qt_forward(q, k, v, c * c, eps)
