@@ -406,3 +406,12 @@ def test_one_batchnorm_fold_for_conv_and_affine(affine):
     assert scale.shape == shift.shape == (6,)
     with pytest.raises(ValueError, match="track_running_stats=True"):
         bn_scale_shift(nn.BatchNorm2d(6, track_running_stats=False))
+
+
+def test_inference_forms_are_channels_last_on_the_cpu_only():
+    from qtvit.layers.fold import inference_memory_format
+
+    cpu = inference_memory_format(nn.Conv2d(4, 8, 3))
+    assert cpu.weight.is_contiguous(memory_format=torch.channels_last) and not cpu.weight.is_contiguous()
+    other = inference_memory_format(nn.Conv2d(4, 8, 3, device="meta"))  # any non-CPU device keeps its layout
+    assert other.weight.is_contiguous()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["ChannelAffine", "bn_scale_shift", "fuse_conv_bn"]
+__all__ = ["ChannelAffine", "bn_scale_shift", "fuse_conv_bn", "inference_memory_format"]
 
 
 def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,3 +60,12 @@ class ChannelAffine(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return x * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+def inference_memory_format(model: nn.Module) -> nn.Module:
+    """The memory format of an inference form, in place. On the CPU channels-last: the convs pick their NHWC kernels,
+    which skip layout reorders around the depthwise convs (measured 1.2-1.4x at 512 px on top of the folding). On
+    other devices the model's own: on an H100 the channels-last form ran up to 1.5x slower than the eager model (bf16,
+    2048 px, batch 32; results/gpu)."""
+    p = next(model.parameters(), None)
+    return model.to(memory_format=torch.channels_last) if p is None or p.device.type == "cpu" else model

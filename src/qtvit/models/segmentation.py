@@ -39,6 +39,7 @@ import torch.nn as nn
 from .._utils import parse_size
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..layers.conv import ConvNormAct, FusedMBConv, LayerType, MBConv
+from ..layers.fold import inference_memory_format
 from ..layers.seg_heads import FCNHead, SegHead, UperHead, resize_to
 from ._builder import build_model_with_cfg
 from ._features import feature_take_indices
@@ -149,7 +150,7 @@ class SegmentationModel(nn.Module):
         for m in list(self.modules()):
             if isinstance(m, ConvNormAct):
                 m.fuse()
-        return self.to(memory_format=torch.channels_last)
+        return inference_memory_format(self)
 
 
 # --------------------------------------------------------------------------------------------------------------------
