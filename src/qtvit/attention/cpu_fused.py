@@ -27,6 +27,9 @@ from torch import Tensor
 __all__ = ["available", "usable", "qt_attention", "disabled"]
 
 MAX_HEAD_DIM = 64  # per-token scratch lives on the stack
+# Below this many keys the torch ops cost about the same (a 7x7 map has 49 tokens), and a small job (a 28 px
+# classifier's evaluation) should not pay the ~30 s build.
+MIN_TOKENS = 256
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -207,14 +210,14 @@ def _load() -> object | None:
 
 def usable(q: Tensor, k: Tensor, v: Tensor, scale: Tensor) -> bool:
     """Whether ``qt_attention`` applies: CPU float32 (B, H, N, d) inputs with unit-stride channels, head dims up to
-    MAX_HEAD_DIM, no gradients wanted, and not inside a tracer, an exporter, torch.compile or a dispatch mode such as
+    MAX_HEAD_DIM, at least MIN_TOKENS keys, no gradients wanted, and not inside a tracer, an exporter, torch.compile or a dispatch mode such as
     FlopCounterMode (they need torch ops)."""
     if getattr(_off, "on", False):
         return False
     ts = (q, k, v)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 4 or t.stride(-1) != 1 for t in ts):
         return False
-    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM or k.shape[2] < MIN_TOKENS:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, scale)):
         return False
