@@ -82,8 +82,9 @@ void qt_row(const float* __restrict__ kr, const float* __restrict__ vr, const fl
   }
 }
 
-// The same for d = e = 16, one token per 16-float vector (GCC/Clang vector extensions: one AVX-512 register, or
-// two AVX2 ones): the 16 x 16 state stays in registers, each token costs 16 broadcast multiply-adds per pass.
+// The same for d = e = D, a multiple of 16, in 16-float vectors (GCC/Clang vector extensions: one AVX-512 register,
+// or two AVX2 ones) of C = D / 16 column chunks: for D = 16 the 16 x 16 state stays in registers, and each token
+// costs D x C broadcast multiply-adds per pass.
 typedef float v16 __attribute__((vector_size(64)));
 
 static inline v16 load16(const float* p) { v16 r; std::memcpy(&r, p, sizeof r); return r; }
@@ -95,31 +96,53 @@ static inline float hsum16(v16 a) {  // a tree: 4 dependent adds, not 15
   return t[0];
 }
 
-void qt_row16(const float* __restrict__ kr, const float* __restrict__ vr, const float* __restrict__ qr,
-              float* __restrict__ orow, int64_t Nk, int64_t Nq, int64_t sk, int64_t sv, int64_t sq, float c2,
-              float b) {
+template <int D>
+void qt_rowv(const float* __restrict__ kr, const float* __restrict__ vr, const float* __restrict__ qr,
+             float* __restrict__ orow, int64_t Nk, int64_t Nq, int64_t sk, int64_t sv, int64_t sq, float c2,
+             float b) {
+  constexpr int C = D / 16;
   const float floor_norm = std::sqrt(std::numeric_limits<float>::min());
-  v16 S[16], z = {}, vsum = {};
-  for (int i = 0; i < 16; ++i) S[i] = v16{};
+  v16 S[D * C], z[C], vsum[C], m[C], x[C], vv[C];
+  for (auto& t : S) t = v16{};
+  for (int c = 0; c < C; ++c) z[c] = vsum[c] = v16{};
   for (int64_t n = 0; n < Nk; ++n) {
-    const v16 kv = load16(kr + n * sk), vv = load16(vr + n * sv);
-    const v16 x = kv * kv;
-    const float inv = 1.f / std::max(std::sqrt(hsum16(x * x)), floor_norm);
-    const v16 f = x * inv;
-    z += f;
-    vsum += vv;
-    for (int i = 0; i < 16; ++i) S[i] += f[i] * vv;
+    float ss = 0.f;
+    for (int c = 0; c < C; ++c) {
+      const v16 kv = load16(kr + n * sk + 16 * c);
+      x[c] = kv * kv;
+      ss += hsum16(x[c] * x[c]);
+      vv[c] = load16(vr + n * sv + 16 * c);
+    }
+    const float inv = 1.f / std::max(std::sqrt(ss), floor_norm);
+    for (int c = 0; c < C; ++c) { x[c] *= inv; z[c] += x[c]; vsum[c] += vv[c]; }
+    for (int i = 0; i < D; ++i) {
+      const float fi = x[i / 16][i % 16];
+      for (int c = 0; c < C; ++c) S[i * C + c] += fi * vv[c];
+    }
   }
-  const v16 m = vsum * (c2 / b);
-  for (int i = 0; i < 16; ++i) S[i] -= z[i] * m;
+  for (int c = 0; c < C; ++c) m[c] = vsum[c] * (c2 / b);
+  for (int i = 0; i < D; ++i)
+    for (int c = 0; c < C; ++c) S[i * C + c] -= z[i / 16][i % 16] * m[c];
   for (int64_t n = 0; n < Nq; ++n) {
-    const v16 qv = load16(qr + n * sq);
-    const v16 x = qv * qv;
-    const float den = hsum16(x * z) + std::max(std::sqrt(hsum16(x * x)), floor_norm) * b;
-    v16 acc[4] = {};  // four partial sums: a chain of 4 multiply-adds instead of 16
-    for (int i = 0; i < 16; ++i) acc[i % 4] += x[i] * S[i];
-    const v16 o = m + ((acc[0] + acc[1]) + (acc[2] + acc[3])) * (1.f / den);
-    std::memcpy(orow + n * 16, &o, sizeof o);
+    float ss = 0.f, den = 0.f;
+    for (int c = 0; c < C; ++c) {
+      const v16 qv = load16(qr + n * sq + 16 * c);
+      x[c] = qv * qv;
+      ss += hsum16(x[c] * x[c]);
+      den += hsum16(x[c] * z[c]);
+    }
+    den += std::max(std::sqrt(ss), floor_norm) * b;
+    v16 acc[C][4];  // four partial sums per chunk: a chain of D / 4 multiply-adds instead of D
+    for (int c = 0; c < C; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = v16{};
+    for (int i = 0; i < D; ++i) {
+      const float xi = x[i / 16][i % 16];
+      for (int c = 0; c < C; ++c) acc[c][i % 4] += xi * S[i * C + c];
+    }
+    const float inv_den = 1.f / den;
+    for (int c = 0; c < C; ++c) {
+      const v16 o = m[c] + ((acc[c][0] + acc[c][1]) + (acc[c][2] + acc[c][3])) * inv_den;
+      std::memcpy(orow + n * D + 16 * c, &o, sizeof o);
+    }
   }
 }
 
@@ -144,7 +167,9 @@ torch::Tensor qt_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, doub
       const float* qr = qp + bi * q.stride(0) + hi * q.stride(1);
       float* orow = op + r * Nq * e;
       if (d == 16 && e == 16)
-        qt_row16(kr, vr, qr, orow, Nk, Nq, k.stride(2), v.stride(2), q.stride(2), c2, b);
+        qt_rowv<16>(kr, vr, qr, orow, Nk, Nq, k.stride(2), v.stride(2), q.stride(2), c2, b);
+      else if (d == 32 && e == 32)
+        qt_rowv<32>(kr, vr, qr, orow, Nk, Nq, k.stride(2), v.stride(2), q.stride(2), c2, b);
       else
         qt_row(kr, vr, qr, orow, Nk, Nq, d, e, k.stride(2), v.stride(2), q.stride(2), c2, b);
     }
