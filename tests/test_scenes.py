@@ -105,3 +105,28 @@ def test_default_dataset_batches():
     (x, y), = list(ev.iterate(0))
     assert x.shape == (4, 3, 256, 256) and y.shape == (4, 256, 256) and int(y.max()) <= 10
     assert Path(info.root) == Path(SMALL_FMNIST)
+
+
+def test_denser_training_scenes_leave_the_test_scenes_alone():
+    info = open_segmentation(SMALL_FMNIST)
+    dense = build_segmentation_batches(info, train=True, crop_size=64, batch_size=2, workers=0, limit=20,
+                                       scene_items=(6, 10))
+    test = build_segmentation_batches(info, train=False, crop_size=64, batch_size=2, workers=0, limit=20,
+                                      scene_items=(6, 10))
+    counts = [len(dense.dataset.layout(i).items) for i in range(20)]
+    assert min(counts) >= 6 and max(counts) <= 10 and dense.dataset.spec.items == (6, 10)
+    assert test.dataset.spec == info.scene_spec  # the test split keeps the generator's 3-7
+    with pytest.raises(ValueError, match="items need 2 <= low <= high"):
+        build_segmentation_batches(info, train=True, crop_size=64, batch_size=2, workers=0, scene_items=(5, 4))
+
+
+def test_scene_items_from_the_command_line():
+    from qtvit.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train", "--recipe", "seg-scenes", "--scene-items", "6", "10"]))
+    assert cfg.scene_items == (6, 10) and all(type(n) is int for n in cfg.scene_items)
+    with pytest.raises(SystemExit):  # a fraction is not a number of items
+        build_parser().parse_args(["train", "--scene-items", "6.5", "10"])
+    with pytest.raises(ValueError, match="--scene-items 9 6: give two whole numbers, the smaller first"):
+        from qtvit.train.recipes import check_config, make_config
+        check_config(make_config("seg-scenes", scene_items=(9, 6)))

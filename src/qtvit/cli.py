@@ -50,6 +50,8 @@ _HELP = {
     "randaug_m": "RandAugment magnitude", "reprob": "random erasing probability",
     "rrc_scale": "random resized crop area range (image folders)",
     "scale_range": "segmentation: random rescale ratio range before the crop (mmseg: 0.5 2.0)",
+    "scene_items": "segmentation on the embedded scenes: fewest and most items per training scene (the test scenes "
+                   "keep 3-7; 6 10 measured 50.3 against 47.2 %% mIoU with seg-scenes, docs/segmentation_recipe.md)",
     "eval_size": "segmentation: evaluate with the images' short side resized to this (the labels keep their size; "
     "default: the dataset's protocol)",
     "padding": "random-crop padding (Fashion-MNIST)",
@@ -171,8 +173,9 @@ def add_train_parser(subparsers) -> None:
         if isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
             kw["help"] = _HELP.get(f.name, "")
-        elif isinstance(default, tuple):
-            kw.update(nargs=2, type=bounded(float, BOUNDS.get(f.name)), metavar=("A", "B"))
+        elif isinstance(default, tuple):  # pairs of numbers, whole numbers where the default's are
+            kind = int if all(isinstance(v, int) for v in default) else float
+            kw.update(nargs=2, type=bounded(kind, BOUNDS.get(f.name)), metavar=("A", "B"))
         elif isinstance(default, dict):
             kw.update(nargs="*", type=_kv, metavar="KEY=VALUE")
         elif f.name in BOUNDS:
@@ -183,6 +186,8 @@ def add_train_parser(subparsers) -> None:
     p.set_defaults(func=run_train)
 
 
+# Options that take two values (tuples in TrainConfig, lists in args.json).
+_PAIRS = ("betas", "rrc_scale", "scale_range", "scene_items")
 # Options that belong to one invocation, not to the run: a resumed run does not inherit them from args.json.
 _NOT_RESUMED = ("max_steps", "resume")
 
@@ -195,7 +200,7 @@ def config_from_args(args: argparse.Namespace):
     given = {k: v for k, v in vars(args).items() if k in names and k != "recipe" and v is not None}
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
-    for k in ("betas", "rrc_scale", "scale_range"):
+    for k in _PAIRS:
         if k in given:
             given[k] = tuple(given[k])
     if args.resume:
@@ -205,7 +210,7 @@ def config_from_args(args: argparse.Namespace):
             raise FileNotFoundError(f"--resume {args.resume}: the run folder has no args.json; pass the run folder "
                                     "that `qtvit train` printed")
         saved = {k: v for k, v in json.loads(saved_args.read_text()).items() if k in names and k not in _NOT_RESUMED}
-        for k in ("betas", "rrc_scale", "scale_range"):
+        for k in _PAIRS:
             if k in saved:  # runs saved before an option existed take its default
                 saved[k] = tuple(saved[k])
         return TrainConfig(**{**saved, **given})

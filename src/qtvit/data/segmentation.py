@@ -22,6 +22,7 @@ batches are normalised (``transforms.normalize``) and the logits scored by ``tra
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,10 +139,12 @@ def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: 
                                rank: int = 0, world: int = 1, workers: int = 4, limit: int | None = None,
                                ratio_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True,
                                eval_short_side: int | None = None, eval_size: tuple[int, int] | None = None,
-                               cache_dir: str | os.PathLike | None = None) -> SegmentationBatches:
+                               cache_dir: str | os.PathLike | None = None,
+                               scene_items: tuple[int, int] | None = None) -> SegmentationBatches:
     """The training iterator (random scale, crop to `crop_size`, flip; see seg_transforms.py) or the evaluation
     iterator (the dataset's official protocol, or `eval_short_side` / `eval_size` when given) of `info`.
-    `limit` keeps the first `limit` samples; `cache_dir` caches generated scenes."""
+    `limit` keeps the first `limit` samples; `cache_dir` caches generated scenes; `scene_items` (training on the
+    embedded scenes only) sets the fewest and most items per scene (denser scenes: more labelled garment pixels)."""
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size} is not a positive number of images; pass --batch-size 1 or more")
     if limit is not None and limit < 1:
@@ -156,8 +159,11 @@ def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: 
         split = info.train_split if train else info.eval_split
         images, labels = info.arrays(split)
         n = info.scenes[0] if train else info.scenes[1]
+        spec = info.scene_spec
+        if train and scene_items is not None:
+            spec = dataclasses.replace(spec, items=(int(scene_items[0]), int(scene_items[1])))
         ds = FashionMNISTScenes(images, labels, min(n, limit or n), split=split, seed=info.scene_seed,
-                                spec=info.scene_spec, transform=tf, cache_dir=cache_dir)
+                                spec=spec, transform=tf, cache_dir=cache_dir)
     else:
         pairs, label_map = _pairs(info, info.train_split if train else info.eval_split)
         ds = SegmentationFolder(pairs[:limit] if limit else pairs, label_map, tf)

@@ -49,6 +49,8 @@ class TrainConfig:
     smoothing: float = 0.1
     aux_weight: float = 0.4            # segmentation: weight of the auxiliary head's loss (UperNet's FCN head)
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale ratio before the crop (mmseg's)
+    scene_items: tuple[int, int] = (3, 7)  # segmentation on the embedded scenes: fewest and most items per training
+                                           # scene (the test scenes keep the generator's 3-7)
     eval_size: int | None = None       # segmentation: evaluate with the images' short side resized to this (labels
                                        # keep their size); default: the dataset's protocol
     bce: bool = False                  # BCE-with-logits on the (smoothed, mixed) targets instead of cross-entropy
@@ -193,7 +195,7 @@ BOUNDS: dict[str, Bound] = {
     "keep_checkpoints": _POSITIVE, "eval_every_epochs": _POSITIVE, "limit_train": _POSITIVE,
     "limit_eval": _POSITIVE, "max_steps": _POSITIVE, "betas": Bound(0, 1, hi_open=True),
     "rrc_scale": Bound(0, 1, lo_open=True), "aux_weight": _NONNEG,
-    "scale_range": Bound(0, 8, lo_open=True), "eval_size": Bound(8, 8192),
+    "scale_range": Bound(0, 8, lo_open=True), "eval_size": Bound(8, 8192), "scene_items": Bound(2, 64),
 }
 BOUND_HINTS = {"limit_train": "; leave it out to use all images", "limit_eval": "; leave it out to use all images",
           "crop_pct": " (the fraction of the resized image kept by the centre crop)",
@@ -202,7 +204,7 @@ BOUND_HINTS = {"limit_train": "; leave it out to use all images", "limit_eval": 
 
 def check_value(name: str, value) -> None:
     """A ValueError naming the option and what it accepts when `value` (None: unset, always fine) is out of
-    BOUNDS; pairs (betas, rrc_scale, scale_range) are checked element-wise."""
+    BOUNDS; pairs (betas, rrc_scale, scale_range, scene_items) are checked element-wise."""
     bound = BOUNDS.get(name)
     if bound is None or value is None:
         return
@@ -232,6 +234,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--rrc-scale {cfg.rrc_scale[0]} {cfg.rrc_scale[1]}: give the smaller area first")
     if cfg.scale_range[0] > cfg.scale_range[1]:
         raise ValueError(f"--scale-range {cfg.scale_range[0]} {cfg.scale_range[1]}: give the smaller ratio first")
+    if cfg.scene_items[0] > cfg.scene_items[1] or any(int(n) != n for n in cfg.scene_items):
+        raise ValueError(f"--scene-items {cfg.scene_items[0]} {cfg.scene_items[1]}: give two whole numbers, the "
+                         "smaller first")
     if cfg.task not in TASKS:
         raise ValueError(f"--task {cfg.task!r}: use {' or '.join(TASKS)}")
     if cfg.schedule not in SCHEDULES:

@@ -137,7 +137,8 @@ def _seg_batches(cfg: TrainConfig, info: SegDatasetInfo, data_cfg: DataConfig, d
     # --img-size is the training crop; evaluation follows the dataset's protocol (labels at their own size), its
     # images resized to --eval-size when given
     common = dict(crop_size=data_cfg.input_size[-1], seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
-    crops = dict(limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range))
+    crops = dict(limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range),
+                 scene_items=tuple(cfg.scene_items))
     train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, **crops, **common)
     evals = build_segmentation_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval,
                                        eval_short_side=cfg.eval_size, **common)
