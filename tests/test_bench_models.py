@@ -134,3 +134,13 @@ def test_measure_writers_fail_cleanly(tmp_path, monkeypatch):
     assert read_csv(path) == [{"a": "1"}] and os.listdir(tmp_path) == ["r.csv"]
     measure.write_csv([{"a": 2, "b": 3}], path, "second", ["a"], extrasaction="ignore")
     assert read_csv(path) == [{"a": "2"}]
+
+
+def test_kernel_benchmark_takes_one_shot_iterables():
+    from qtvit.bench.kernels import benchmark_kernels
+
+    rows = benchmark_kernels(iter(["qt", "relu"]), [64, 128], head_dims=(8, 16), modes=iter(["fwd"]), repeats=1)
+    # every kernel at every head dim and N: the iterables are not used up by the first head dim
+    assert sorted((r["kernel"], r["head_dim"], r["n"]) for r in rows) == sorted(
+        (k, d, n) for k in ("qt", "relu") for d in (8, 16) for n in (64, 128))
+    assert all(r["path"] == "eager" and r["time_ms"] > 0 for r in rows)

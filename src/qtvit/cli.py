@@ -186,8 +186,6 @@ def add_train_parser(subparsers) -> None:
     p.set_defaults(func=run_train)
 
 
-# Options that take two values (tuples in TrainConfig, lists in args.json).
-_PAIRS = ("betas", "rrc_scale", "scale_range", "scene_items")
 # Options that belong to one invocation, not to the run: a resumed run does not inherit them from args.json.
 _NOT_RESUMED = ("max_steps", "resume")
 
@@ -198,9 +196,11 @@ def config_from_args(args: argparse.Namespace):
     from .train.recipes import TrainConfig, make_config
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and k != "recipe" and v is not None}
+    defaults = TrainConfig()  # options that take two values: tuples in TrainConfig, lists in args.json and argparse
+    pairs = [k for k in names if isinstance(getattr(defaults, k), tuple)]
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
-    for k in _PAIRS:
+    for k in pairs:
         if k in given:
             given[k] = tuple(given[k])
     if args.resume:
@@ -210,7 +210,7 @@ def config_from_args(args: argparse.Namespace):
             raise FileNotFoundError(f"--resume {args.resume}: the run folder has no args.json; pass the run folder "
                                     "that `qtvit train` printed")
         saved = {k: v for k, v in json.loads(saved_args.read_text()).items() if k in names and k not in _NOT_RESUMED}
-        for k in _PAIRS:
+        for k in pairs:
             if k in saved:  # runs saved before an option existed take its default
                 saved[k] = tuple(saved[k])
         return TrainConfig(**{**saved, **given})

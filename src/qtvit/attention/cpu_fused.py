@@ -235,8 +235,8 @@ def _load() -> object | None:
 
 def usable(q: Tensor, k: Tensor, v: Tensor, scale: Tensor) -> bool:
     """Whether ``qt_attention`` applies: CPU float32 (B, H, N, d) inputs with unit-stride channels, head dims up to
-    MAX_HEAD_DIM, at least MIN_TOKENS keys, no gradients wanted, and not inside a tracer, an exporter, torch.compile or a dispatch mode such as
-    FlopCounterMode (they need torch ops)."""
+    MAX_HEAD_DIM, at least MIN_TOKENS keys, no gradients wanted, and not inside a tracer, an exporter, torch.compile
+    or a dispatch mode such as FlopCounterMode (they need torch ops)."""
     if getattr(_off, "on", False):
         return False
     ts = (q, k, v)

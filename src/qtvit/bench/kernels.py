@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..attention import cpu_fused, create_kernel, list_kernels
 from .measure import (  # noqa: F401
     device_line,
+    failure_note,
     median_time,
     peak_memory_bytes,
     read_csv,
@@ -116,8 +117,7 @@ def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads:
              ("taylor2_vs_peer_symmetric", "taylor2", PEER + "(remove_even_power_dups)", taylor_n,
               peer_taylor_core(head_dim, symmetric=True), "(speed-up; no target)"),
              ("qt_vs_relu_minimal", "qt", "relu_minimal", qt_n, relu_minimal, "<= 1.5 (time ratio)"),
-             ("qt_core_vs_relu_minimal", "qt (torch ops, no fused CPU kernel)", "relu_minimal", qt_n, relu_minimal,
-              "(time ratio; no target)")]
+             ("qt_core_vs_relu_minimal", "qt", "relu_minimal", qt_n, relu_minimal, "(time ratio; no target)")]
     if compiled:
         cases.append(("qt_vs_relu_minimal_compiled", "qt", "relu_minimal", qt_n, relu_minimal,
                       "<= 1.5 (time ratio, both torch.compile)"))
@@ -126,7 +126,9 @@ def speed_ratios(device: str | torch.device = "cpu", *, repeats: int = 9, heads:
             continue
         g = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(1, heads, n, head_dim, generator=g).to(device) for _ in range(3))
-        module = create_kernel(name.split(" ")[0], head_dim=head_dim, num_heads=heads).to(device)
+        module = create_kernel(name, head_dim=head_dim, num_heads=heads).to(device)
+        if ratio.startswith("qt_core"):
+            name = "qt (torch ops, no fused CPU kernel)"
         if ratio.endswith("_compiled"):  # static shapes: one compilation each, before the timed calls
             _allow_recompiles(64)
             module, base = torch.compile(module, dynamic=False), torch.compile(base, dynamic=False)
@@ -161,9 +163,10 @@ def benchmark_kernels(
     ``compiled``: each kernel also under ``torch.compile`` (rows with ``path`` "compile"; one compilation per
     kernel and mode, then a second one with dynamic N when N changes, so later sizes reuse it)."""
     device = torch.device(device)
+    kernels, modes = list(kernels), list(modes)  # iterated once per head dim and per N
     rows: list[dict] = []
     if compiled:
-        _allow_recompiles(8 * len(list(kernels)) * len(list(modes)))
+        _allow_recompiles(8 * len(kernels) * len(modes))
     for d in head_dims:
         too_slow: set[tuple[str, str, str]] = set()
         modules: dict[tuple[str, str], Callable] = {}
@@ -210,10 +213,7 @@ def _measure_point(fn: Callable[[], None], device: torch.device, *, compiled: bo
         t, times = median_time(fn, device, repeats=repeats, warmup=0, budget_s=budget_s)
         mem = peak_memory_bytes(fn, device)
     except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return dict(time_ms="", runs=0, peak_mib="",
-                    note=f"failed: {type(e).__name__}: {' '.join(str(e).split())[:120]}; larger N skipped")
+        return dict(time_ms="", runs=0, peak_mib="", note=f"{failure_note(e, device, 120)}; larger N skipped")
     return dict(time_ms=round(t * 1e3, 4), runs=len(times), note="",
                 peak_mib="" if mem is None else round(mem / 2 ** 20, 2))
 

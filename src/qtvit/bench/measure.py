@@ -51,6 +51,14 @@ def median_time(fn: Callable[[], object], device: torch.device, *, repeats: int 
     return statistics.median(times), times
 
 
+def failure_note(error: BaseException, device: torch.device, width: int = 160) -> str:
+    """A benchmark point that failed (out of memory, a compiler error) as a one-line CSV note; on CUDA the cached
+    blocks are released first, so that the next point starts from a clean allocator."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return f"failed: {type(error).__name__}: {' '.join(str(error).split())[:width]}"
+
+
 def _proc_status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:

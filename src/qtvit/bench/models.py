@@ -46,7 +46,7 @@ import torch
 
 from .._utils import did_you_mean, parse_model_spec, parse_size
 from ..models import inference_form, list_models
-from .measure import device_line, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
+from .measure import device_line, failure_note, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
 from .measure import write_csv as write_results_csv
@@ -132,15 +132,13 @@ def _mode_rows(name: str, params_m: float, mode: str, forms: Forms, plan: _Plan,
                     t, runs, mem, too_slow = _measure(fn, plan)
                 except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as e:
                     # one failing path (a compiler error, memory) is a result to report, not the end of the run
-                    row["note"] = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:160]}"
+                    row["note"] = failure_note(e, plan.device)
                     rows.append(row)
                     if on_row:
                         on_row(row)
                     continue
                 finally:
                     fn = None
-                    if plan.device.type == "cuda":
-                        torch.cuda.empty_cache()
                 if too_slow:
                     row["note"] = f"one run: {t:.0f} s > max-call {plan.max_call_s:g} s; larger sizes skipped"
                     for b in plan.batches:  # larger sizes, and larger batches, would take longer still

@@ -150,6 +150,12 @@ class Forms:
     def _cast(self, model: nn.Module) -> nn.Module:
         return model if self.dtype == torch.float32 else model.to(self.dtype)
 
+    def _in_dtype(self) -> tuple[nn.Module, float]:
+        """(the model in the benchmark's dtype, setup seconds): the model itself in float32, else one cast copy."""
+        if self.dtype == torch.float32:
+            return self.model, 0.0
+        return self._shared("cast", lambda: copy.deepcopy(self.model).to(self.dtype))
+
     def _shared(self, mode: str, make: Callable[[], object]) -> tuple[object, float]:
         if mode not in self._cache:
             t0 = time.perf_counter()
@@ -175,9 +181,7 @@ class Forms:
         x = torch.randn(batch, getattr(self.model, "in_chans", 3), h, w, device=self.device, dtype=self.dtype)
         t0 = time.perf_counter()
         if mode == "eager":
-            if self.dtype == torch.float32:
-                return runner(self.model, x), 0.0
-            model, setup = self._shared(mode, lambda: self._cast(copy.deepcopy(self.model)))
+            model, setup = self._in_dtype()
             return runner(model, x), setup
         if mode == "fused":
             return runner(self._cast(inference_form(self.model, (h, w))), x), time.perf_counter() - t0
@@ -185,7 +189,7 @@ class Forms:
             fused, setup = self._shared(mode, lambda: self._cast(inference_form(self.model, None)))
             return runner(fused, x), setup
         if mode == "jit":
-            traced, setup = self._shared(mode, lambda: jit_form(self._cast(copy.deepcopy(self.model)), x))
+            traced, setup = self._shared(mode, lambda: jit_form(self._in_dtype()[0], x))
             return runner(traced, x), setup
         if mode == "compile":
             compiled = torch.compile(self._cast(inference_form(self.model, (h, w))), dynamic=False)
