@@ -138,6 +138,37 @@ def test_loss_resizes_logits_ignores_255_and_adds_the_auxiliary_loss():
         task.loss(torch.randn(2, 3), target)
 
 
+def test_ohem_averages_the_loss_over_the_hard_pixels_only():
+    from qtvit.data import DataConfig
+    from qtvit.train.tasks import hard_pixels
+    # 64 labelled pixels of two classes: p(own class) = sigmoid(margin) from the logits' margin
+    margin = torch.linspace(-3, 5, 64).reshape(1, 8, 8)
+    logits = torch.stack([margin, torch.zeros_like(margin)], 1)  # class 0's logit is the margin
+    target = torch.zeros(1, 8, 8, dtype=torch.int64)
+    target[0, 0, :2] = 255
+    p = torch.sigmoid(margin)
+    hard = (p <= 0.7) & (target != 255)
+    assert 10 < hard.sum() < 50
+    task = Segmentation(2, DataConfig((3, 8, 8), 1.0, "bicubic", (0.5,) * 3, (0.5,) * 3),
+                        make_config(task="segmentation", ohem=0.7))
+    expected = -torch.log(p)[hard].mean()
+    assert task.loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    # every pixel easy: the 1/16 hardest labelled ones (62 // 16 = 3) still train
+    loss = F.cross_entropy(logits + torch.tensor([8.0, 0.0])[:, None, None], target, ignore_index=255,
+                           reduction="none")
+    kept = hard_pixels(loss, target != 255, 0.7)
+    assert kept.sum() == 3 and not kept[0, 0, :2].any()
+    assert loss[kept].min() >= loss[(target != 255) & ~kept].max()
+    off = Segmentation(2, DataConfig((3, 8, 8), 1.0, "bicubic", (0.5,) * 3, (0.5,) * 3),
+                       make_config(task="segmentation"))  # default 0: the mean over every labelled pixel
+    assert off.loss(logits, target).item() == pytest.approx(-torch.log(p)[target != 255].mean().item(), rel=1e-5)
+    from qtvit.train.recipes import check_config
+    with pytest.raises(ValueError, match="--ohem 1.5 is out of range"):
+        check_config(make_config(task="segmentation", ohem=1.5))
+    with pytest.raises(ValueError, match="--ohem 0.7: segmentation only"):
+        check_config(make_config(ohem=0.7))
+
+
 
 def test_seg_jitter_off_leaves_only_the_normalisation():
     from qtvit.data import DataConfig

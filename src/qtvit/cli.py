@@ -42,6 +42,8 @@ _HELP = {
     "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
     "min_lr": "final learning rate of the schedule", "schedule": "learning-rate decay after the warm-up: cosine, or "
     "poly (power 0.9) (default: cosine)", "aux_weight": "segmentation: weight of the auxiliary head's loss",
+    "ohem": "segmentation: online hard example mining, the loss over the pixels whose own class has probability "
+    "below this (mmseg: 0.7), at least 1/16 of them (default 0: off)",
     "warmup_lr": "learning rate at step 0",
     "weight_decay": "AdamW weight decay (none on norms and biases)", "betas": "AdamW betas",
     "opt_eps": "AdamW eps", "clip_grad": "clip the gradient norm to this", "smoothing": "label smoothing",
@@ -51,7 +53,7 @@ _HELP = {
     "rrc_scale": "random resized crop area range (image folders)",
     "scale_range": "segmentation: random rescale ratio range before the crop (mmseg: 0.5 2.0)",
     "scene_items": "segmentation on the embedded scenes: fewest and most items per training scene (the test scenes "
-                   "keep 3-7; 6 10 measured 50.3 against 47.2 %% mIoU with seg-scenes, docs/segmentation_recipe.md)",
+                   "keep 3-7; seg-scenes uses 12 20, docs/segmentation_recipe.md)",
     "eval_size": "segmentation: evaluate with the images' short side resized to this (the labels keep their size; "
     "default: the dataset's protocol)",
     "padding": "random-crop padding (Fashion-MNIST)",

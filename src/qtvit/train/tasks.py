@@ -16,6 +16,7 @@ per-pixel cross-entropy with ignored pixels (255) left out, plus UperNet's auxil
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -122,9 +123,12 @@ class Segmentation:
         # The head's stride (4, 8, 16) is undone on the logits, bilinearly as mmseg and EfficientViT train, so the
         # loss sees every labelled pixel of the crop.
         logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
-        # The mean over labelled pixels (torch's "mean"), but 0 rather than NaN for a crop with none labelled.
-        return loss / (target != self.ignore_index).sum().clamp(min=1)
+        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        kept = target != self.ignore_index
+        if self.cfg.ohem > 0:
+            kept = hard_pixels(loss.detach(), kept, self.cfg.ohem)
+        # The mean over the kept pixels (torch's "mean"), but 0 rather than NaN for a crop with none labelled.
+        return (loss * kept).sum() / kept.sum().clamp(min=1)
 
     def loss(self, output, target: torch.Tensor) -> torch.Tensor:
         logits = main_logits(output, self.cfg.model)
@@ -137,6 +141,20 @@ class Segmentation:
     def evaluate(self, model: nn.Module, batches, device: torch.device) -> dict:
         return evaluate_segmentation(model, batches, self.data_cfg, device, self.num_classes, self.amp,
                                      self.cfg.channels_last, self.ignore_index)
+
+
+def hard_pixels(pixel_loss: torch.Tensor, labelled: torch.Tensor, threshold: float,
+                min_fraction: float = 1 / 16) -> torch.Tensor:
+    """mmseg's OHEM pixel sampler: the labelled pixels whose own class has probability below `threshold`, or, when
+    fewer are that hard, the `min_fraction` of labelled pixels with the lowest probability (so easy background does
+    not fill the mean, and a batch of easy pixels still trains). `pixel_loss` is the per-pixel cross-entropy,
+    -log p(own class)."""
+    hard = labelled & (pixel_loss > -math.log(threshold))
+    min_kept = int(min_fraction * labelled.sum())
+    if hard.sum() < min_kept:  # by rank, so ties (p = 1 in float32) cannot keep them all
+        ranked = torch.where(labelled, pixel_loss, -1.0).flatten().topk(min_kept).indices
+        hard = torch.zeros_like(labelled).flatten().index_fill_(0, ranked, True).view_as(labelled)
+    return hard
 
 
 def create_task(cfg, num_classes: int, data_cfg: DataConfig) -> Task:
