@@ -139,6 +139,36 @@ def test_an_unreadable_image_is_skipped_not_its_mask(tmp_path):
     assert isinstance(item, Unreadable) and item.path.endswith("a.png")
 
 
+def _mmseg_crop_box(labels, crop, cat_max_ratio, rng):
+    """mmseg's RandomCrop box as written there: up to 10 draws, each box tested for the class ratio."""
+    h, w = labels.shape
+    ch, cw = min(crop, h), min(crop, w)
+    for _ in range(10):
+        top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
+        c = labels[top:top + ch, left:left + cw]
+        counts = torch.bincount(c[c != 255].flatten())
+        counts = counts[counts > 0]
+        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+            break
+    return top, left, ch, cw
+
+
+@pytest.mark.parametrize("crop", [16, 24, 40])
+def test_crop_box_draws_as_mmseg_and_tests_a_whole_image_crop_once(crop):
+    # Mostly one class (the ratio test fails for most boxes) and a small second one; a 24 crop of the 24 x 24 labels
+    # is the whole image (one box, tested once instead of ten times), 40 is larger than the image. The boxes and the
+    # draws after them (the flip) must be mmseg's exactly.
+    import random
+    labels = torch.zeros(24, 24, dtype=torch.int64)
+    labels[2:6, 3:7] = 1
+    labels[20:, 20:] = 255
+    for seed in range(20):
+        tf = SegTrainTransform(crop, cat_max_ratio=0.75)
+        ours, ref = random.Random(seed), random.Random(seed)
+        assert tf._crop_box(labels, ours) == _mmseg_crop_box(labels, crop, 0.75, ref)
+        assert ours.random() == ref.random()
+
+
 def test_joint_augmentation_keeps_image_and_mask_aligned():
     # Labels in 12 x 12 blocks; the image's first channel encodes the label (20 x label), so any misalignment of
     # scale, crop, flip or padding between image and mask shows as a wrong value inside a block.

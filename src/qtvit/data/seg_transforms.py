@@ -75,14 +75,17 @@ class SegTrainTransform:
     def _crop_box(self, labels: torch.Tensor, rng: random.Random) -> tuple[int, int, int, int]:
         h, w = labels.shape
         ch, cw = min(self.crop[0], h), min(self.crop[1], w)
+        mixed = None  # mmseg's class-ratio test of the last box; up to 10 draws until a box passes
         for _ in range(10):
             top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
             if self.cat_max_ratio >= 1:
                 break
-            crop = labels[top:top + ch, left:left + cw]
-            counts = torch.bincount(crop[crop != IGNORE_INDEX].flatten())
-            counts = counts[counts > 0]
-            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+            if mixed is None or (ch, cw) != (h, w):  # a crop of the whole image is one box: test it once
+                crop = labels[top:top + ch, left:left + cw]
+                counts = torch.bincount(crop[crop != IGNORE_INDEX].flatten())
+                counts = counts[counts > 0]
+                mixed = bool(len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio)
+            if mixed:
                 break
         return top, left, ch, cw
 
