@@ -154,7 +154,7 @@ def _mmseg_crop_box(labels, crop, cat_max_ratio, rng):
 
 
 @pytest.mark.parametrize("crop", [16, 24, 40])
-def test_crop_box_draws_as_mmseg_and_tests_a_whole_image_crop_once(crop):
+def test_crop_box_draws_as_mmseg_and_tests_a_whole_image_crop_once(crop, monkeypatch):
     # Mostly one class (the ratio test fails for most boxes) and a small second one; a 24 crop of the 24 x 24 labels
     # is the whole image (one box, tested once instead of ten times), 40 is larger than the image. The boxes and the
     # draws after them (the flip) must be mmseg's exactly.
@@ -162,11 +162,20 @@ def test_crop_box_draws_as_mmseg_and_tests_a_whole_image_crop_once(crop):
     labels = torch.zeros(24, 24, dtype=torch.int64)
     labels[2:6, 3:7] = 1
     labels[20:, 20:] = 255
+    bincount, tests = torch.bincount, []
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: tests.append(1) or bincount(*a, **k))
     for seed in range(20):
         tf = SegTrainTransform(crop, cat_max_ratio=0.75)
         ours, ref = random.Random(seed), random.Random(seed)
-        assert tf._crop_box(labels, ours) == _mmseg_crop_box(labels, crop, 0.75, ref)
+        tests.clear()
+        box = tf._crop_box(labels, ours)
+        ours_tests = len(tests)
+        assert box == _mmseg_crop_box(labels, crop, 0.75, ref)
         assert ours.random() == ref.random()
+        if crop >= 24:  # one possible box: one test, where mmseg's loop ran all ten (the box never passes)
+            assert ours_tests == 1 and len(tests) == 1 + 10
+        else:
+            assert ours_tests == len(tests) - ours_tests
 
 
 def test_joint_augmentation_keeps_image_and_mask_aligned():

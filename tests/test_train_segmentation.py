@@ -169,7 +169,6 @@ def test_ohem_averages_the_loss_over_the_hard_pixels_only():
         check_config(make_config(ohem=0.7))
 
 
-
 def test_seg_jitter_off_leaves_only_the_normalisation():
     from qtvit.data import DataConfig
     data_cfg = DataConfig((3, 8, 8), 1.0, "bicubic", (0.5,) * 3, (0.25,) * 3)
