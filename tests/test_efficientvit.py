@@ -317,6 +317,21 @@ def test_drop_path_is_training_only():
     assert set(y[:, 0].tolist()) <= {0.0, 2.0} and 0 < (y[:, 0] == 0).sum() < 64
 
 
+def test_zero_init_last_starts_every_residual_branch_as_the_identity():
+    torch.manual_seed(0)
+    model = qtvit.create_model("qtvit_nano", zero_init_last=True).eval()
+    # each residual block (conv blocks and the attention branch) must now return its input unchanged
+    blocks = [b for s in model.stages for b in s.blocks]
+    assert len(blocks) > 0
+    for block in blocks:
+        x = torch.randn(2, next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels, 8, 8)
+        torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+    zeroed = [n for n, p in model.named_parameters() if n.endswith("norm.weight") and not p.any()]
+    assert len(zeroed) == sum(2 if hasattr(b, "ffn") else 1 for b in blocks)
+    assert not any(not p.any() for n, p in qtvit.create_model("qtvit_nano").named_parameters()
+                   if n.endswith("norm.weight"))  # off by default, as the official recipes train
+
+
 def test_prune_intermediate_layers():
     model = qtvit.create_model("efficientvit_b0").eval()
     x = torch.randn(1, 3, 64, 64)

@@ -43,6 +43,18 @@ def test_scene_i_is_always_the_same(train_test):
     assert big.scene(1)[0].shape == (3, 320, 320) and big.layout(1).items[0].height >= 56
 
 
+@pytest.mark.parametrize("size", [256, 320])
+def test_background_noise_is_torchs_bicubic_upsampling(size):
+    import torch.nn.functional as F
+    from qtvit.data.scenes import _background_grids
+    noise = np.random.default_rng(0).normal(size=(3, 6, 6))
+    up, yy, xx = _background_grids(size, 6)
+    ref = F.interpolate(torch.from_numpy(noise)[None].float(), size=(size, size), mode="bicubic",
+                        align_corners=False)[0].numpy()
+    np.testing.assert_allclose(up @ noise.astype(np.float32) @ up.T, ref, rtol=0, atol=1e-5)
+    assert yy[5, 0] == 5 and xx[0, 7] == 7 and not yy.flags.writeable  # shared between scenes: read-only
+
+
 def test_labels_follow_the_painted_silhouettes(train_test):
     """The labels recomputed here from the layout alone: each item's pixels above the threshold, painted in
     order, with its class + 1; the top item's pixels show its tinted intensities."""

@@ -17,7 +17,8 @@ from qtvit.checkpoints import load_checkpoint
 from qtvit.layers import FusedMBConv, LiteMLA
 from qtvit.layers.seg_heads import FCNHead, UperHead, adaptive_avg_pool2d
 from qtvit.models.inference import inference_form
-from qtvit.models.segmentation import SegmentationModel, _windows, predict_full
+from qtvit.models.seg_inference import _windows
+from qtvit.models.segmentation import SegmentationModel, predict_full
 
 from conftest import SHARED_FIXTURES as SHARED, rel_err
 from oracle_weights import fill
@@ -299,6 +300,18 @@ def test_training_mode_forward_and_auxiliary_logits():
      + 0.4 * F.cross_entropy(aux, torch.zeros(2, 4, 6, dtype=torch.long))).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # no unused parameters (DDP)
     assert qtvit.create_model("efficientvit_seg_b0_cityscapes").forward_with_aux(x)[1] is None
+
+
+def test_registered_models_take_an_auxiliary_head_and_zero_init_last():
+    model = qtvit.create_model("qtvit_seg_1_ade20k", num_classes=5, aux_channels=16, zero_init_last=True).train()
+    x = torch.randn(2, 3, 64, 96)
+    logits, aux = model.forward_with_aux(x)
+    assert logits.shape == (2, 5, 8, 12) and aux.shape == (2, 5, 4, 6)  # the aux head reads the stride-16 map
+    assert model.aux_head.convs[0].conv.out_channels == 16
+    residual_heads = [b for b in model.head.modules() if getattr(b, "residual", False)]
+    assert residual_heads and all(not b.convs()[-1].norm.weight.any() for b in residual_heads)
+    plain = qtvit.create_model("qtvit_seg_1_ade20k", num_classes=5)
+    assert plain.aux_head is None and all(p.any() for n, p in plain.named_parameters() if n.endswith("norm.weight"))
 
 
 def test_upernet_on_any_backbone_and_heads_directly():

@@ -297,6 +297,33 @@ def test_validate_reports_the_runs_evaluation(seg_run, capsys):
     assert main(["validate", "--checkpoint", str(run), *flags, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert list(shown["per_class_iou"])[:2] == ["background", "T-shirt/top"]
+    assert shown["flip"] is False
+
+
+def test_flip_test_scores_the_average_of_each_image_and_its_mirror(seg_run, capsys):
+    from qtvit.models.segmentation import predict_full
+    from qtvit.train.evaluate import segmentation_eval_batches
+    from qtvit.train.inputs import model_input
+    from qtvit.train.seg_evaluate import open_task_data
+    from qtvit.train.seg_metrics import SegmentationMetrics
+    run, _ = seg_run
+    flipped = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0, flip=True)
+    plain = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0)
+    # the same score by hand: predict_full's flip averages the upsampled logits of the image and its mirror
+    # (bicubic, as the evaluation upsamples)
+    net = load_model(run, device="cpu").eval()
+    data_cfg, batches = segmentation_eval_batches(net, open_task_data("segmentation", SMALL_FMNIST), batch_size=2,
+                                                  workers=0, limit=4)
+    metric = SegmentationMetrics(len(flipped["per_class_iou"]), torch.device("cpu"))
+    with torch.no_grad():
+        for x, y in batches.iterate(0):
+            metric.update(predict_full(net, model_input(x, data_cfg, torch.device("cpu")), size=y.shape[-2:],
+                                       flip=True, mode="bicubic"), y)
+    assert flipped["flip"] is True and flipped["miou"] == pytest.approx(metric.compute()["mIoU"], abs=1e-3)
+    assert flipped["per_class_iou"] != plain["per_class_iou"]  # the mirror images changed some predictions
+    assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu",
+                 "--workers", "0", "--flip", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(flipped["miou"], abs=1e-4)
 
 
 def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
@@ -420,6 +447,8 @@ def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys)
         predict([folder / "train" / "cat" / "x.png"], cls_run, output_dir=tmp_path / "masks")
     with pytest.raises(ValueError, match="--crop-pct is for classification checkpoints"):
         validate(run, data=SMALL_FMNIST, crop_pct=0.9, limit=1, device="cpu", workers=0)
+    with pytest.raises(ValueError, match="--flip is for segmentation checkpoints"):
+        validate(cls_run, data=SMALL_FMNIST, flip=True, limit=1, device="cpu", workers=0)
 
 
 _DDP_SCRIPT = textwrap.dedent("""

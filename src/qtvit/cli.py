@@ -250,6 +250,8 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
     p.add_argument("--workers", type=nonneg_int, default=4)
+    p.add_argument("--flip", action="store_true", help="segmentation: average each image's logits with its mirror "
+                                                      "image's (flip test; twice the time)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_validate)
 
@@ -257,7 +259,8 @@ def add_validate_parser(subparsers) -> None:
 def run_validate(args: argparse.Namespace) -> int:
     from .train import validate
     r = validate(args.checkpoint, args.model, args.data, batch_size=args.batch_size, img_size=args.img_size,
-                 crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers)
+                 crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers,
+                 flip=args.flip)
     if args.json:
         print(json.dumps(r))
         return 0

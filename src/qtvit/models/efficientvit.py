@@ -52,7 +52,7 @@ from ..layers.conv import ConvNormAct, LayerType, out_size
 from ..layers.efficientvit_blocks import B_STAGES, L_STAGES, EfficientViTHead, StageSpec, make_stage
 from ..layers.fold import inference_memory_format
 from ..layers.lite_mla import EfficientViTBlock, KernelLayer, LiteMLA
-from ..layers.weight_init import trunc_normal_init_
+from ..layers.weight_init import trunc_normal_init_, zero_init_last_
 from ._builder import build_model_with_cfg
 from ._efficientvit_keys import checkpoint_filter_fn
 from ._features import feature_take_indices
@@ -85,6 +85,8 @@ class EfficientViT(nn.Module):
         v_shortcut: QT-ViT ``GELU(BN(v))`` shortcut.
         pos_embed_size: input side in pixels the positional embeddings are stored for (each attention stage keeps
             its ``ceil(pos_embed_size / reduction)`` map; other inputs resize it bicubically).
+        zero_init_last: start every residual branch at zero (the official ``--last_gamma 0``; off by default, as
+            the official recipes train).
     """
 
     # Parameters a QT-ViT model has and an EfficientViT checkpoint lacks: loading one into the other reports them
@@ -111,6 +113,7 @@ class EfficientViT(nn.Module):
         num_classes: int = 1000,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
     ) -> None:
         super().__init__()
         if not (len(widths) == len(depths) == len(stages) == len(strides) == 5):
@@ -151,6 +154,8 @@ class EfficientViT(nn.Module):
         self.head = EfficientViTHead(in_chs, tuple(head_widths), num_classes, norm, act_layer, norm_eps, drop_rate)
         self.head_hidden_size = self.head.num_features
         self.apply(trunc_normal_init_)  # the official init; the QT pos-embed stays 0, s stays 1
+        if zero_init_last:
+            zero_init_last_(self)
 
     # --- timm-style API --------------------------------------------------------------------------------------------
     @staticmethod

@@ -17,6 +17,9 @@ Registered models (``qtvit.create_model(name, ...)``):
   (256 channels) on the stride-16 map. No weights; ``pretrained_backbone=True`` starts from ImageNet weights. Other
   backbones: ``SegmentationModel("efficientvit_l3", head_layer=UperHead, in_indices=4, aux_layer=FCNHead)``.
 
+Every registered model takes ``aux_channels=N`` (an auxiliary ``FCNHead`` of width N on the stride-16 map: deep
+supervision in training) and ``zero_init_last=True`` (residual branches start at zero).
+
 ``model(x)`` returns logits (B, num_classes, ceil(H / s), ceil(W / s)) at the head's stride s (``model.stride``),
 in training and eval mode alike; ``model.forward_with_aux(x)`` returns ``(logits, aux_logits)`` (aux at stride 16,
 None without an auxiliary head) for UperNet's auxiliary loss (weight 0.4 in mmsegmentation). ``predict_full``
@@ -36,15 +39,16 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .._utils import parse_size
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..layers.conv import ConvNormAct, FusedMBConv, LayerType, MBConv
 from ..layers.fold import inference_memory_format
-from ..layers.seg_heads import FCNHead, SegHead, UperHead, resize_to
+from ..layers.seg_heads import FCNHead, SegHead, UperHead
+from ..layers.weight_init import zero_init_last_
 from ._builder import build_model_with_cfg
 from ._features import feature_take_indices
 from ._registry import model_entrypoint, register_model
 from ._segmentation_keys import checkpoint_filter_fn
+from .seg_inference import predict_full
 from .efficientvit import EfficientViT
 
 __all__ = ["SegmentationModel", "checkpoint_filter_fn", "predict_full"]
@@ -64,6 +68,7 @@ class SegmentationModel(nn.Module):
         aux_args, aux_in_index: its arguments, and which head input it reads (-2: the second deepest).
         in_chans, kernel, kernel_options, drop_path_rate, backbone_args: backbone arguments (kernel if given).
         pretrained_backbone: load the backbone's official (ImageNet) weights before removing its classifier.
+        zero_init_last: start every residual branch of the backbone and the heads at zero (``zero_init_last_``).
     """
 
     new_parameter_patterns = EfficientViT.new_parameter_patterns  # an EfficientViT-Seg file into QT-ViT-Seg
@@ -84,6 +89,7 @@ class SegmentationModel(nn.Module):
         drop_path_rate: float = 0.0,
         backbone_args: Optional[dict[str, Any]] = None,
         pretrained_backbone: bool = False,
+        zero_init_last: bool = False,
     ) -> None:
         super().__init__()
         args = dict(backbone_args or {}, in_chans=in_chans, drop_path_rate=drop_path_rate)
@@ -103,6 +109,10 @@ class SegmentationModel(nn.Module):
         self.head = head_layer(chs, num_classes, **(head_args or {}))
         self.aux_in_index = aux_in_index
         self.aux_head = aux_layer(chs[aux_in_index], num_classes, **(aux_args or {})) if aux_layer else None
+        if zero_init_last:  # a pretrained backbone keeps its weights
+            for part in (self.head, self.aux_head) if pretrained_backbone else (self,):
+                if part is not None:
+                    zero_init_last_(part)
 
     # --- timm-style API --------------------------------------------------------------------------------------------
     @staticmethod
@@ -154,70 +164,6 @@ class SegmentationModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Full-resolution prediction
-# --------------------------------------------------------------------------------------------------------------------
-def _windows(n: int, window: int, step: int) -> list[int]:
-    """Window starts along a side of n: every ``step``, the last one flush with the end (one window if n fits)."""
-    count = max(n - window + step - 1, 0) // step + 1
-    return sorted({max(min(i * step, n - window), 0) for i in range(count)})
-
-
-def _sliding(model: nn.Module, images: torch.Tensor, window: tuple[int, int], overlap: float,
-             mode: str) -> torch.Tensor:
-    (h, w), (wh, ww) = images.shape[-2:], window
-    sh, sw = max(1, round(wh * (1 - overlap))), max(1, round(ww * (1 - overlap)))
-    total, count = None, images.new_zeros(1, 1, h, w)
-    for y in _windows(h, wh, sh):
-        for x in _windows(w, ww, sw):
-            crop = images[..., y:y + wh, x:x + ww]
-            logits = resize_to(model(crop), crop.shape[-2:], mode)
-            if total is None:
-                total = images.new_zeros(images.shape[0], logits.shape[1], h, w)
-            total[..., y:y + wh, x:x + ww] += logits
-            count[..., y:y + wh, x:x + ww] += 1
-    return total / count
-
-
-@torch.no_grad()
-def predict_full(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    size: Union[int, Sequence[int], None] = None,
-    sliding_window: Union[int, Sequence[int], None] = None,
-    overlap: float = 1 / 3,
-    flip: bool = False,
-    mode: str = "bilinear",
-) -> torch.Tensor:
-    """Full-resolution class scores of a segmentation model: logits (B, C, H, W); ``.argmax(1)`` is the label map.
-
-    Args:
-        model: a model returning logits at some stride (put it in eval mode first).
-        images: (B, C, H, W), normalised as the model expects.
-        size: output (H, W) (e.g. the label map's size when the images were resized); default the images' size.
-        sliding_window: None runs the whole image; a window side or (h, w) runs overlapping crops (each upsampled
-            to its crop) and averages the logits where windows overlap (mmsegmentation's "slide" mode).
-        overlap: fraction of a window shared with the next one (1/3: stride 2/3 of the window).
-        flip: also run the horizontally flipped images and average the two.
-        mode: interpolation of the logits, "bilinear" (default) or "bicubic" (mit-han-lab's evaluation).
-    """
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    out = parse_size(size) if size is not None else tuple(images.shape[-2:])
-    window = parse_size(sliding_window) if sliding_window is not None else None
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if window is None:
-            return resize_to(model(x), out, mode)
-        return resize_to(_sliding(model, x, window, overlap, mode), out, mode)
-
-    logits = run(images)
-    if flip:
-        logits = (logits + run(images.flip(-1)).flip(-1)) / 2
-    return logits
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Configurations and registered constructors
 # --------------------------------------------------------------------------------------------------------------------
 _HF = "https://huggingface.co/han-cai/efficientvit-seg/resolve/main/"
@@ -256,7 +202,13 @@ def _seg_head_args(arch: str, dataset: str) -> dict[str, Any]:
     return dict(head_layer=SegHead, head_args=head, in_indices=(2, 3, 4), num_classes=_CLASSES[dataset])
 
 
-def _create(variant: str, pretrained: bool, cfg: dict, defaults: dict, **kwargs: Any) -> SegmentationModel:
+def _create(variant: str, pretrained: bool, cfg: dict, defaults: dict, aux_channels: int = 0,
+            **kwargs: Any) -> SegmentationModel:
+    # aux_channels > 0 adds an auxiliary FCNHead of that width on the second deepest head input (deep supervision
+    # of the stride-16 features in training, as UperNet's; the official EfficientViT-Seg models have none)
+    if aux_channels:
+        defaults = dict(defaults, aux_layer=FCNHead, aux_args=dict(channels=int(aux_channels), num_convs=1,
+                                                                  drop_rate=0.1), aux_in_index=-2)
     return build_model_with_cfg(SegmentationModel, variant, pretrained, pretrained_cfg=cfg, **dict(defaults, **kwargs))
 
 

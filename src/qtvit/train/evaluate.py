@@ -160,11 +160,13 @@ def _no_crop_pct(crop_pct: float | None) -> None:
 
 def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str | None = None, *,
              batch_size: int = 256, img_size: int | None = None, crop_pct: float | None = None,
-             device: str = "auto", amp: str = "none", limit: int | None = None, workers: int = 4) -> dict:
+             device: str = "auto", amp: str = "none", limit: int | None = None, workers: int = 4,
+             flip: bool = False) -> dict:
     """A saved model on a dataset's eval split, scored as its task does (recorded in the file): top-1 / top-5
     (micro, percent) and loss on Fashion-MNIST test by default, with the saved preprocessing (or `img_size` /
     `crop_pct`); or mIoU, mAcc, aAcc, per-class IoU / accuracy ({class: percent}) and loss on the Fashion-MNIST
-    scenes by default, with the dataset's evaluation protocol (`img_size`: resize the short side to it)."""
+    scenes by default, with the dataset's evaluation protocol (`img_size`: resize the short side to it; `flip`:
+    average with the mirrored images' logits)."""
     d = setup_distributed(device)
     try:
         net = load_model(checkpoint, model, device=d.device)
@@ -175,15 +177,20 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
             _no_crop_pct(crop_pct)
             data_cfg, batches = segmentation_eval_batches(net, info, batch_size=batch_size, workers=workers,
                                                           limit=limit, img_size=img_size, rank=d.rank, world=d.world)
-            r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp)
+            r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp, flip=flip)
             names = class_names(net, num_classes)
             r.update({k: dict(zip(names, v)) for k, v in r.items() if k.startswith("per_class_")})
         else:
+            if flip:
+                raise ValueError("--flip is for segmentation checkpoints (a flip test of the label maps); leave it "
+                                 "out for a classifier")
             data_cfg = _preprocessing(net, img_size, crop_pct, info.mean, info.std)
             batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size, rank=d.rank,
                                     world=d.world, workers=workers, limit=limit)
             r = evaluate(net, batches, data_cfg, d.device, num_classes, amp)
         r["skipped_images"] = batches.num_skipped
+        if task == "segmentation":
+            r["flip"] = flip
         return {**r, "task": task, "model": net.pretrained_cfg["architecture"],
                 "checkpoint": str(resolve_weights(checkpoint))}
     finally:

@@ -86,18 +86,23 @@ def _nan_to_none(values: list[float]) -> list[float | None]:
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_classes: int,
-                          amp: str = "none", channels_last: bool = False, ignore_index: int = 255) -> dict:
+                          amp: str = "none", channels_last: bool = False, ignore_index: int = 255,
+                          flip: bool = False) -> dict:
     """mIoU, mAcc, aAcc (percent), per-class IoU and accuracy (percent, None where undefined), the mean
-    cross-entropy per labelled pixel and the image count over `batches` (all processes)."""
+    cross-entropy per labelled pixel and the image count over `batches` (all processes). `flip` averages the
+    logits of each image and its mirror image (mmsegmentation's flip test; twice the model's time)."""
     was_training = model.training
     model.eval()
     metric = SegmentationMetrics(num_classes, device, ignore_index)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
     for x, y in batches.iterate(0):
         y = y.to(device)
+        x = model_input(x, data_cfg, device, channels_last)
         with autocast(device, amp):
-            out = model(model_input(x, data_cfg, device, channels_last))
-        logits = upsample_logits(main_logits(out).float(), y.shape[-2:])  # once, for the metric and the loss
+            logits = main_logits(model(x)).float()
+            if flip:  # bilinear upsampling commutes with the mirror, so averaging before it is the same
+                logits = (logits + main_logits(model(x.flip(-1))).float().flip(-1)) / 2
+        logits = upsample_logits(logits, y.shape[-2:])  # once, for the metric and the loss
         metric.update(logits, y)
         sums += torch.stack([F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum").double(),
                              (y != ignore_index).sum().double(),
