@@ -106,6 +106,11 @@ def test_recipe_and_options_from_the_command_line():
     seg = config_from_args(build_parser().parse_args(["train", "--recipe", "seg-scenes", "--eval-size", "96",
                                                       "--scale-range", "0.5", "1", "--img-size", "64"]))
     assert seg.eval_size == 96 and type(seg.eval_size) is int and seg.img_size == 64 and seg.scale_range == (0.5, 1.0)
+    assert seg.model_kwargs == {"aux_channels": 64}  # the recipe's auxiliary head, a constructor argument
+    other = config_from_args(build_parser().parse_args(["train", "--recipe", "seg-scenes", "--model",
+                                                        "efficientvit_seg_b1_ade20k", "--model-kwargs",
+                                                        "aux_channels=64"]))
+    assert other.model_kwargs == {"aux_channels": 64} and other.model == "efficientvit_seg_b1_ade20k"
 
 
 def test_main_job_recipe_model_trains_and_reloads(tmp_path, capsys):
