@@ -208,7 +208,7 @@ def _create(variant: str, pretrained: bool, cfg: dict, defaults: dict, aux_chann
     # of the stride-16 features in training, as UperNet's; the official EfficientViT-Seg models have none)
     if aux_channels:
         defaults = dict(defaults, aux_layer=FCNHead, aux_args=dict(channels=int(aux_channels), num_convs=1,
-                                                                  drop_rate=0.1), aux_in_index=-2)
+                                                                  drop_rate=0.1))
     return build_model_with_cfg(SegmentationModel, variant, pretrained, pretrained_cfg=cfg, **dict(defaults, **kwargs))
 
 

@@ -100,7 +100,7 @@ def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, devic
         x = model_input(x, data_cfg, device, channels_last)
         with autocast(device, amp):
             logits = main_logits(model(x)).float()
-            if flip:  # bilinear upsampling commutes with the mirror, so averaging before it is the same
+            if flip:  # the (bicubic) upsampling is linear and commutes with the mirror: averaging before it is the same
                 logits = (logits + main_logits(model(x.flip(-1))).float().flip(-1)) / 2
         logits = upsample_logits(logits, y.shape[-2:])  # once, for the metric and the loss
         metric.update(logits, y)
