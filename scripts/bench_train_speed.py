@@ -1,6 +1,7 @@
-"""Training images/s of the main job's recipe, old set-up against new, side by side.
+"""Training images/s of a recipe (default: the main job's), old set-up against new, side by side.
 
-    python scripts/bench_train_speed.py [--steps 40] [--rounds 3] [--cores 2] [--old-src /path/to/old/src]
+    python scripts/bench_train_speed.py [--recipe fashion-mnist] [--steps 40] [--rounds 3] [--cores 2]
+                                        [--old-src /path/to/old/src] [--workers N]
 
 old: one process with --cores threads, batch 128, torch's default (per-tensor loop) AdamW: the main job before
 issue 12. new: --cores processes of one thread each (DDP over gloo, as scripts/main_job.sh starts them with torchrun),
@@ -10,6 +11,8 @@ that it also measures the library's changes, not only the set-up's. Each round r
 (threads and processes are per-process settings), `--steps` training steps of the fashion-mnist recipe on the real
 data; the medians of the per-round median step times are printed. On a machine shared with other jobs set
 OMP_WAIT_POLICY=PASSIVE, and read the numbers as a comparison under the same load, not as the idle speed.
+`--recipe seg-scenes` measures the segmentation job's set-ups the same way (global batch: the recipe's);
+`--workers N` sets the new set-up's loader workers per process (default: the recipe's).
 """
 from __future__ import annotations
 
@@ -31,8 +34,9 @@ def worker(args) -> None:
     from qtvit.train.state import RunState
     d = setup_distributed("cpu")
     fused = {"fused_optimizer": True} if args.fused else {}  # an older qtvit has no such option
-    cfg = make_config("fashion-mnist", threads=args.threads, batch_size=args.batch_size, output="/tmp/qtvit-bench",
-                      progress=False, **fused)
+    workers = {"workers": args.workers} if args.workers is not None else {}
+    cfg = make_config(args.recipe, threads=args.threads, batch_size=args.batch_size, output="/tmp/qtvit-bench",
+                      progress=False, **fused, **workers)
     run, state = setup_run(cfg, d), RunState()
     batches = itertools.chain.from_iterable(run.train_batches.iterate(e) for e in itertools.count())
     times = []
@@ -45,9 +49,11 @@ def worker(args) -> None:
     cleanup_distributed()
 
 
-def _run(procs: int, threads: int, batch: int, fused: bool, steps: int, src: str | None) -> float:
-    me = [os.path.abspath(__file__), "--worker", "--threads", str(threads), "--batch-size", str(batch),
-          "--steps", str(steps)] + (["--fused"] if fused else [])
+def _run(recipe: str, procs: int, threads: int, batch: int, fused: bool, workers: int | None, steps: int,
+         src: str | None) -> float:
+    me = [os.path.abspath(__file__), "--worker", "--recipe", recipe, "--threads", str(threads), "--batch-size",
+          str(batch), "--steps", str(steps)] + (["--fused"] if fused else []) + (
+        ["--workers", str(workers)] if workers is not None else [])
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] + me
            if procs > 1 else [sys.executable] + me)
     env = dict(os.environ, **({"PYTHONPATH": src} if src else {}))
@@ -60,10 +66,12 @@ def _run(procs: int, threads: int, batch: int, fused: bool, steps: int, src: str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="fashion-mnist")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--old-src", default=None, help="qtvit sources for the old set-up (default: this one's)")
+    p.add_argument("--workers", type=int, default=None, help="the new set-up's loader workers per process")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)
@@ -71,20 +79,23 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    if 128 % args.cores:
-        p.error(f"--cores {args.cores} does not divide the global batch 128")
-    setups = {"old (1 process x %d threads, AdamW loop)" % args.cores: (1, args.cores, 128, False, args.old_src),
-              "new (%d processes x 1 thread, fused AdamW)" % args.cores: (args.cores, 1, 128 // args.cores, True,
-                                                                          None)}
+    from qtvit.train.recipes import make_config
+    batch = make_config(args.recipe).batch_size
+    if batch % args.cores:
+        p.error(f"--cores {args.cores} does not divide the recipe's global batch {batch}")
+    setups = {"old (1 process x %d threads, the recipe's optimizer)" % args.cores:
+              (args.recipe, 1, args.cores, batch, False, None, args.old_src),
+              "new (%d processes x 1 thread, fused AdamW)" % args.cores:
+              (args.recipe, args.cores, 1, batch // args.cores, True, args.workers, None)}
     times: dict[str, list[float]] = {k: [] for k in setups}
     for r in range(args.rounds):
         for name, setup in setups.items():
-            times[name].append(_run(*setup[:4], args.steps, setup[4]))
-            print(f"round {r + 1}: {name}: {128 / times[name][-1]:.0f} images/s", flush=True)
-    speeds = {k: 128 / statistics.median(v) for k, v in times.items()}
+            times[name].append(_run(*setup[:6], args.steps, setup[6]))
+            print(f"round {r + 1}: {name}: {batch / times[name][-1]:.1f} images/s", flush=True)
+    speeds = {k: batch / statistics.median(v) for k, v in times.items()}
     (old, a), (new, b) = speeds.items()
-    print(f"\ntraining images/s (median of {args.rounds} rounds x {args.steps} steps, global batch 128):\n"
-          f"  {old}: {a:.0f}\n  {new}: {b:.0f}\n  speed-up: {b / a:.2f}x")
+    print(f"\ntraining images/s (median of {args.rounds} rounds x {args.steps} steps, global batch {batch}):\n"
+          f"  {old}: {a:.1f}\n  {new}: {b:.1f}\n  speed-up: {b / a:.2f}x")
 
 
 if __name__ == "__main__":

@@ -13,22 +13,35 @@ t0=$(date +%s)
 QTVIT_EXTRAS=train,plot . scripts/setup_env.sh
 echo "seg_job: installed in $(( $(date +%s) - t0 )) s"
 
-# 3. Train, then evaluate the final weights (the last checkpoint: the test scenes pick nothing; with the flip test,
-#    each scene's logits averaged with its mirror image's) and draw them.
+# Two processes of one thread each (DDP over gloo, batch 4 each: global batch 8, as the recipe's one process of 8),
+# one loader worker each: 1.09x the training images/s of one process of two threads (scripts/bench_train_speed.py
+# --recipe seg-scenes --workers 1). QTVIT_PROCS=1 trains in one process with the recipe's batch 8.
+procs="${QTVIT_PROCS:-2}"
+if [ "$procs" -gt 1 ]; then
+    launch=(torchrun --standalone --nproc_per_node "$procs" -m qtvit train --batch-size $(( 8 / procs )) --workers 1)
+else
+    launch=(qtvit train)
+fi
+
+# 3. Train, then evaluate the final weights (the last checkpoint: the test scenes pick nothing) single-scale, and with
+#    the multi-scale flip test (the scenes at 2/3, 1 and 4/3 of the evaluation size and mirrored, the class
+#    probabilities averaged: mmsegmentation's "MS+flip"), and draw them.
 out="${QTVIT_OUTPUT:-runs}"
 run="${QTVIT_RUN:-seg-job-$(date +%Y%m%d-%H%M%S)}"
-qtvit train --recipe seg-scenes --output "$out" --name "$run" "$@"
+"${launch[@]}" --recipe seg-scenes --output "$out" --name "$run" "$@"
 final="$out/$run/checkpoints/$(cat "$out/$run/checkpoints/latest")"
-result=$(qtvit validate --checkpoint "$final" --flip --json)
+single=$(qtvit validate --checkpoint "$final" -b 8 --json)
+echo "$single" > "$out/$run/test_result_single_scale.json"
+result=$(qtvit validate --checkpoint "$final" -b 8 --flip --scales 0.6667 1 1.3333 --json)
 echo "$result" > "$out/$run/test_result.json"
 qtvit figure segmentation --checkpoint "$final" --images 6 --out "$out/$run/predictions.png"
-python - "$result" "$(( $(date +%s) - t0 ))" <<'PY'
+python - "$result" "$(( $(date +%s) - t0 ))" "$single" <<'PY'
 import json, sys
-r = json.loads(sys.argv[1])
+r, single = json.loads(sys.argv[1]), json.loads(sys.argv[3])
 print(f"seg_job: {r['model']} on the Fashion-MNIST scenes' test split ({r['images']} scenes), wall time "
       f"{int(sys.argv[2]) // 60} min {int(sys.argv[2]) % 60} s; IoU per class:")
 for name, iou in r["per_class_iou"].items():
     print(f"  {name:<12} " + (f"{iou:6.2f}%" if iou is not None else "   n/a (absent)"))
-print(f"mAcc {r['macc']:.2f}%, aAcc {r['aacc']:.2f}%")
-print(f"test mIoU: {r['miou']:.2f}%" + (" (flip test)" if r.get("flip") else ""))
+print(f"mAcc {r['macc']:.2f}%, aAcc {r['aacc']:.2f}%; single-scale test mIoU {single['miou']:.2f}%")
+print(f"test mIoU: {r['miou']:.2f}% (multi-scale {'/'.join(f'{s:g}' for s in r['scales'])} + flip test)")
 PY

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import qtvit
-from qtvit.layers.lite_mla import bicubic_matrix, bicubic_resize
+from qtvit.layers.resize import interpolation_matrix, separable_resize
 
 SOURCES = [(14, 14), (7, 7), (7, 9), (1, 1), (2, 3), (16, 5)]
 TARGETS = [1, 2, 3, 5, 7, 8, 13, 14, 15, 28, 33, 64, 97]
@@ -21,7 +21,7 @@ def test_matrices_equal_torch_bicubic_in_float64(src):
     for h in TARGETS:
         for w in (1, 4, 14, 21, 64):
             ref = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
-            out = bicubic_resize(x, h, w)
+            out = separable_resize(x, h, w)
             assert out.shape == ref.shape
             rel = (out - ref).abs().max() / ref.abs().max().clamp_min(1e-300)
             assert rel < 1e-12, (src, h, w, float(rel))
@@ -29,10 +29,10 @@ def test_matrices_equal_torch_bicubic_in_float64(src):
 
 def test_matrix_rows_sum_to_one_and_same_size_is_identity():
     for n_out, n_in in [(5, 14), (14, 14), (64, 14), (3, 1)]:
-        m = bicubic_matrix(n_out, n_in, torch.float64)
+        m = interpolation_matrix(n_out, n_in, dtype=torch.float64)
         assert m.shape == (n_out, n_in)
         torch.testing.assert_close(m.sum(1), torch.ones(n_out, dtype=torch.float64), rtol=0, atol=1e-14)
-    torch.testing.assert_close(bicubic_matrix(14, 14, torch.float64), torch.eye(14, dtype=torch.float64),
+    torch.testing.assert_close(interpolation_matrix(14, 14, dtype=torch.float64), torch.eye(14, dtype=torch.float64),
                                rtol=0, atol=0)
 
 
@@ -40,7 +40,7 @@ def test_float32_close_to_torch():
     x = torch.randn(1, 256, 14, 14, generator=torch.Generator().manual_seed(1))
     for h, w in [(64, 64), (20, 30), (7, 7)]:
         ref = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
-        torch.testing.assert_close(bicubic_resize(x, h, w), ref, rtol=0, atol=2e-5)
+        torch.testing.assert_close(separable_resize(x, h, w), ref, rtol=0, atol=2e-5)
 
 
 def test_lite_mla_pos_embed_tokens_match_interpolate_and_keep_gradients():
@@ -82,3 +82,31 @@ def test_exported_graph_resizes_only_the_identity(tmp_path):
     rows = check_onnx(model, path, [(32, 32), (16, 16), (96, 96), (32, 80)], batch_size=2, atol=1e-4)
     assert max(r["max_abs_diff"] for r in rows) <= 1e-4
     assert min(r["max_abs_output"] for r in rows) > 0.05
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_interpolation_matrix_is_torch_resize_of_each_axis(mode):
+    x = torch.randn(3, 7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for h, w in [(24, 5), (3, 11), (7, 40)]:
+        ref = F.interpolate(x[None], size=(h, w), mode=mode, align_corners=False)[0]
+        torch.testing.assert_close(separable_resize(x, h, w, mode), ref, rtol=0, atol=1e-13)
+
+
+def test_resize_to_bicubic_equals_interpolate_any_layout_and_dtype():
+    """The segmentation heads and metrics resize through resize_to: channels-last or not, float64 exact, half
+    precision resized in float32 and cast back, gradients as torch's, the identity at the same size."""
+    from qtvit.layers.resize import resize_to
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, 6, 9, dtype=torch.float64, generator=g)
+    ref = F.interpolate(x, size=(24, 20), mode="bicubic", align_corners=False)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(resize_to(inp, (24, 20), "bicubic"), ref, rtol=0, atol=1e-13)
+    half = resize_to(x.to(torch.bfloat16), (24, 20), "bicubic")
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.double(), ref, rtol=0.02, atol=0.05)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    (resize_to(a, (24, 20), "bicubic") * w).sum().backward()
+    (F.interpolate(b, size=(24, 20), mode="bicubic", align_corners=False) * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+    assert resize_to(x, (6, 9), "bicubic") is x

@@ -252,6 +252,9 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--workers", type=nonneg_int, default=4)
     p.add_argument("--flip", action="store_true", help="segmentation: average each image's logits with its mirror "
                                                       "image's (flip test; twice the time)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="R",
+                   help="segmentation: multi-scale test, each image also at these ratios of the evaluation size (e.g. "
+                        "0.667 1 1.333), the class probabilities averaged (default 1: single scale)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_validate)
 
@@ -260,7 +263,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from .train import validate
     r = validate(args.checkpoint, args.model, args.data, batch_size=args.batch_size, img_size=args.img_size,
                  crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers,
-                 flip=args.flip)
+                 flip=args.flip, scales=tuple(args.scales))
     if args.json:
         print(json.dumps(r))
         return 0

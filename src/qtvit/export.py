@@ -21,7 +21,7 @@ Two details make one graph valid for every size (see ``_trace_model``):
   exactly that size would drop the resize, so the trace input is grown by 32 px until no map matches (bicubic
   resizing to the same size is the identity, so 224 px inputs still give the same numbers). The resize itself is
   written as two small interpolation matrices, the identity resized to the map's shape
-  (``layers.lite_mla.bicubic_resize``, exact), so the graph holds two MatMuls there instead of a dynamic bicubic
+  (``layers.resize.separable_resize``, exact), so the graph holds two MatMuls there instead of a dynamic bicubic
   ``Resize`` of the whole embedding, which onnxruntime runs slowly (it made qtvit_1 2-3x slower than
   efficientvit_b1 at 512-1024 px).
 

@@ -43,11 +43,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .._io import atomic_write
 from ..constants import FASHION_MNIST_CLASSES
+from ..layers.resize import interpolation_matrix
 
 __all__ = ["SCENE_CLASSES", "SceneSpec", "SceneItem", "SceneLayout", "FashionMNISTScenes", "scale_item"]
 
@@ -113,8 +113,7 @@ def _background_grids(size: int, noise_size: int) -> tuple[np.ndarray, np.ndarra
     """(torch's bicubic upsampling from `noise_size` to `size` as a (size, noise_size) matrix, the row and column
     coordinates of a size x size canvas): built once per size, since rendering a scene needs them every time
     (torch's bicubic kernel on a tiny map costs more than the rest of the background)."""
-    basis = torch.eye(noise_size)[:, None, :, None]  # noise_size 1-d impulses along the rows
-    up = F.interpolate(basis, size=(size, 1), mode="bicubic", align_corners=False)[:, 0, :, 0].T.contiguous()
+    up = interpolation_matrix(size, noise_size, "bicubic")
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     for a in (yy, xx):
         a.setflags(write=False)

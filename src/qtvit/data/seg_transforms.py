@@ -26,6 +26,11 @@ labels mapped; the model's logits are resized to the mask's size before the metr
 
 Neither pads nor crops. Evaluation images of different sizes cannot share a batch: evaluate with batch size 1,
 as the official script does for ADE20K.
+
+The multi-scale test (``scales``, mmsegmentation's ``img_ratios``) gives one view per ratio r, each resized from
+the original image to the protocol's size at r: ``short_side * r`` (the long side rounded up to the multiple as
+above), ``size * r``, or the original size * r (rounded); the evaluation combines the model's outputs on the views
+(``train.seg_evaluate``).
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ import torch.nn as nn
 from .seg_folders import IGNORE_INDEX
 from .transforms import normalize
 
-__all__ = ["SegTrainTransform", "SegEvalTransform", "SegBatchAugment", "eval_size"]
+__all__ = ["SegTrainTransform", "SegEvalTransform", "SegBatchAugment", "eval_size", "check_scales"]
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
@@ -104,13 +109,24 @@ class SegTrainTransform:
         return out_img, out_lab
 
 
+def check_scales(scales) -> tuple[float, ...]:
+    """The multi-scale test's ratios as floats; a ValueError naming the fix for none, or one out of (0, 8]."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or not all(0 < s <= 8 for s in scales):
+        raise ValueError(f"test scales {scales}: give one or more ratios of the evaluation size in (0, 8], e.g. "
+                         "--scales 0.75 1 1.25")
+    return scales
+
+
 def eval_size(h: int, w: int, short_side: int | None = None, size: tuple[int, int] | None = None,
-              multiple: int = 32) -> tuple[int, int]:
-    """The (height, width) the evaluation protocol resizes an h x w image to (see the module docstring)."""
+              multiple: int = 32, scale: float = 1.0) -> tuple[int, int]:
+    """The (height, width) the evaluation protocol resizes an h x w image to (see the module docstring), at
+    `scale` times the protocol's size."""
     if size is not None:
-        return tuple(size)
+        return (round(size[0] * scale), round(size[1] * scale)) if scale != 1 else tuple(size)
     if short_side is None:
-        return h, w
+        return (round(h * scale), round(w * scale)) if scale != 1 else (h, w)
+    short_side = round(short_side * scale)
     if h < w:
         return short_side, math.ceil(w / h * short_side / multiple) * multiple
     return math.ceil(h / w * short_side / multiple) * multiple, short_side
@@ -118,17 +134,20 @@ def eval_size(h: int, w: int, short_side: int | None = None, size: tuple[int, in
 
 class SegEvalTransform:
     """The evaluation view: the image resized by the official protocol (``eval_size``, bicubic), the labels kept
-    at the original size (the metric compares at that size)."""
+    at the original size (the metric compares at that size). With several `scales` (the multi-scale test), a tuple
+    of views instead, one per scale, each resized from the original image."""
 
     def __init__(self, short_side: int | None = None, size: tuple[int, int] | None = None, multiple: int = 32,
-                 interpolation: str = "bicubic"):
+                 interpolation: str = "bicubic", scales: tuple[float, ...] = (1.0,)):
         if short_side is not None and size is not None:
             raise ValueError("pass either short_side (keep the aspect ratio) or size (a fixed H x W), not both")
         self.short_side, self.size, self.multiple, self.interpolation = short_side, size, multiple, interpolation
+        self.scales = check_scales(scales)
 
     def __call__(self, image: torch.Tensor, labels: torch.Tensor, index: int = 0, epoch: int = 0):
-        target = eval_size(*image.shape[-2:], self.short_side, self.size, self.multiple)
-        return _resize(image, target, self.interpolation), labels
+        views = tuple(_resize(image, eval_size(*image.shape[-2:], self.short_side, self.size, self.multiple, s),
+                              self.interpolation) for s in self.scales)
+        return (views if len(views) > 1 else views[0]), labels
 
 
 class SegBatchAugment(nn.Module):

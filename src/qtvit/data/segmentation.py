@@ -140,11 +140,13 @@ def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: 
                                ratio_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True,
                                eval_short_side: int | None = None, eval_size: tuple[int, int] | None = None,
                                cache_dir: str | os.PathLike | None = None,
-                               scene_items: tuple[int, int] | None = None) -> SegmentationBatches:
+                               scene_items: tuple[int, int] | None = None,
+                               eval_scales: tuple[float, ...] = (1.0,)) -> SegmentationBatches:
     """The training iterator (random scale, crop to `crop_size`, flip; see seg_transforms.py) or the evaluation
     iterator (the dataset's official protocol, or `eval_short_side` / `eval_size` when given) of `info`.
     `limit` keeps the first `limit` samples; `cache_dir` caches generated scenes; `scene_items` (training on the
-    embedded scenes only) sets the fewest and most items per scene (denser scenes: more labelled garment pixels)."""
+    embedded scenes only) sets the fewest and most items per scene (denser scenes: more labelled garment pixels);
+    several `eval_scales` make each evaluation image a tuple of views (the multi-scale test, ``SegEvalTransform``)."""
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size} is not a positive number of images; pass --batch-size 1 or more")
     if limit is not None and limit < 1:
@@ -152,9 +154,9 @@ def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: 
     if train:
         tf = SegTrainTransform(crop_size, ratio_range, info.base_scale, hflip=0.5 if hflip else 0.0, seed=seed)
     elif eval_short_side is not None or eval_size is not None:
-        tf = SegEvalTransform(eval_short_side, eval_size)
+        tf = SegEvalTransform(eval_short_side, eval_size, scales=eval_scales)
     else:
-        tf = SegEvalTransform(info.eval_short_side, info.eval_size)
+        tf = SegEvalTransform(info.eval_short_side, info.eval_size, scales=eval_scales)
     if info.kind == SCENES:
         split = info.train_split if train else info.eval_split
         images, labels = info.arrays(split)

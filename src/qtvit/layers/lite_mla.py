@@ -18,37 +18,13 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..attention import KernelLayer, kernel_factory
 from .conv import ConvNormAct, DropPath, LayerType, MBConv
 from .fold import ChannelAffine, bn_scale_shift
+from .resize import separable_resize
 
-__all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock", "bicubic_matrix", "bicubic_resize"]
-
-
-def bicubic_matrix(n_out, n_in: int, dtype: torch.dtype = torch.float32,
-                   device: Optional[torch.device] = None) -> torch.Tensor:
-    """The (n_out, n_in) matrix M with ``M @ x`` = ``F.interpolate`` bicubic (align_corners=False) of x's first
-    axis from n_in to n_out samples (sources clamped at the borders, no antialias): the identity resized.
-
-    The resize is linear, so resizing the n_in x n_in identity gives M exactly (the second axis keeps its size,
-    where the bicubic weights are 1, 0, 0, 0). A traced ``n_out`` (a shape of the input) stays symbolic in an exported
-    graph: ONNX gets one dynamic ``Resize`` of a tiny matrix instead of one of the whole embedding, which onnxruntime
-    runs slowly, and the embedding's resize becomes two small matrix products (``bicubic_resize``). Measured: 548
-    instead of 1136 onnxruntime nodes for qtvit_1 against building M from ``arange`` and comparisons.
-    """
-    eye = torch.eye(n_in, dtype=dtype, device=device)[None, None]
-    return F.interpolate(eye, size=(n_out, n_in), mode="bicubic", align_corners=False)[0, 0]
-
-
-def bicubic_resize(x: torch.Tensor, h, w) -> torch.Tensor:
-    """``F.interpolate(x, (h, w), mode="bicubic", align_corners=False)`` of a (..., h0, w0) tensor as
-    ``Mh @ x @ Mw^T`` (exact: the bicubic resize is separable and linear)."""
-    h0, w0 = (int(n) for n in x.shape[-2:])  # the embedding's stored size: a constant in an exported graph
-    mh = bicubic_matrix(h, h0, x.dtype, x.device)
-    mw = bicubic_matrix(w, w0, x.dtype, x.device)
-    return mh @ x @ mw.transpose(0, 1)
+__all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock"]
 
 
 class QKVAggregation(nn.Module):
@@ -140,7 +116,7 @@ class LiteMLA(nn.Module):
         key = (h, w, pe._version, pe.dtype, pe.device)
         if not torch.is_grad_enabled() and not tracing and self._resized_key == key:
             return self._resized
-        pe = bicubic_resize(pe, h, w)  # = F.interpolate(bicubic); exports as matmuls, not a dynamic Resize
+        pe = separable_resize(pe, h, w)  # = F.interpolate(bicubic); exports as matmuls, not a dynamic Resize
         pe = pe.reshape(1, self.num_heads, self.head_dim, h * w).transpose(-1, -2)
         if not torch.is_grad_enabled() and not tracing:
             self._resized, self._resized_key = pe, key

@@ -23,21 +23,11 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .conv import ConvNormAct, LayerType, MBConv
+from .resize import resize_to
 
-__all__ = ["FCNHead", "PyramidPooling", "SegHead", "UperHead", "adaptive_avg_pool2d", "resize_to"]
-
-
-def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
-    """``x`` resized to ``size`` (H, W) with ``align_corners=False``; the identity when it already has that size
-    (except while tracing, where that test would freeze into the graph). Half-precision inputs are resized in
-    float32 (as the official code) and cast back."""
-    if not torch.jit.is_tracing() and tuple(x.shape[-2:]) == tuple(size):
-        return x
-    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    return F.interpolate(y, size=tuple(size), mode=mode, align_corners=False).to(x.dtype)
+__all__ = ["FCNHead", "PyramidPooling", "SegHead", "UperHead", "adaptive_avg_pool2d"]
 
 
 def _pool_matrix(n, bins: int, like: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .._utils import parse_size
-from ..layers.seg_heads import resize_to
+from ..layers.resize import resize_to
 
 __all__ = ["predict_full"]
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..data import DataConfig, build_batches, open_image, resolve_data_config
 from ..data.segmentation import build_segmentation_batches
+from ..data.seg_transforms import check_scales
 from ..data.transforms import EvalTransform
 from ..layers.norm import reestimate_bn
 from ..checkpoints import CheckpointError, model_config, read_config, resolve_weights
@@ -142,13 +143,15 @@ def eval_short_side(net: nn.Module, img_size: int | None = None) -> int | None:
 
 
 def segmentation_eval_batches(net: nn.Module, info, *, batch_size: int, workers: int, limit: int | None = None,
-                              img_size: int | None = None, rank: int = 0, world: int = 1):
+                              img_size: int | None = None, rank: int = 0, world: int = 1,
+                              scales: tuple[float, ...] = (1.0,)):
     """(DataConfig, evaluation batches) of a segmentation model on the dataset `info`, as `validate` scores it: the
-    saved preprocessing with the dataset's mean and std, the images resized to ``eval_short_side``."""
+    saved preprocessing with the dataset's mean and std, the images resized to ``eval_short_side`` (times each of
+    `scales`: one view per scale)."""
     data_cfg = _preprocessing(net, None, None, info.mean, info.std)
     batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1], batch_size=batch_size,
                                          rank=rank, world=world, workers=workers, limit=limit,
-                                         eval_short_side=eval_short_side(net, img_size))
+                                         eval_short_side=eval_short_side(net, img_size), eval_scales=scales)
     return data_cfg, batches
 
 
@@ -161,12 +164,13 @@ def _no_crop_pct(crop_pct: float | None) -> None:
 def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str | None = None, *,
              batch_size: int = 256, img_size: int | None = None, crop_pct: float | None = None,
              device: str = "auto", amp: str = "none", limit: int | None = None, workers: int = 4,
-             flip: bool = False) -> dict:
+             flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> dict:
     """A saved model on a dataset's eval split, scored as its task does (recorded in the file): top-1 / top-5
     (micro, percent) and loss on Fashion-MNIST test by default, with the saved preprocessing (or `img_size` /
     `crop_pct`); or mIoU, mAcc, aAcc, per-class IoU / accuracy ({class: percent}) and loss on the Fashion-MNIST
     scenes by default, with the dataset's evaluation protocol (`img_size`: resize the short side to it; `flip`:
-    average with the mirrored images' logits)."""
+    average with the mirrored images' logits; `scales`: the multi-scale test, ratios of that size, the views'
+    probabilities averaged)."""
     d = setup_distributed(device)
     try:
         net = load_model(checkpoint, model, device=d.device)
@@ -176,21 +180,22 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
         if task == "segmentation":
             _no_crop_pct(crop_pct)
             data_cfg, batches = segmentation_eval_batches(net, info, batch_size=batch_size, workers=workers,
-                                                          limit=limit, img_size=img_size, rank=d.rank, world=d.world)
+                                                          limit=limit, img_size=img_size, rank=d.rank, world=d.world,
+                                                          scales=scales)
             r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp, flip=flip)
             names = class_names(net, num_classes)
             r.update({k: dict(zip(names, v)) for k, v in r.items() if k.startswith("per_class_")})
         else:
-            if flip:
-                raise ValueError("--flip is for segmentation checkpoints (a flip test of the label maps); leave it "
-                                 "out for a classifier")
+            if flip or tuple(scales) != (1.0,):
+                raise ValueError("--flip and --scales are for segmentation checkpoints (flip and multi-scale tests of "
+                                 "the label maps); leave them out for a classifier")
             data_cfg = _preprocessing(net, img_size, crop_pct, info.mean, info.std)
             batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size, rank=d.rank,
                                     world=d.world, workers=workers, limit=limit)
             r = evaluate(net, batches, data_cfg, d.device, num_classes, amp)
         r["skipped_images"] = batches.num_skipped
         if task == "segmentation":
-            r["flip"] = flip
+            r["flip"], r["scales"] = flip, list(check_scales(scales))
         return {**r, "task": task, "model": net.pretrained_cfg["architecture"],
                 "checkpoint": str(resolve_weights(checkpoint))}
     finally:

@@ -135,11 +135,11 @@ RECIPES: dict[str, dict] = {
     # head on the stride-16 features (weight 0.4; another model keeps it with --model-kwargs aux_channels=64).
     # Measured (docs/segmentation_recipe.md, one thread each): 47.2 % test mIoU with 3-7 items and no OHEM, 51.3
     # with 9-15, 52.7 with 12-20, 52.6 with 9-15 and OHEM, 53.1 with both, 54.1 with the auxiliary head.
-    "seg-scenes": dict(task="segmentation", model="qtvit_seg_1_ade20k", epochs=2, warmup_epochs=0.1, batch_size=8,
+    "seg-scenes": dict(task="segmentation", model="qtvit_seg_1_ade20k", epochs=3, warmup_epochs=0.1, batch_size=8,
                        eval_batch_size=16, lr=2e-3, min_lr=0.0, weight_decay=0.01, schedule="poly", img_size=192,
-                       scale_range=(0.75, 0.75), eval_size=192, limit_train=6500, limit_eval=200, hflip=True,
-                       aux_weight=0.4, channels_last=True, eval_every_epochs=2, seg_jitter=False,
-                       scene_items=(12, 20), ohem=0.7, model_kwargs=dict(aux_channels=64)),
+                       scale_range=(0.75, 0.75), eval_size=192, limit_train=6000, limit_eval=200, hflip=True,
+                       aux_weight=0.4, channels_last=True, eval_every_epochs=3, seg_jitter=False,
+                       scene_items=(12, 20), ohem=0.7, model_kwargs=dict(aux_channels=64), fused_optimizer=True),
 }
 
 

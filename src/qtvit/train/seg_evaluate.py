@@ -84,25 +84,37 @@ def _nan_to_none(values: list[float]) -> list[float | None]:
     return [None if math.isnan(v) else round(v, 4) for v in values]
 
 
+def _view_logits(model: nn.Module, x: torch.Tensor, size, amp: str, flip: bool) -> torch.Tensor:
+    """float32 logits of one view at the labels' `size` (bicubic), averaged with the mirror image's when `flip`."""
+    with autocast(x.device, amp):
+        logits = main_logits(model(x)).float()
+        if flip:  # the (bicubic) upsampling is linear and commutes with the mirror: averaging before it is the same
+            logits = (logits + main_logits(model(x.flip(-1))).float().flip(-1)) / 2
+    return upsample_logits(logits, size)  # once, for the metric and the loss
+
+
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_classes: int,
                           amp: str = "none", channels_last: bool = False, ignore_index: int = 255,
                           flip: bool = False) -> dict:
     """mIoU, mAcc, aAcc (percent), per-class IoU and accuracy (percent, None where undefined), the mean
     cross-entropy per labelled pixel and the image count over `batches` (all processes). `flip` averages the
-    logits of each image and its mirror image (mmsegmentation's flip test; twice the model's time)."""
+    logits of each image and its mirror image (mmsegmentation's flip test; twice the model's time). Batches whose
+    images are a list of views (the multi-scale test, ``SegEvalTransform(scales=...)``) are scored on the mean of
+    the views' class probabilities at the labels' size (as mmsegmentation's multi-scale test), each view's logits
+    flip-averaged first when `flip`; the loss is then the cross-entropy of that mean."""
     was_training = model.training
     model.eval()
     metric = SegmentationMetrics(num_classes, device, ignore_index)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
     for x, y in batches.iterate(0):
         y = y.to(device)
-        x = model_input(x, data_cfg, device, channels_last)
-        with autocast(device, amp):
-            logits = main_logits(model(x)).float()
-            if flip:  # the (bicubic) upsampling is linear and commutes with the mirror: averaging before it is the same
-                logits = (logits + main_logits(model(x.flip(-1))).float().flip(-1)) / 2
-        logits = upsample_logits(logits, y.shape[-2:])  # once, for the metric and the loss
+        views = [_view_logits(model, model_input(v, data_cfg, device, channels_last), y.shape[-2:], amp, flip)
+                 for v in (x if isinstance(x, (list, tuple)) else [x])]
+        # Several views: log of the mean probability (whose argmax and cross-entropy are the mean's), by logsumexp so
+        # that a class no view gives any probability stays finite.
+        logits = views[0] if len(views) == 1 else (
+            torch.logsumexp(torch.stack([v.log_softmax(1) for v in views]), 0) - math.log(len(views)))
         metric.update(logits, y)
         sums += torch.stack([F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum").double(),
                              (y != ignore_index).sum().double(),

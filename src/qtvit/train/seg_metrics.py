@@ -16,7 +16,8 @@ All in percent.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ..layers.resize import resize_to
 
 __all__ = ["SegmentationMetrics", "upsample_logits", "scores_from_confusion"]
 
@@ -24,9 +25,7 @@ __all__ = ["SegmentationMetrics", "upsample_logits", "scores_from_confusion"]
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Logits (B, K, h, w) resized to the labels' (H, W) before the argmax, bicubic as EfficientViT's evaluation
     (``efficientvit.models.utils.resize``)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits.float(), size=tuple(size), mode="bicubic", align_corners=False)
+    return resize_to(logits.float(), size, "bicubic")
 
 
 def scores_from_confusion(confusion: torch.Tensor) -> dict:
