@@ -30,9 +30,9 @@ out="${QTVIT_OUTPUT:-runs}"
 run="${QTVIT_RUN:-seg-job-$(date +%Y%m%d-%H%M%S)}"
 "${launch[@]}" --recipe seg-scenes --output "$out" --name "$run" "$@"
 final="$out/$run/checkpoints/$(cat "$out/$run/checkpoints/latest")"
-single=$(qtvit validate --checkpoint "$final" -b 8 --json)
+single=$(qtvit validate --checkpoint "$final" -b 8 --workers 2 --json)
 echo "$single" > "$out/$run/test_result_single_scale.json"
-result=$(qtvit validate --checkpoint "$final" -b 8 --flip --scales 0.6667 1 1.3333 --json)
+result=$(qtvit validate --checkpoint "$final" -b 8 --workers 2 --flip --scales 0.6667 1 1.3333 --json)
 echo "$result" > "$out/$run/test_result.json"
 qtvit figure segmentation --checkpoint "$final" --images 6 --out "$out/$run/predictions.png"
 python - "$result" "$(( $(date +%s) - t0 ))" "$single" <<'PY'

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from qtvit.data.seg_folders import LabelMap, SegmentationFolder, Unreadable, folder_pairs, open_mask
-from qtvit.data.seg_transforms import SegBatchAugment, SegTrainTransform, eval_size
+from qtvit.data.seg_transforms import SegBatchAugment, SegEvalTransform, SegTrainTransform, eval_size
 from qtvit.data.segmentation import build_segmentation_batches, open_segmentation
 
 
@@ -287,3 +287,22 @@ def test_photometric_jitter_touches_images_only_and_normalises():
     assert torch.equal(a, b) and not torch.allclose(a, plain) and a.shape == x.shape
     grey = SegBatchAugment((0.5,), (0.25,), p=1.0)(x[:, :1])  # brightness and contrast only
     assert grey.shape == (4, 1, 8, 8)
+
+
+def test_multi_scale_eval_views_are_the_protocol_sizes_times_each_ratio():
+    """One view per ratio, each resized from the original image (so the ratio-1 view is the single-scale one);
+    the labels stay at the original size."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 5, (60, 90), generator=g)
+    views, out = SegEvalTransform(short_side=64, scales=(0.5, 1, 1.5))(img, labels)
+    # short side 64 x r, the long side rounded up to a multiple of 32: 90/60 * 32 -> 64, * 64 -> 96, * 96 -> 160
+    assert [tuple(v.shape) for v in views] == [(3, 32, 64), (3, 64, 96), (3, 96, 160)]
+    assert torch.equal(views[1], SegEvalTransform(short_side=64)(img, labels)[0]) and out is labels
+    views, _ = SegEvalTransform(size=(40, 80), scales=(0.5, 1))(img, labels)
+    assert [tuple(v.shape[-2:]) for v in views] == [(20, 40), (40, 80)]
+    one, _ = SegEvalTransform(scales=(0.5,))(img, labels)  # one ratio: a plain image, not a tuple
+    assert isinstance(one, torch.Tensor) and one.shape == (3, 30, 45)
+    for bad in ((), (0,), (-1, 1), (float("nan"),)):
+        with pytest.raises(ValueError, match="give one or more ratios of the evaluation size"):
+            SegEvalTransform(short_side=64, scales=bad)

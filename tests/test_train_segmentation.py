@@ -326,6 +326,42 @@ def test_flip_test_scores_the_average_of_each_image_and_its_mirror(seg_run, caps
     assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(flipped["miou"], abs=1e-4)
 
 
+def test_multi_scale_test_scores_the_mean_probability_of_the_views(seg_run, capsys):
+    """validate(scales=...) averages, at the labels' size, the class probabilities of the image at each ratio of
+    the evaluation size (each view's logits flip-averaged with --flip): the same score by hand with predict_full."""
+    from qtvit.models.segmentation import predict_full
+    from qtvit.train.evaluate import segmentation_eval_batches
+    from qtvit.train.inputs import model_input
+    from qtvit.train.seg_evaluate import open_task_data
+    from qtvit.train.seg_metrics import SegmentationMetrics
+    run, _ = seg_run
+    scales = (0.5, 1.0, 1.25)
+    multi = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0, flip=True, scales=scales)
+    flipped = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0, flip=True)
+    net = load_model(run, device="cpu").eval()
+    info = open_task_data("segmentation", SMALL_FMNIST)
+    data_cfg, batches = segmentation_eval_batches(net, info, batch_size=2, workers=0, limit=4, scales=scales)
+    _, single = segmentation_eval_batches(net, info, batch_size=2, workers=0, limit=4)
+    metric = SegmentationMetrics(len(multi["per_class_iou"]), torch.device("cpu"))
+    with torch.no_grad():
+        for (views, y), (x, _) in zip(batches.iterate(0), single.iterate(0)):
+            assert len(views) == 3 and torch.equal(views[1], x)  # ratio 1 is the single-scale view
+            assert views[0].shape[-1] < x.shape[-1] < views[2].shape[-1]
+            probs = [predict_full(net, model_input(v, data_cfg, torch.device("cpu")), size=y.shape[-2:], flip=True,
+                                  mode="bicubic").softmax(1) for v in views]
+            metric.update(torch.stack(probs).mean(0), y)
+    assert multi["scales"] == [0.5, 1.0, 1.25] and flipped["scales"] == [1.0]
+    assert multi["miou"] == pytest.approx(metric.compute()["mIoU"], abs=1e-3)
+    assert multi["per_class_iou"] != flipped["per_class_iou"]  # the other scales changed some predictions
+    assert math.isfinite(multi["loss"])
+    assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu",
+                 "--workers", "0", "-b", "2", "--flip", "--scales", "0.5", "1", "1.25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(multi["miou"], abs=1e-4)
+    assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--scales", "0", "--limit", "1",
+                 "--device", "cpu", "--workers", "0"]) != 0
+    assert "give one or more ratios of the evaluation size" in capsys.readouterr().err
+
+
 def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
     run, _ = seg_run
     rng = np.random.default_rng(1)
@@ -447,8 +483,9 @@ def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys)
         predict([folder / "train" / "cat" / "x.png"], cls_run, output_dir=tmp_path / "masks")
     with pytest.raises(ValueError, match="--crop-pct is for classification checkpoints"):
         validate(run, data=SMALL_FMNIST, crop_pct=0.9, limit=1, device="cpu", workers=0)
-    with pytest.raises(ValueError, match="--flip is for segmentation checkpoints"):
-        validate(cls_run, data=SMALL_FMNIST, flip=True, limit=1, device="cpu", workers=0)
+    for option in (dict(flip=True), dict(scales=(0.5, 1))):
+        with pytest.raises(ValueError, match="--flip and --scales are for segmentation checkpoints"):
+            validate(cls_run, data=SMALL_FMNIST, limit=1, device="cpu", workers=0, **option)
 
 
 _DDP_SCRIPT = textwrap.dedent("""

@@ -245,7 +245,8 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--data", "--data-dir", dest="data", help="'fashion-mnist' (default), idx folder, or ImageNet-style "
                                                              "folder (its val/); segmentation: 'fashion-mnist-scenes' "
                                                              "(default), ADE20K, Cityscapes or image/mask folder")
-    p.add_argument("-b", "--batch-size", type=positive_int, default=256)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=None,
+                   help="images per batch (default 256 for a classifier, 8 for a segmentation model)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
