@@ -15,16 +15,11 @@ echo "main_job: installed in $(( $(date +%s) - t0 )) s"
 # (up to 20x faster there); on an idle machine the default is faster (0.18 against 0.25 s a step, measured).
 
 # Two processes of one thread each (DDP over gloo, batch 64 each: global batch 128, as the recipe's one process
-# of 128): this model's ops are too small to share well between threads. With the library's changes of issue 12
-# the training images/s went up 1.17-1.41x (measured under two kinds of load: scripts/bench_train_speed.py,
-# docs/main_job_recipe.md).
+# of 128; scripts/train_launch.sh). With the library's changes of issue 12 the training images/s went up
+# 1.17-1.41x (measured under two kinds of load: scripts/bench_train_speed.py, docs/main_job_recipe.md).
 # QTVIT_PROCS=1 trains in one process with the recipe's batch 128.
-procs="${QTVIT_PROCS:-2}"
-if [ "$procs" -gt 1 ]; then
-    launch=(torchrun --standalone --nproc_per_node "$procs" -m qtvit train --batch-size $(( 128 / procs )))
-else
-    launch=(qtvit train)
-fi
+. scripts/train_launch.sh
+train_launcher 128
 
 # 3. Train, then evaluate the final weights (the last checkpoint, not the best epoch: the test set picks nothing).
 out="${QTVIT_OUTPUT:-runs}"

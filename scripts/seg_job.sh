@@ -13,15 +13,12 @@ t0=$(date +%s)
 QTVIT_EXTRAS=train,plot . scripts/setup_env.sh
 echo "seg_job: installed in $(( $(date +%s) - t0 )) s"
 
-# Two processes of one thread each (DDP over gloo, batch 4 each: global batch 8, as the recipe's one process of 8),
-# one loader worker each: 1.09x the training images/s of one process of two threads (scripts/bench_train_speed.py
-# --recipe seg-scenes --workers 1). QTVIT_PROCS=1 trains in one process with the recipe's batch 8.
-procs="${QTVIT_PROCS:-2}"
-if [ "$procs" -gt 1 ]; then
-    launch=(torchrun --standalone --nproc_per_node "$procs" -m qtvit train --batch-size $(( 8 / procs )) --workers 1)
-else
-    launch=(qtvit train)
-fi
+# Two processes of one thread each (DDP over gloo, batch 4 each: global batch 8, as the recipe's one process of 8;
+# scripts/train_launch.sh), one loader worker each: 1.09x the training images/s of one process of two threads
+# (scripts/bench_train_speed.py --recipe seg-scenes --workers 1). QTVIT_PROCS=1 trains in one process with the
+# recipe's batch 8.
+. scripts/train_launch.sh
+train_launcher 8 --workers 1
 
 # 3. Train, then evaluate the final weights (the last checkpoint: the test scenes pick nothing) single-scale, and with
 #    the multi-scale flip test (the scenes at 2/3, 1 and 4/3 of the evaluation size and mirrored, the class

@@ -254,3 +254,23 @@ def test_img_size_is_recorded_and_a_resized_positional_embedding_is_reported(tmp
     from qtvit.checkpoints import read_config
     cfg = read_config(tmp_path / "r" / "checkpoints" / "step_00000001" / "model.safetensors")
     assert cfg["pretrained_cfg"]["input_size"] == [1, 32, 32]
+
+
+def test_jobs_train_launcher_splits_the_recipe_batch_between_processes():
+    """scripts/train_launch.sh, which both jobs source: QTVIT_PROCS 1-thread processes of GLOBAL / QTVIT_PROCS images
+    under torchrun (2 by default), the plain command for one, a clear error where the batch does not split."""
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_launch.sh"
+
+    def launch(procs: str, *args: str) -> subprocess.CompletedProcess:
+        cmd = f'. "{script}" && train_launcher {" ".join(args)} && echo "${{launch[@]}}"'
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", **({"QTVIT_PROCS": procs} if procs else {})})
+
+    assert launch("", "8", "--workers", "1").stdout.split() == [
+        "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "qtvit", "train", "--batch-size", "4",
+        "--workers", "1"]
+    assert launch("4", "128").stdout.split()[3::5] == ["4", "32"]  # --nproc_per_node 4 ... --batch-size 32
+    assert launch("1", "128", "--workers", "1").stdout.split() == ["qtvit", "train"]
+    bad = launch("3", "8")
+    assert bad.returncode != 0 and "QTVIT_PROCS=3 does not divide the recipe's global batch 8" in bad.stderr

@@ -129,12 +129,14 @@ RECIPES: dict[str, dict] = {
                           fused_optimizer=True),
     # Segmentation of the embedded Fashion-MNIST scenes (11 classes, 256 x 256 canvases; data/scenes.py) with
     # QT-ViT-1's segmentation model: the model sees each whole scene at 0.75 resolution (192 px, no crop; evaluation
-    # at 192, the metric at full 256 x 256), 6500 training scenes of 12-20 items (the test scenes keep 3-7: more
-    # labelled garment pixels per scene) x 2 epochs, batch 8, AdamW with a short warm-up and poly decay, the loss over
-    # the hard pixels (OHEM 0.7), no photometric jitter (the scenes' colours are already random), an auxiliary FCN
-    # head on the stride-16 features (weight 0.4; another model keeps it with --model-kwargs aux_channels=64).
-    # Measured (docs/segmentation_recipe.md, one thread each): 47.2 % test mIoU with 3-7 items and no OHEM, 51.3
-    # with 9-15, 52.7 with 12-20, 52.6 with 9-15 and OHEM, 53.1 with both, 54.1 with the auxiliary head.
+    # at 192, the metric at full 256 x 256), training scenes of 12-20 items (the test scenes keep 3-7: more
+    # labelled garment pixels per scene), 6000 of them x 3 epochs, batch 8, fused AdamW with a short warm-up and poly
+    # decay, the loss over the hard pixels (OHEM 0.7), no photometric jitter (the scenes' colours are already
+    # random), an auxiliary FCN head on the stride-16 features (weight 0.4; another model keeps it with
+    # --model-kwargs aux_channels=64). Measured (docs/segmentation_recipe.md): 47.2 % test mIoU with 3-7 items and
+    # no OHEM, 51.3 with 9-15, 52.7 with 12-20, 52.6 with 9-15 and OHEM, 53.1 with both, 54.1 with the auxiliary
+    # head (2 epochs x 6500, one thread each); scripts/seg_job.sh (this recipe, two 1-thread processes): 55.9
+    # single-scale, 60.2 with the multi-scale flip test.
     "seg-scenes": dict(task="segmentation", model="qtvit_seg_1_ade20k", epochs=3, warmup_epochs=0.1, batch_size=8,
                        eval_batch_size=16, lr=2e-3, min_lr=0.0, weight_decay=0.01, schedule="poly", img_size=192,
                        scale_range=(0.75, 0.75), eval_size=192, limit_train=6000, limit_eval=200, hflip=True,
