@@ -3,9 +3,10 @@
     python scripts/bench_train_speed.py [--recipe fashion-mnist] [--steps 40] [--rounds 3] [--cores 2]
                                         [--old-src /path/to/old/src] [--workers N]
 
-old: one process with --cores threads, batch 128, torch's default (per-tensor loop) AdamW: the main job before
-issue 12. new: --cores processes of one thread each (DDP over gloo, as scripts/main_job.sh starts them with torchrun),
-batch 128 / cores per process (global batch 128), fused AdamW. `--old-src`: run "old" on the qtvit sources there
+old: one process with --cores threads, the recipe's batch (128 for fashion-mnist) and optimizer (with --old-src
+before issue 12: torch's per-tensor AdamW loop, the main job as it was). new: --cores processes of one thread each
+(DDP over gloo, as scripts/main_job.sh starts them with torchrun), the recipe's batch / cores per process (the same
+global batch), fused AdamW. `--old-src`: run "old" on the qtvit sources there
 (e.g. a checkout of main before issue 12: `git worktree add /tmp/old <commit>`, then --old-src /tmp/old/src), so
 that it also measures the library's changes, not only the set-up's. Each round runs old, then new, in fresh processes
 (threads and processes are per-process settings), `--steps` training steps of the fashion-mnist recipe on the real

@@ -254,8 +254,9 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--flip", action="store_true", help="segmentation: average each image's logits with its mirror "
                                                       "image's (flip test; twice the time)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="R",
-                   help="segmentation: multi-scale test, each image also at these ratios of the evaluation size (e.g. "
-                        "0.667 1 1.333), the class probabilities averaged (default 1: single scale)")
+                   help="segmentation: multi-scale test, each image at these ratios of the evaluation size (e.g. "
+                        "0.667 1 1.333; list 1 to keep the plain view), the class probabilities averaged "
+                        "(default 1: single scale)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_validate)
 

@@ -123,9 +123,9 @@ def eval_size(h: int, w: int, short_side: int | None = None, size: tuple[int, in
     """The (height, width) the evaluation protocol resizes an h x w image to (see the module docstring), at
     `scale` times the protocol's size."""
     if size is not None:
-        return (round(size[0] * scale), round(size[1] * scale)) if scale != 1 else tuple(size)
+        return round(size[0] * scale), round(size[1] * scale)
     if short_side is None:
-        return (round(h * scale), round(w * scale)) if scale != 1 else (h, w)
+        return round(h * scale), round(w * scale)
     short_side = round(short_side * scale)
     if h < w:
         return short_side, math.ceil(w / h * short_side / multiple) * multiple
