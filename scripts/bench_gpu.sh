@@ -36,7 +36,7 @@ for dt in float16 bfloat16; do
         --head-dims 16 32 --heads 8 --modes fwd fwd+bwd --repeats 10 --budget 1 --out "$OUT/kernels_cuda_$dt.csv"
 done
 for dt in float16 bfloat16; do
-    step 90 "models_cuda_$dt" $PY -m qtvit benchmark models --device cuda --dtype $dt \
+    step 120 "models_cuda_$dt" $PY -m qtvit benchmark models --device cuda --dtype $dt \
         --models qtvit_1 efficientvit_b1 --sizes 224 512 1024 2048 --batch-sizes 1 32 \
         --modes eager fused cudagraph --repeats 20 --budget 2 --max-call 10 --out "$OUT/models_cuda_$dt.csv"
 done
