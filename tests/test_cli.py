@@ -98,10 +98,10 @@ def test_command_table_and_python_dash_m():
 
 
 def test_recipe_and_options_from_the_command_line():
-    args = build_parser().parse_args(["train", "--recipe", "fashion-mnist", "--epochs", "2", "--no-hflip",
+    args = build_parser().parse_args(["train", "--recipe", "fashion-mnist", "--epochs", "2", "--hflip",
                                       "--model-kwargs", "widths=[8,8,8,8,8]", "--betas", "0.8", "0.9"])
     cfg = config_from_args(args)
-    assert cfg.recipe == "fashion-mnist" and cfg.epochs == 2 and cfg.hflip is False and cfg.lr == 3e-3
+    assert cfg.recipe == "fashion-mnist" and cfg.epochs == 2 and cfg.hflip is True and cfg.lr == 3e-3
     assert cfg.model_kwargs == {"widths": [8, 8, 8, 8, 8]} and cfg.betas == (0.8, 0.9)
     seg = config_from_args(build_parser().parse_args(["train", "--recipe", "seg-scenes", "--eval-size", "96",
                                                       "--scale-range", "0.5", "1", "--img-size", "64"]))

@@ -57,8 +57,8 @@ def test_recipes_layer_defaults_preset_and_overrides():
     fm = make_config("fashion-mnist", epochs=2)
     assert fm.epochs == 2 and fm.model == "qtvit_pico" and fm.recipe == "fashion-mnist"
     fm.model_kwargs["widths"] = None
-    assert make_config("fashion-mnist").model_kwargs == {}  # presets are not shared
-    assert "model_kwargs" not in RECIPES["fashion-mnist"]
+    assert make_config("fashion-mnist").model_kwargs == {"strides": (2, 1, 2, 1, 2)}  # presets are not shared
+    assert RECIPES["fashion-mnist"]["model_kwargs"] == {"strides": (2, 1, 2, 1, 2)}  # the preset itself unchanged
     assert make_config("fashion-mnist", model="qtvit_micro").model_kwargs == {}
     with pytest.raises(ValueError, match="unknown recipe 'imagenet'"):
         make_config("imagenet")
