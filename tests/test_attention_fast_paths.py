@@ -110,3 +110,30 @@ def test_auto_chunks_are_cache_sized_on_cpu_and_memory_bounded_on_cuda():
     assert auto_chunk_size(d_phi, cuda, rows=8) == CUDA_CHUNK_FEATURES // (8 * d_phi) > 16384  # one chunk there
     assert auto_chunk_size(d_phi, cuda, rows=8 * 64) * 8 * 64 * d_phi <= CUDA_CHUNK_FEATURES  # big batches split
     assert auto_chunk_size(10 ** 9, cuda, rows=10 ** 6) == 256  # never below 256 tokens
+
+
+def _channels_first(m, q, k, v):
+    cf = [t.transpose(-1, -2).contiguous() for t in (q, k, v)]
+    return m.forward_channels_first(*cf).transpose(-1, -2)
+
+
+@pytest.mark.parametrize("name", ["qt", "relu", "elu"])
+def test_channels_first_path_equals_explicit(name):
+    """The exported graphs' layout (qt and relu have their own channel-major formula, elu transposes): float64
+    against the explicit reference, self- and cross-attention, with all-zero query and key tokens."""
+    m = create_kernel(name, head_dim=8, num_heads=3).double()
+    for nq in (None, 11):
+        q, k, v = qkv(nq=nq)
+        q[:, :, 0] = 0
+        k[:, :, 3] = 0
+        assert rel_err(_channels_first(m, q, k, v), m.explicit(q, k, v)) < 1e-12
+
+
+def test_channels_first_path_dtypes_and_shapes():
+    """bf16 inputs run in the fp32 island and come back in bf16; a wrong head dim is the usual clear error."""
+    m = create_kernel("qt", head_dim=8, num_heads=3)
+    q, k, v = qkv(dtype=torch.float32)
+    out = _channels_first(m, *(t.bfloat16() for t in (q, k, v)))
+    assert out.dtype == torch.bfloat16 and rel_err(out.float(), m.explicit(q, k, v)) < 2e-2
+    with pytest.raises(ValueError, match="head_dim=8 but q has head dim 4"):
+        m.forward_channels_first(*(t[..., :4].transpose(-1, -2) for t in (q, k, v)))

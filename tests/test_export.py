@@ -43,6 +43,21 @@ def test_onnx_matches_torch_at_two_sizes_and_batches(name, tmp_path):
     assert all(r["max_abs_output"] > 0.05 for r in rows)  # the comparison is not between two ~0 outputs
 
 
+@pytest.mark.parametrize("name", ["qtvit_nano", "efficientvit_nano"])
+def test_onnxruntime_runs_the_attention_without_transposes(name, tmp_path):
+    """The exported LiteMLA stays channel-major (kernel.forward_channels_first): after onnxruntime's own graph
+    optimisations no Transpose is left anywhere in qtvit's (qt) or EfficientViT's (relu) graph."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    path = export_onnx(calibrate_batchnorm(qtvit.create_model(name, num_classes=10), 32), tmp_path / "m.onnx", 32)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable, no NCHWc layouts
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert "Transpose" not in ops and ops.count("Conv") > 10
+
+
 def test_inference_form_exports_and_matches_eager(tmp_path):
     torch.manual_seed(0)
     model = calibrate_batchnorm(_small_l(), (64, 96))  # non-trivial BN statistics, so folding them is tested
@@ -159,8 +174,9 @@ def test_int8_quantization_keeps_dynamic_shapes_and_attention_in_float(tmp_path)
     ops = [n.op_type for n in graph.node]
     assert "Conv" not in ops and ops.count("QLinearConv") > 10  # every conv in INT8, its bias too
     quantized = {o for n in graph.node if n.op_type in ("QLinearConv", "QuantizeLinear") for o in n.output}
-    norms = [n for n in graph.node if n.op_type == "ReduceL2"]  # the QT kernel's norms read float tensors
-    assert norms and not any(i in quantized for n in norms for i in n.input)
+    # the attention (its matrix products, the QT kernel's norms: Mul + ReduceSum + Sqrt) reads float tensors
+    attention = [n for n in graph.node if n.op_type in ("MatMul", "ReduceSum", "Sqrt")]
+    assert len(attention) > 5 and not any(i in quantized for n in attention for i in n.input)
     shape = onnx_session(int8).get_inputs()[0].shape
     assert isinstance(shape[0], str) and isinstance(shape[2], str) and isinstance(shape[3], str)
     # top-1 against the fp32 model's own predictions: fp32 agrees with itself, int8 with most of them

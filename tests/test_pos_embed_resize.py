@@ -110,3 +110,32 @@ def test_resize_to_bicubic_equals_interpolate_any_layout_and_dtype():
     (F.interpolate(b, size=(24, 20), mode="bicubic", align_corners=False) * w).sum().backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
     assert resize_to(x, (6, 9), "bicubic") is x
+
+
+@pytest.mark.parametrize("kernel", ["qt", "relu", "elu"])
+@pytest.mark.parametrize("train", [False, True])
+def test_traced_lite_mla_is_channel_major_and_equals_eager(kernel, train):
+    """A trace (what the ONNX export records) takes LiteMLA's channel-major path (kernel.forward_channels_first,
+    the v-shortcut's BN over the channel axis, the embedding resized straight into (1, E, d, N)); in float64 it
+    equals the eager token-major path at the traced size and at others, in eval and in training mode
+    (tests/test_export.py checks that onnxruntime's graph then has no Transpose)."""
+    from qtvit.attention import kernel_factory
+    from qtvit.layers.lite_mla import LiteMLA
+
+    torch.manual_seed(0)
+    qt = kernel == "qt"
+    mla = LiteMLA(32, head_dim=8, kernel_layer=kernel_factory(kernel), pos_embed_size=(6, 6) if qt else None,
+                  v_shortcut=qt).double()
+    if qt:
+        with torch.no_grad():
+            mla.pos_embed.normal_()
+            mla.v_norm.running_mean.normal_()
+            mla.v_norm.running_var.uniform_(0.5, 2)
+    mla.train(train)
+    x = torch.randn(2, 32, 8, 10, dtype=torch.float64)
+    with torch.no_grad():
+        traced = torch.jit.trace(mla, x, check_trace=False)
+    for shape in [(2, 32, 8, 10), (1, 32, 6, 6), (3, 32, 5, 13)]:
+        y = torch.randn(*shape, dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(y), mla(y), rtol=1e-10, atol=1e-12)

@@ -172,6 +172,25 @@ class AttentionKernel(nn.Module):
         """The linear path on inputs already in the compute dtype: the shared core."""
         return linear_attention(self, q, k, v, chunk_size=self.tokens_per_chunk(q), numerator_map=numerator_map)
 
+    def forward_channels_first(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``forward`` on channel-major inputs, (B, H, d, Nq), (B, H, d, N), (B, H, dv, N) -> (B, H, dv, Nq): what an
+        exported LiteMLA runs, whose q, k, v are slices of a (B, C, H, W) map. Kernels with a
+        ``linear_channels_first`` (relu, qt) compute it without a token-major copy: onnxruntime then has no
+        transposes to run around the attention; the others transpose to ``forward`` and back."""
+        if type(self).linear_channels_first is AttentionKernel.linear_channels_first:
+            return self.forward(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)).transpose(-1, -2)
+        self._check(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        dtype = result_dtype(q, k, v)
+        ct = compute_dtype(dtype)
+        with fp32_island(q.device):
+            out = self.linear_channels_first(*(t if t.dtype == ct else t.to(ct) for t in (q, k, v)))
+        return to_input_dtype(out, dtype)
+
+    def linear_channels_first(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The linear path on channel-major inputs already in the compute dtype (``forward_channels_first``);
+        optional: a kernel without one is transposed to ``linear``."""
+        raise NotImplementedError
+
     def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
         """The explicit normalised (B, H, Nq, N) attention map: the reference path and the figures' input."""
         self._check(q, k)

@@ -262,19 +262,20 @@ def default_scale(d: int) -> float:
     return 1.0 / math.sqrt(d)
 
 
-def l2norm(x: Tensor) -> Tensor:
-    """‖x‖₂ over the last axis, keepdim, with finite gradients at x = 0.
+def l2norm(x: Tensor, dim: int = -1) -> Tensor:
+    """‖x‖₂ over axis ``dim`` (default the last), keepdim, with finite gradients at x = 0.
 
     Σx² is floored at the dtype's smallest normal number before the square root: the same value for every token
-    with Σx² above it, and a zero gradient (not 0·∞ = NaN) for an all-zero one. On channel-major views the sum of
-    squares, which adds whole rows of tokens: torch's vector norm is ~50× slower there (7 against 0.1 ms for
-    (8, 4096, 16) here); on unit-stride channels the vector norm, ~1.4× faster than the sum of squares, floored
+    with Σx² above it, and a zero gradient (not 0·∞ = NaN) for an all-zero one. On channel-major views (and over
+    another axis than the last) the sum of squares, which adds whole rows of tokens: torch's vector norm is ~50×
+    slower there (7 against 0.1 ms for (8, 4096, 16) here), and in onnxruntime it is a strided ReduceL2, slower
+    than Mul + ReduceSum; on unit-stride channels the vector norm, ~1.4× faster than the sum of squares, floored
     at √tiny (the same value).
     """
     tiny = torch.finfo(x.dtype).tiny
-    if x.stride(-1) == 1 or x.shape[-1] == 1:
+    if dim in (-1, x.dim() - 1) and (x.stride(-1) == 1 or x.shape[-1] == 1):
         return torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(math.sqrt(tiny))
-    sq = (x * x).sum(dim=-1, keepdim=True)
+    sq = (x * x).sum(dim=dim, keepdim=True)
     return sq.clamp_min(tiny).sqrt()
 
 

@@ -122,6 +122,12 @@ class LiteMLA(nn.Module):
             self._resized, self._resized_key = pe, key
         return pe
 
+    def pos_embed_channels(self, h: int, w: int) -> torch.Tensor:
+        """The positional embedding for an h x w token map, channel-major: (1, num_heads, head_dim, h*w)."""
+        if self.pos_embed_cache is not None:
+            return self.pos_embed_tokens(h, w).transpose(-1, -2)
+        return separable_resize(self.pos_embed, h, w).reshape(1, self.num_heads, self.head_dim, h * w)
+
     @torch.no_grad()
     def cache_pos_embed(self, hw: tuple[int, int]) -> None:
         """Resize the positional embedding once for a fixed token map so no interpolation runs in forward."""
@@ -143,6 +149,17 @@ class LiteMLA(nn.Module):
         E, d, N = self.num_heads, self.head_dim, H * W
         qkv = self.qkv(x)
         qkv = torch.cat([qkv] + [branch(qkv) for branch in self.aggreg], dim=1)
+        if torch.jit.is_tracing():
+            # An exported graph stays channel-major: q, k, v are (B, E, d, N) slices of qkv and the output is the
+            # projection's layout, so onnxruntime runs no transposes around the attention (qtvit_1 ran 1.18-1.21x
+            # and efficientvit_b1 1.05-1.11x faster so at 224-1024 px, docs/benchmarks.md).
+            q, k, v = qkv.reshape(B, E, 3 * d, N).split(d, dim=2)
+            if self.pos_embed is not None:
+                k = k + self.pos_embed_channels(H, W)
+            out = self.kernel.forward_channels_first(q, k, v)
+            if self.v_norm is not None:
+                out = out + self.v_shortcut(v, channels_first=True).to(out.dtype)
+            return self.proj(out.reshape(B, E * d, H, W))
         # token-major (B, E, N, 3d) once, so q, k, v are unit-stride along d (fast per-token norms in the kernel)
         q, k, v = qkv.reshape(B, E, 3 * d, N).transpose(-1, -2).contiguous().split(d, dim=-1)
         if self.pos_embed is not None:
@@ -152,18 +169,21 @@ class LiteMLA(nn.Module):
             out = out + self.v_shortcut(v).to(out.dtype)
         return self.proj(out.transpose(-1, -2).reshape(B, E * d, H, W))
 
-    def v_shortcut(self, v: torch.Tensor) -> torch.Tensor:
-        """QT-ViT's GELU(BN(v)) on token-major v (B, E, N, d), BN over the d channels shared by all heads.
+    def v_shortcut(self, v: torch.Tensor, channels_first: bool = False) -> torch.Tensor:
+        """QT-ViT's GELU(BN(v)) on token-major v (B, E, N, d) (or channel-major (B, E, d, N)), BN over the d
+        channels shared by all heads.
 
         BN and GELU act per token, so the official (√N x √N) image view is not needed: any H x W works. Outside
-        training the BN is a per-channel affine and is applied along the last axis directly: 10x faster at
+        training the BN is a per-channel affine and is applied along the channel axis directly: 10x faster at
         1024 px than the BN kernel on the transposed copy (measured 0.64 against 7.5 ms a layer).
         """
         norm = self.v_norm
         affine = _channel_affine(norm) if not self.training else None
         if affine is not None:
-            scale, shift = affine
-            return self.v_act(torch.addcmul(shift.to(v.dtype), v, scale.to(v.dtype)))
+            scale, shift = (t.to(v.dtype).view(-1, 1) if channels_first else t.to(v.dtype) for t in affine)
+            return self.v_act(torch.addcmul(shift, v, scale))
+        if channels_first:
+            return self.v_shortcut(v.transpose(-1, -2)).transpose(-1, -2)
         # In training, every token as one BN sample (B*E*N, d, 1, 1) of a contiguous copy: the same statistics as
         # the official (B*E, d, N, 1) view, but BN and GELU run on dense memory instead of a strided transpose:
         # fwd + bwd 10 against 39 ms for qtvit_pico at batch 128 on one CPU core.

@@ -31,7 +31,7 @@ def interpolation_matrix(n_out, n_in: int, mode: str = "bicubic", dtype: torch.d
     from n_in to n_out samples (sources clamped at the borders, no antialias): the n_in x n_in identity resized.
     Along the second axis the size is kept, where the interpolation weights are exactly 1 and 0."""
     eye = torch.eye(n_in, dtype=dtype, device=device)[None, None]
-    return F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False)[0, 0]
+    return F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False).flatten(0, 2)
 
 
 def separable_resize(x: torch.Tensor, h, w, mode: str = "bicubic") -> torch.Tensor:
