@@ -25,10 +25,19 @@ Two details make one graph valid for every size (see ``_trace_model``):
   ``Resize`` of the whole embedding, which onnxruntime runs slowly (it made qtvit_1 2-3x slower than
   efficientvit_b1 at 512-1024 px).
 
+A traced attention layer is channel-major (``LiteMLA``, ``AttentionKernel.forward_channels_first``): q, k and v stay
+slices of the qkv map, so onnxruntime's optimised graph has no Transpose (1.18-1.21x faster for qtvit_1,
+1.05-1.11x for efficientvit_b1 at 224-1024 px).
+
+Which CPU path to use, measured (README, "Fastest CPU path"): this ONNX graph in onnxruntime for deployment at any
+size (the fastest at 224-1024 px; ``onnx_session(path, spinning=False)`` on a CPU shared with other jobs); in
+PyTorch, ``qtvit.bench.paths.jit_form(model, example)`` (the traced, frozen inference form; any size) or
+``inference_form(model, (h, w))`` for one size; ``--quantize int8`` for a smaller file, not for speed here.
+
 ``--quantize int8`` writes an onnxruntime static-quantized graph (QLinearConv; convs and classifier in INT8, the
 attention core in fp32), calibrated on ``--calibration-images`` training images of ``--calibration-data``;
 ``--evaluate`` prints the top-1 of the fp32 and INT8 graphs on its evaluation split and their onnxruntime time.
-On the 2-core Xeon the INT8 graph is slower than the fp32 one (0.77x for qtvit_pico at 28 px, about 0.8x for
+On the 2-core Xeon the INT8 graph is slower than the fp32 one (0.67-0.83x for the main job's qtvit_pico, about 0.8x for
 qtvit_1 at 512 px, under load): onnxruntime's fp32 convs use blocked NCHWc kernels, its INT8 convs do not.
 """
 from __future__ import annotations
