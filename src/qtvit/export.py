@@ -17,9 +17,11 @@ because it exports every model of the zoo in seconds with free H and W; the torc
 Two details make one graph valid for every size (see ``_trace_model``):
 - the linear-attention core splits tokens in chunks of 4096 by a Python loop; tracing would freeze the number of
   chunks, so the exported copy computes every attention in one chunk (same numbers, more memory above 4096 tokens);
-- the QT-ViT positional embedding is resized only when the token map differs from its stored 14x14/7x7; a trace at
-  exactly that size would drop the resize, so the trace input is grown by 32 px until no map matches (bicubic
-  resizing to the same size is the identity, so 224 px inputs still give the same numbers). The resize itself is
+- eager ``LiteMLA`` resizes the QT-ViT positional embedding only when the token map differs from its stored
+  14x14/7x7; an export at exactly that size would drop the resize, so the trace input is grown by 32 px until no map
+  matches (bicubic resizing to the same size is the identity, so 224 px inputs still give the same numbers). The
+  TorchScript trace now takes LiteMLA's channel-major path, which always resizes, so the growth matters for the
+  ``--dynamo`` exporter; it is kept for both, and costs one forward pass. The resize itself is
   written as two small interpolation matrices, the identity resized to the map's shape
   (``layers.resize.separable_resize``, exact), so the graph holds two MatMuls there instead of a dynamic bicubic
   ``Resize`` of the whole embedding, which onnxruntime runs slowly (it made qtvit_1 2-3x slower than
