@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import qtvit
-from qtvit.layers.resize import interpolation_matrix, separable_resize
+from qtvit.layers.resize import interpolation_matrix, resize_embedding, separable_resize
 
 SOURCES = [(14, 14), (7, 7), (7, 9), (1, 1), (2, 3), (16, 5)]
 TARGETS = [1, 2, 3, 5, 7, 8, 13, 14, 15, 28, 33, 64, 97]
@@ -82,6 +82,42 @@ def test_exported_graph_resizes_only_the_identity(tmp_path):
     rows = check_onnx(model, path, [(32, 32), (16, 16), (96, 96), (32, 80)], batch_size=2, atol=1e-4)
     assert max(r["max_abs_diff"] for r in rows) <= 1e-4
     assert min(r["max_abs_output"] for r in rows) > 0.05
+
+
+def test_resize_embedding_skips_the_stored_size_also_in_a_trace():
+    """resize_embedding is pe itself at its stored size and the bicubic resize at any other; traced at the stored
+    size, the test stays in the graph (a scripted If), so the trace still resizes at other sizes."""
+    pe = torch.randn(1, 6, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def mats(h, w):
+        return (interpolation_matrix(h, 7, dtype=torch.float64),
+                interpolation_matrix(w, 7, dtype=torch.float64, transposed=True))
+
+    torch.testing.assert_close(mats(5, 9)[1], interpolation_matrix(9, 7, dtype=torch.float64).T, rtol=0, atol=0)
+    assert resize_embedding(pe, *mats(7, 7)) is pe
+    traced = torch.jit.trace(lambda m, t: resize_embedding(pe, m, t), mats(7, 7), check_trace=False)
+    for h, w in [(7, 7), (5, 9), (16, 16)]:
+        ref = F.interpolate(pe, size=(h, w), mode="bicubic", align_corners=False)
+        torch.testing.assert_close(resize_embedding(pe, *mats(h, w)), ref, rtol=0, atol=1e-13)
+        torch.testing.assert_close(traced(*mats(h, w)), ref, rtol=0, atol=1e-13)
+
+
+def test_exported_stage_builds_the_matrices_once_and_skips_the_stored_size(tmp_path):
+    """Each attention stage of the exported graph has 2 dynamic Resizes (the matrices, shared by its blocks) and one
+    If per block (the resize skipped at the stored size); the graph matches eager at and off that size."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from qtvit.export import calibrate_batchnorm, check_onnx, export_onnx
+    from qtvit.layers.lite_mla import LiteMLA
+
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(qtvit.create_model("qtvit_pico", num_classes=10), 28)  # blocks: 2 at 7x7, 1 at 4x4
+    n_blocks = sum(isinstance(m, LiteMLA) for m in model.modules())
+    ops = [n.op_type for n in onnx.load(str(export_onnx(model, tmp_path / "pico.onnx", 28))).graph.node]
+    assert (ops.count("If"), ops.count("Resize"), n_blocks) == (3, 4, 3)
+    # 28 px: the stored 7x7 and 4x4 maps, where the If skips the resize; 40x24 px: resized
+    rows = check_onnx(model, tmp_path / "pico.onnx", [(28, 28), (40, 24)], batch_size=2, atol=1e-4)
+    assert max(r["max_abs_diff"] for r in rows) <= 1e-4 and min(r["max_abs_output"] for r in rows) > 0.05
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])

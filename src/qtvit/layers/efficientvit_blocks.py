@@ -24,7 +24,16 @@ class EfficientViTStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        x = self.downsample(x)
+        first = self.blocks[0] if len(self.blocks) else None
+        if not (torch.jit.is_tracing() and isinstance(first, EfficientViTBlock) and first.attn.pos_embed is not None):
+            return self.blocks(x)
+        # A traced stage builds the positional embeddings' interpolation matrices once for all its blocks (they share
+        # the map and the stored size): 2 dynamic Resizes per stage instead of per block in the exported graph.
+        resize = first.attn.embedding_resize(x.shape[-2], x.shape[-1])
+        for block in self.blocks:
+            x = block(x, resize)
+        return x
 
 
 class EfficientViTHead(nn.Module):

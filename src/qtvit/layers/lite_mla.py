@@ -22,9 +22,11 @@ import torch.nn as nn
 from ..attention import KernelLayer, kernel_factory
 from .conv import ConvNormAct, DropPath, LayerType, MBConv
 from .fold import ChannelAffine, bn_scale_shift
-from .resize import separable_resize
+from .resize import interpolation_matrix, resize_embedding, separable_resize
 
 __all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock"]
+
+Resize = tuple[torch.Tensor, torch.Tensor]  # the interpolation matrices (H, h0) and (w0, W) of a separable resize
 
 
 class QKVAggregation(nn.Module):
@@ -122,11 +124,28 @@ class LiteMLA(nn.Module):
             self._resized, self._resized_key = pe, key
         return pe
 
-    def pos_embed_channels(self, h: int, w: int) -> torch.Tensor:
-        """The positional embedding for an h x w token map, channel-major: (1, num_heads, head_dim, h*w)."""
+    def pos_embed_channels(self, h: int, w: int, resize: Optional[Resize] = None) -> torch.Tensor:
+        """The positional embedding for an h x w token map, channel-major: (1, num_heads, head_dim, h*w).
+
+        ``resize``: the interpolation matrices (h, h0) and, transposed, (w0, w) from the stored size, when the caller has them
+        (``embedding_resize``); without them, they are built here. A trace keeps the resize conditional
+        (``resize_embedding``): the exported graph skips it for maps of the stored size."""
         if self.pos_embed_cache is not None:
             return self.pos_embed_tokens(h, w).transpose(-1, -2)
-        return separable_resize(self.pos_embed, h, w).reshape(1, self.num_heads, self.head_dim, h * w)
+        mh, mw_t = resize if resize is not None else self.embedding_resize(h, w)
+        if (mh.shape[1], mw_t.shape[0]) != self.pos_embed.shape[-2:]:
+            raise ValueError(f"interpolation matrices from {(mh.shape[1], mw_t.shape[0])} do not fit this layer's "
+                             f"{tuple(self.pos_embed.shape[-2:])} positional embedding")
+        return resize_embedding(self.pos_embed, mh, mw_t).reshape(1, self.num_heads, self.head_dim, h * w)
+
+    def embedding_resize(self, h: int, w: int) -> Optional[Resize]:
+        """The bicubic interpolation matrices (h, h0) and, transposed, (w0, w) from the stored embedding's size to an
+        h x w map (None without an embedding): what ``pos_embed_channels`` takes, built once for a stage's blocks."""
+        if self.pos_embed is None:
+            return None
+        (h0, w0), pe = self.pos_embed.shape[-2:], self.pos_embed
+        return (interpolation_matrix(h, h0, dtype=pe.dtype, device=pe.device),
+                interpolation_matrix(w, w0, dtype=pe.dtype, device=pe.device, transposed=True))
 
     @torch.no_grad()
     def cache_pos_embed(self, hw: tuple[int, int]) -> None:
@@ -144,7 +163,9 @@ class LiteMLA(nn.Module):
         if isinstance(self.v_norm, nn.modules.batchnorm._BatchNorm):
             self.v_norm = ChannelAffine.from_batchnorm(self.v_norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos_embed_resize: Optional[Resize] = None) -> torch.Tensor:
+        """``pos_embed_resize``: ``embedding_resize(H, W)`` of this map, shared by a stage's blocks while tracing
+        (onnxruntime spends ~45 us on each dynamic ``Resize`` that builds a matrix at 512 px)."""
         B, _, H, W = x.shape
         E, d, N = self.num_heads, self.head_dim, H * W
         qkv = self.qkv(x)
@@ -155,7 +176,7 @@ class LiteMLA(nn.Module):
             # and efficientvit_b1 1.05-1.11x faster so at 224-1024 px, docs/benchmarks.md).
             q, k, v = qkv.reshape(B, E, 3 * d, N).split(d, dim=2)
             if self.pos_embed is not None:
-                k = k + self.pos_embed_channels(H, W)
+                k = k + self.pos_embed_channels(H, W, pos_embed_resize)
             out = self.kernel.forward_channels_first(q, k, v)
             if self.v_norm is not None:
                 out = out + self.v_shortcut(v, channels_first=True).to(out.dtype)
@@ -225,6 +246,6 @@ class EfficientViTBlock(nn.Module):
             residual=True, drop_path=dp_ffn,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(x))
+    def forward(self, x: torch.Tensor, pos_embed_resize: Optional[Resize] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(x, pos_embed_resize))
         return self.ffn(x)

@@ -17,21 +17,25 @@ stay free (``separable_resize`` takes it as a constant: right for a stored embed
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import functools
+import warnings
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["interpolation_matrix", "separable_resize", "resize_to"]
+__all__ = ["interpolation_matrix", "separable_resize", "resize_embedding", "resize_to"]
 
 
 def interpolation_matrix(n_out, n_in: int, mode: str = "bicubic", dtype: torch.dtype = torch.float32,
-                         device: Optional[torch.device] = None) -> torch.Tensor:
+                         device: Optional[torch.device] = None, *, transposed: bool = False) -> torch.Tensor:
     """The (n_out, n_in) matrix M with ``M @ x`` = ``F.interpolate(mode, align_corners=False)`` of x's first axis
     from n_in to n_out samples (sources clamped at the borders, no antialias): the n_in x n_in identity resized.
-    Along the second axis the size is kept, where the interpolation weights are exactly 1 and 0."""
+    Along the other axis the size is kept, where the interpolation weights are exactly 1 and 0. ``transposed``:
+    M^T (n_in, n_out), the identity resized along its columns (no Transpose in a traced graph)."""
     eye = torch.eye(n_in, dtype=dtype, device=device)[None, None]
-    return F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False).flatten(0, 2)
+    size = (n_in, n_out) if transposed else (n_out, n_in)
+    return F.interpolate(eye, size=size, mode=mode, align_corners=False).flatten(0, 2)
 
 
 def separable_resize(x: torch.Tensor, h, w, mode: str = "bicubic") -> torch.Tensor:
@@ -39,8 +43,34 @@ def separable_resize(x: torch.Tensor, h, w, mode: str = "bicubic") -> torch.Tens
     (exact up to rounding: the resize is separable and linear; within 3e-15 in float64). The result is contiguous."""
     h0, w0 = (int(n) for n in x.shape[-2:])  # the input's size: a constant in an exported graph
     mh = interpolation_matrix(h, h0, mode, x.dtype, x.device)
-    mw = interpolation_matrix(w, w0, mode, x.dtype, x.device)
-    return mh @ x @ mw.transpose(0, 1)
+    mw_t = interpolation_matrix(w, w0, mode, x.dtype, x.device, transposed=True)
+    return mh @ x @ mw_t
+
+
+def _resize_embedding(pe: torch.Tensor, mh: torch.Tensor, mw_t: torch.Tensor) -> torch.Tensor:
+    if (mh.shape[0] == pe.shape[-2]) & (mw_t.shape[1] == pe.shape[-1]):
+        return pe
+    return mh @ pe @ mw_t
+
+
+@functools.cache
+def _scripted_resize_embedding() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, as the tracer the export uses
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_resize_embedding)
+
+
+def resize_embedding(pe: torch.Tensor, mh: torch.Tensor, mw_t: torch.Tensor) -> torch.Tensor:
+    """A stored (..., h0, w0) embedding resized by the interpolation matrices ``mh`` (H, h0) and ``mw_t`` (w0, W)
+    (``interpolation_matrix(W, w0, transposed=True)``): ``mh @ pe @ mw_t``, or ``pe`` itself when (H, W) = (h0, w0),
+    where the matrices are the identity.
+
+    While tracing, the test is kept in the graph (a scripted function: an ONNX ``If``), so one exported graph skips
+    the resize at the stored size and runs it at any other: qtvit_1 at 224 px in onnxruntime ran ~5 % faster so
+    (docs/benchmarks.md)."""
+    if torch.jit.is_tracing():
+        return _scripted_resize_embedding()(pe, mh, mw_t)
+    return _resize_embedding(pe, mh, mw_t)
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
