@@ -3,7 +3,7 @@ optional sliding windows (mmsegmentation's "slide" mode) and flip averaging. Mod
 images to logits at some stride."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -11,7 +11,12 @@ import torch.nn as nn
 from .._utils import parse_size
 from ..layers.resize import resize_to
 
-__all__ = ["predict_full"]
+__all__ = ["flip_average", "predict_full"]
+
+
+def flip_average(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """The mean of ``run(images)`` and the mirrored ``run`` of the mirror images (the flip test)."""
+    return (run(images) + run(images.flip(-1)).flip(-1)) / 2
 
 
 def _windows(n: int, window: int, step: int) -> list[int]:
@@ -69,7 +74,4 @@ def predict_full(
             return resize_to(model(x), out, mode)
         return resize_to(_sliding(model, x, window, overlap, mode), out, mode)
 
-    logits = run(images)
-    if flip:
-        logits = (logits + run(images.flip(-1)).flip(-1)) / 2
-    return logits
+    return flip_average(run, images) if flip else run(images)

@@ -30,6 +30,7 @@ from ..data import DataConfig, open_dataset, open_image
 from ..data.segmentation import SCENES, open_segmentation
 from ..data.seg_transforms import SegEvalTransform
 from ..data.transforms import pil_to_uint8
+from ..models.seg_inference import flip_average
 from .inputs import autocast, model_input
 from .recipes import TASKS
 from .seg_metrics import SegmentationMetrics, upsample_logits
@@ -86,10 +87,12 @@ def _nan_to_none(values: list[float]) -> list[float | None]:
 
 def _view_logits(model: nn.Module, x: torch.Tensor, size, amp: str, flip: bool) -> torch.Tensor:
     """float32 logits of one view at the labels' `size` (bicubic), averaged with the mirror image's when `flip`."""
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return main_logits(model(images)).float()
+
     with autocast(x.device, amp):
-        logits = main_logits(model(x)).float()
-        if flip:  # the (bicubic) upsampling is linear and commutes with the mirror: averaging before it is the same
-            logits = (logits + main_logits(model(x.flip(-1))).float().flip(-1)) / 2
+        # the (bicubic) upsampling is linear and commutes with the mirror: averaging before it is the same
+        logits = flip_average(run, x) if flip else run(x)
     return upsample_logits(logits, size)  # once, for the metric and the loss
 
 
