@@ -250,7 +250,8 @@ def test_speed_ratio_baselines_compute_their_formulas():
             assert rel_err(peer(q, k, v), attend(q, k, v, kernel="taylor2")) < 1e-10
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler")
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile needs a C++ compiler")
 def test_compiled_qt_equals_eager_and_the_compiled_ratio_is_measured():
     from qtvit.bench.kernels import speed_ratios
 

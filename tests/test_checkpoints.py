@@ -434,7 +434,8 @@ def test_save_checkpoint_refuses_what_cannot_be_read_back(tiny, tmp_path):
     import numpy as np
     model = qtvit.create_model(tiny)
     bad = dict(_state(3), rng=[{"numpy": ("MT19937", np.zeros(3, np.uint32))}])
-    with pytest.raises(TypeError, match=r"train_state\['rng'\]\[0\]\['numpy'\]\[1\] is a numpy\.ndarray.*torch\.from_numpy"):
+    msg = r"train_state\['rng'\]\[0\]\['numpy'\]\[1\] is a numpy\.ndarray.*torch\.from_numpy"
+    with pytest.raises(TypeError, match=msg):
         checkpoints.save_checkpoint(tmp_path, 3, model, bad)
     with pytest.raises(TypeError, match=r"train_state\['cfg'\] is a .*_Opaque"):
         checkpoints.save_checkpoint(tmp_path, 3, model, {"cfg": _Opaque()})

@@ -55,7 +55,8 @@ def _check_parity(name: str, fixture: dict, x: torch.Tensor, tol: float = 1e-9) 
     assert logits.shape == ref.shape
     assert rel_err(logits, ref) < tol, f"{name}: logits differ from the official code by {rel_err(logits, ref):.3g}"
     for stage, p in _probes(feats).items():
-        assert rel_err(torch.tensor(p, dtype=torch.float64), torch.tensor(fixture["probes"][stage], dtype=torch.float64)) < tol, f"{name} {stage}"
+        ref = torch.tensor(fixture["probes"][stage], dtype=torch.float64)
+        assert rel_err(torch.tensor(p, dtype=torch.float64), ref) < tol, f"{name} {stage}"
 
 
 @pytest.mark.skipif(not (SHARED / "l2vit_t_r224.json").exists(), reason="shared fixtures not available")

@@ -397,7 +397,8 @@ def test_figure_shows_the_images_truth_and_the_predictions_validate_scores(seg_r
     from qtvit.viz_seg import predict_examples
     run, _ = seg_run
     images, truths, preds, names = predict_examples(run, SMALL_FMNIST, images=3, first=1)
-    assert images.shape == (3, 256, 256, 3) and images.dtype == np.uint8 and truths.shape == preds.shape == (3, 256, 256)
+    assert images.shape == (3, 256, 256, 3) and images.dtype == np.uint8
+    assert truths.shape == preds.shape == (3, 256, 256)
     assert names[0] == "background" and len(names) == 11
     # the same pixels and predictions as `qtvit validate` scores: its aAcc over images 0..3 from the figure's 1..3
     first = predict_examples(run, SMALL_FMNIST, images=1, first=0)

@@ -40,7 +40,8 @@ def parse_size(size: str | int | Sequence[int]) -> tuple[int, int]:
 
 
 def parse_kv(text: str) -> tuple[str, object]:
-    """``"KEY=VALUE"`` -> (key, value): the value as JSON when it parses (numbers, lists, true/null), else the string."""
+    """``"KEY=VALUE"`` -> (key, value): the value as JSON when it parses (numbers, lists, true/null), else the
+    string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"expected KEY=VALUE, got {text!r}")

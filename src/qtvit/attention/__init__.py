@@ -18,7 +18,8 @@ from .core import DEFAULT_CHUNK_SIZE, check_qkv, kronecker_square, linear_attent
 from .kernels import KERNELS
 
 __all__ = [
-    "AttentionKernel", "KERNELS", "DEFAULT_CHUNK_SIZE", "KernelFactory", "KernelLayer", "attend", "attention_map", "create_kernel",
+    "AttentionKernel", "KERNELS", "DEFAULT_CHUNK_SIZE", "KernelFactory", "KernelLayer", "attend", "attention_map",
+    "create_kernel",
     "kernel_factory", "list_kernels", "kronecker_square", "linear_attention", "softmax_attention",
 ]
 

@@ -28,8 +28,8 @@ from .core import (
 )
 from .reference import aft_simple_channel_maps, polaformer_maps
 
-__all__ = ["FocusedKernel", "CastlingKernel", "HydraKernel", "AFTSimpleKernel", "PolaKernel", "InLineKernel", "MALAKernel",
-           "RALAKernel"]
+__all__ = ["FocusedKernel", "CastlingKernel", "HydraKernel", "AFTSimpleKernel", "PolaKernel", "InLineKernel",
+           "MALAKernel", "RALAKernel"]
 
 
 class FocusedKernel(AttentionKernel):
@@ -147,8 +147,9 @@ class PolaKernel(AttentionKernel):
     = (q⁺^p·k⁺^p + q⁻^p·k⁻^p)/N, the second half with Sim_o = φ_o(q)·φ(k)/N = (q⁻^p·k⁺^p + q⁺^p·k⁻^p)/N, each
     divided by its row sum + 1e-6 (the released z = 1/(q·mean_j k_j + 1e-6)). d_φ = 2d, O(N·d·dv); dv even.
     One state serves both: φ_o(q)·X = φ_s(q)·(X with its two row blocks swapped), so one product per query.
-    ``attention_map`` is the same-sign map. The gate g, DWC(V) and positional encoding belong to the layer. Source: Meng et al., PolaFormer,
-    ICLR 2025 (ZacharyMeng/PolaFormer pola_pvt.py, as mirrored in fla-org/flash-bidirectional-linear-attention).
+    ``attention_map`` is the same-sign map. The gate g, DWC(V) and positional encoding belong to the layer.
+    Source: Meng et al., PolaFormer, ICLR 2025 (ZacharyMeng/PolaFormer pola_pvt.py, as mirrored in
+    fla-org/flash-bidirectional-linear-attention).
     """
 
     name = "polaformer"

@@ -359,7 +359,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME[:KEY=VALUE]",
-                   help="model names, each optionally with constructor arguments, e.g. qtvit_seg_1_cityscapes:kernel=softmax")
+                   help="model names, each optionally with constructor arguments, "
+                        "e.g. qtvit_seg_1_cityscapes:kernel=softmax")
     p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="S", help="sides or HxW, e.g. 224 512x1024")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,

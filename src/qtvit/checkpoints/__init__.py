@@ -17,7 +17,8 @@ from .load import LoadReport, adapt_input_conv, load_checkpoint, read_state_dict
 from .save import check_train_state, save_checkpoint, save_weights, write_safetensors
 
 __all__ = [
-    "CONFIG_KEY", "CONFIG_NAME", "check_train_state", "EMA_NAME", "TRAIN_STATE_NAME", "WEIGHTS_NAME", "LAYER_TYPES", "CheckpointError",
+    "CONFIG_KEY", "CONFIG_NAME", "check_train_state", "EMA_NAME", "TRAIN_STATE_NAME", "WEIGHTS_NAME", "LAYER_TYPES",
+    "CheckpointError",
     "LoadReport", "adapt_input_conv", "decode_model_args", "latest_checkpoint", "load_checkpoint",
     "load_train_state", "model_config", "read_config", "read_state_dict", "resolve_weights", "save_checkpoint",
     "save_weights", "unwrap_model", "write_safetensors",

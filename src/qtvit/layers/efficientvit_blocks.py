@@ -80,7 +80,8 @@ class StageSpec:
 
     ``block`` is repeated (residual); ``down_block`` is the stage's first, non-residual block, which changes the
     width and applies the stage stride (None for stage 0, where the stem downsamples). ``fewer_norm``: bias and no
-    BN on all but the last conv of those conv blocks. ``depth_includes_down``: the official B-series depth of stages 1-2 counts the downsample block.
+    BN on all but the last conv of those conv blocks. ``depth_includes_down``: the official B-series depth of stages
+    1-2 counts the downsample block.
     """
 
     block: type

@@ -105,8 +105,8 @@ class LiteMLA(nn.Module):
         if self.pos_embed_cache is not None:
             if (h, w) != self.pos_embed_cache_hw:
                 raise ValueError(
-                    f"this LiteMLA was fused for a {self.pos_embed_cache_hw} token map but got {(h, w)}; "
-                    "fuse the model again for the new input size (qtvit.models.inference.inference_form(model, input_size))"
+                    f"this LiteMLA was fused for a {self.pos_embed_cache_hw} token map but got {(h, w)}; fuse the "
+                    "model again for the new input size (qtvit.models.inference.inference_form(model, input_size))"
                 )
             return self.pos_embed_cache
         pe = self.pos_embed
@@ -127,8 +127,8 @@ class LiteMLA(nn.Module):
     def pos_embed_channels(self, h: int, w: int, resize: Optional[Resize] = None) -> torch.Tensor:
         """The positional embedding for an h x w token map, channel-major: (1, num_heads, head_dim, h*w).
 
-        ``resize``: the interpolation matrices (h, h0) and, transposed, (w0, w) from the stored size, when the caller has them
-        (``embedding_resize``); without them, they are built here. A trace keeps the resize conditional
+        ``resize``: the interpolation matrices (h, h0) and, transposed, (w0, w) from the stored size, when the caller
+        has them (``embedding_resize``); without them, they are built here. A trace keeps the resize conditional
         (``resize_embedding``): the exported graph skips it for maps of the stored size."""
         if self.pos_embed_cache is not None:
             return self.pos_embed_tokens(h, w).transpose(-1, -2)
@@ -165,7 +165,7 @@ class LiteMLA(nn.Module):
 
     def forward(self, x: torch.Tensor, pos_embed_resize: Optional[Resize] = None) -> torch.Tensor:
         """``pos_embed_resize``: ``embedding_resize(H, W)`` of this map, shared by a stage's blocks while tracing
-        (onnxruntime spends ~45 us on each dynamic ``Resize`` that builds a matrix at 512 px)."""
+        (onnxruntime spends ~45 µs on each dynamic ``Resize`` that builds a matrix at 512 px)."""
         B, _, H, W = x.shape
         E, d, N = self.num_heads, self.head_dim, H * W
         qkv = self.qkv(x)

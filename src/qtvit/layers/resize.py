@@ -48,6 +48,7 @@ def separable_resize(x: torch.Tensor, h, w, mode: str = "bicubic") -> torch.Tens
 
 
 def _resize_embedding(pe: torch.Tensor, mh: torch.Tensor, mw_t: torch.Tensor) -> torch.Tensor:
+    # `&`, not `and`: TorchScript compiles `and` to two nested Ifs (and a tuple comparison to a 2-element condition)
     if (mh.shape[0] == pe.shape[-2]) & (mw_t.shape[1] == pe.shape[-1]):
         return pe
     return mh @ pe @ mw_t

@@ -60,8 +60,8 @@ def _to_input(x: Tensor) -> Tensor:
 
 def build_net(variant: str, recipe: Recipe, img_size: int, num_classes: int) -> StudyNet:
     kernel, residual = parse_variant(variant)
-    return StudyNet(kernel, num_classes=num_classes, img_size=img_size, dim=recipe.dim, depth=recipe.depth, head_dim=recipe.head_dim,
-                    residual_softmax=residual)
+    return StudyNet(kernel, num_classes=num_classes, img_size=img_size, dim=recipe.dim, depth=recipe.depth,
+                    head_dim=recipe.head_dim, residual_softmax=residual)
 
 
 @torch.no_grad()
