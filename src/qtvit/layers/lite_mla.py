@@ -22,11 +22,9 @@ import torch.nn as nn
 from ..attention import KernelLayer, kernel_factory
 from .conv import ConvNormAct, DropPath, LayerType, MBConv
 from .fold import ChannelAffine, bn_scale_shift
-from .resize import interpolation_matrix, resize_embedding, separable_resize
+from .resize import Resize, resize_embedding, resize_matrices, separable_resize
 
 __all__ = ["QKVAggregation", "LiteMLA", "EfficientViTBlock"]
-
-Resize = tuple[torch.Tensor, torch.Tensor]  # the interpolation matrices (H, h0) and (w0, W) of a separable resize
 
 
 class QKVAggregation(nn.Module):
@@ -143,9 +141,8 @@ class LiteMLA(nn.Module):
         h x w map (None without an embedding): what ``pos_embed_channels`` takes, built once for a stage's blocks."""
         if self.pos_embed is None:
             return None
-        (h0, w0), pe = self.pos_embed.shape[-2:], self.pos_embed
-        return (interpolation_matrix(h, h0, dtype=pe.dtype, device=pe.device),
-                interpolation_matrix(w, w0, dtype=pe.dtype, device=pe.device, transposed=True))
+        pe = self.pos_embed
+        return resize_matrices(h, w, *pe.shape[-2:], dtype=pe.dtype, device=pe.device)
 
     @torch.no_grad()
     def cache_pos_embed(self, hw: tuple[int, int]) -> None:

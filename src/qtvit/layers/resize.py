@@ -24,7 +24,9 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["interpolation_matrix", "separable_resize", "resize_embedding", "resize_to"]
+__all__ = ["Resize", "interpolation_matrix", "resize_matrices", "separable_resize", "resize_embedding", "resize_to"]
+
+Resize = tuple[torch.Tensor, torch.Tensor]  # the interpolation matrices (H, h0) and (w0, W) of a separable resize
 
 
 def interpolation_matrix(n_out, n_in: int, mode: str = "bicubic", dtype: torch.dtype = torch.float32,
@@ -38,12 +40,18 @@ def interpolation_matrix(n_out, n_in: int, mode: str = "bicubic", dtype: torch.d
     return F.interpolate(eye, size=size, mode=mode, align_corners=False).flatten(0, 2)
 
 
+def resize_matrices(h, w, h0: int, w0: int, mode: str = "bicubic", dtype: torch.dtype = torch.float32,
+                    device: Optional[torch.device] = None) -> Resize:
+    """(Mh, Mw^T), (h, h0) and (w0, w): ``Mh @ x @ Mw^T`` resizes a (..., h0, w0) tensor to (h, w)."""
+    return (interpolation_matrix(h, h0, mode, dtype, device),
+            interpolation_matrix(w, w0, mode, dtype, device, transposed=True))
+
+
 def separable_resize(x: torch.Tensor, h, w, mode: str = "bicubic") -> torch.Tensor:
     """``F.interpolate(x, (h, w), mode=mode, align_corners=False)`` of a (..., h0, w0) tensor as ``Mh @ x @ Mw^T``
     (exact up to rounding: the resize is separable and linear; within 3e-15 in float64). The result is contiguous."""
     h0, w0 = (int(n) for n in x.shape[-2:])  # the input's size: a constant in an exported graph
-    mh = interpolation_matrix(h, h0, mode, x.dtype, x.device)
-    mw_t = interpolation_matrix(w, w0, mode, x.dtype, x.device, transposed=True)
+    mh, mw_t = resize_matrices(h, w, h0, w0, mode, x.dtype, x.device)
     return mh @ x @ mw_t
 
 
