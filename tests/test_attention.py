@@ -13,7 +13,7 @@ LINEAR = [k for k in ALL if k != "softmax"]
 EXPECTED = {"softmax", "relu", "elu", "cosine", "mean", "sigmoid_softmax", "angular", "taylor1", "taylor2", "qt",
             "qt_paper", "qt_pool", "qt_chunk", "qt_random", "focused", "l2vit", "hydra", "castling", "aft_simple",
             "polaformer", "inline", "mala", "rala"}
-DV_EQ_D = {"aft_simple", "polaformer"}  # element-wise gating needs dv = d; polarity halves need an even dv
+DV_EQ_D = {"aft_simple", "hydra", "polaformer"}  # element-wise operators need dv = d; polarity halves an even dv
 
 
 def fit_dv(name, d, dv):
@@ -261,7 +261,7 @@ def test_unknown_kernel_and_options():
 
 
 TOKEN_DEPENDENT = ("cosine", "mean", "sigmoid_softmax", "l2vit", "focused", "polaformer", "inline", "mala", "rala",
-                   "aft_simple")  # their similarity has a 1/N, a softmax over keys, or no feature map
+                   "aft_simple", "hydra")  # their similarity has a 1/N, a softmax over keys, or no feature map
 
 
 @pytest.mark.parametrize("name", [k for k in LINEAR if k not in TOKEN_DEPENDENT])
@@ -282,7 +282,7 @@ def test_mixed_dtypes_are_promoted():
     torch.testing.assert_close(out, m(q.bfloat16().float(), k, v.bfloat16().float()))
 
 
-NORMALISING = ["qt", "angular", "cosine"]
+NORMALISING = ["qt", "angular", "cosine", "hydra"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -99,13 +99,34 @@ def test_aft_simple_matches_formula():
         m(q, k, v[..., :5])
 
 
-def test_hydra_has_no_one_over_n():
-    """Hydra (Bolya et al. 2022, formula): O = x̂_q (x̂_kᵀ V); cosine is the same divided by N."""
-    q, k, v = qkv()
+def hydra_paper(x_q, x_k, x_v):
+    """Hydra attention as the paper's appendix writes it, on token-major (B, N, D) tensors with H = D:
+    q, k L2-normalised over their D channels, kv = (k * v).sum(tokens), out = q * kv."""
+    q = x_q / x_q.norm(dim=-1, keepdim=True)
+    k = x_k / x_k.norm(dim=-1, keepdim=True)
+    kv = (k * x_v).sum(dim=-2, keepdim=True)
+    return q * kv
+
+
+@pytest.mark.parametrize("h, d", [(1, 32), (4, 8)])
+def test_hydra_is_the_papers_elementwise_operator(h, d):
+    """Per head q̂ ⊙ Σ_t (k̂_t ⊙ v_t) (Bolya et al. 2022): one head of D channels is the paper's H = D form; with
+    several heads, the paper's operator on each head's channels. Not multi-head cosine attention q̂(k̂ᵀV)."""
+    q, k, v = qkv(h=h, d=d, dv=d)
+    ref = torch.cat([heads(hydra_paper(*(tokens(x[:, i:i + 1]) for x in (q, k, v))), 1) for i in range(h)], dim=1)
+    m = create_kernel("hydra", head_dim=d, num_heads=h)
+    assert rel_err(attend(q, k, v, kernel="hydra"), ref) < 1e-10
+    assert rel_err(m.explicit(q, k, v), ref) < 1e-10
+    m.chunk_size = 7
+    assert rel_err(m(q, k, v), ref) < 1e-10
     qn, kn = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-    ref = qn @ (kn.transpose(-2, -1) @ v)
-    assert rel_err(attend(q, k, v, kernel="hydra"), ref) < 1e-12
-    assert rel_err(attend(q, k, v, kernel="cosine") * k.shape[2], ref) < 1e-12
+    multihead_cosine = qn @ (kn.transpose(-2, -1) @ v)  # what ``hydra`` computed before issue 26
+    assert rel_err(multihead_cosine, ref) > 1.0
+    assert rel_err(attend(q, k, v, kernel="cosine") * k.shape[2], multihead_cosine) < 1e-12  # now: N · cosine
+    with pytest.raises(ValueError, match="head dim of q and k"):
+        m(q, k, v[..., :d - 1])
+    with pytest.raises(ValueError, match="numerator_map"):
+        m(q, k, v, numerator_map=lambda f, sl: f)
 
 
 @pytest.mark.parametrize("alpha", [4.0, 2.0])

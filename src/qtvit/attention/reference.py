@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SIMILARITIES", "reference_similarity", "aft_simple_channel_maps", "polaformer_maps"]
+__all__ = ["SIMILARITIES", "reference_similarity", "aft_simple_channel_maps", "hydra_channel_maps",
+           "polaformer_maps"]
 
 
 def _dot(q: Tensor, k: Tensor) -> Tensor:
@@ -133,9 +134,16 @@ def focused(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
     return _dot(fmap(q), fmap(k)) / k.shape[2]
 
 
+def hydra_channel_maps(q: Tensor, k: Tensor) -> Tensor:
+    """(B, H, Nq, N, d): channel c's map q̂_ic·k̂_jc of Hydra attention, x̂ = x/‖x‖₂ over the head's channels (the
+    paper's appendix code: ``q / q.norm(dim=-1, keepdim=True)``, floored here for an all-zero token)."""
+    qn, kn = q / _norm(q), k / _norm(k)
+    return qn.unsqueeze(-2) * kn.unsqueeze(-3)
+
+
 def hydra(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
-    """q̂·k̂ (no 1/N, no denominator)."""
-    return _dot(q, k) / (_norm(q) * _norm(k).transpose(-1, -2)).clamp_min(1e-12)
+    """The mean over channels of Hydra's per-channel maps, q̂·k̂/d (a display: the operator applies each channel's)."""
+    return hydra_channel_maps(q, k).mean(-1)
 
 
 def castling(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from .core import (
     result_dtype,
     to_input_dtype,
 )
-from .reference import aft_simple_channel_maps, polaformer_maps
+from .reference import aft_simple_channel_maps, hydra_channel_maps, polaformer_maps
 
 __all__ = ["FocusedKernel", "CastlingKernel", "HydraKernel", "AFTSimpleKernel", "PolaKernel", "InLineKernel",
            "MALAKernel", "RALAKernel"]
@@ -86,56 +86,94 @@ class CastlingKernel(AttentionKernel):
         return normalize(out)
 
 
-class HydraKernel(AttentionKernel):
-    """hydra: Hydra attention, O = φ(Q)(φ(K)ᵀV) with φ(x) = x̂: Sim = q̂·k̂, no denominator, no 1/N.
+class _ElementwiseKernel(AttentionKernel):
+    """An element-wise operator, channel by channel: O_ic = g(q)_ic · Σ_j w(k)_jc v_jc, no dot product over channels.
 
-    d_φ = d, O(N·d·dv). ``cosine`` is the same with 1/N (QT-ViT Table 2), which rescales the output with the token
-    count. Source: Bolya et al., Hydra Attention, ECCV-W 2022, Eq. 7-8 (against the formula).
+    So dv = d, and the "state" is one vector of d per head: O(N·d) time. ``channel_maps(q, k)`` is the explicit
+    (B, H, Nq, N, d) stack of per-channel maps g(q)_ic·w(k)_jc of ``qtvit.attention.reference``; ``explicit`` applies
+    each channel's map, ``attention_map`` shows their mean over channels (a display, not the operator).
     """
 
-    name = "hydra"
     normaliser = "none"
 
-    def phi(self, x: Tensor) -> Tensor:
-        return normalize(x)
+    def channel_maps(self, q: Tensor, k: Tensor) -> Tensor:
+        raise NotImplementedError
 
+    def gate_q(self, q: Tensor) -> Tensor:
+        raise NotImplementedError
 
-class AFTSimpleKernel(AttentionKernel):
-    """aft_simple: AFT-simple's element-wise operator O_t = σ(q_t) ⊙ Σ_t' softmax_t'(K)_t' ⊙ v_t'.
-
-    Per channel c: O_tc = σ(q_tc)·Σ_t' w_t'c v_t'c with w_·c = softmax over the tokens of K_·c. No dot product over
-    channels, so it needs dv = d; the "state" is one vector of d, O(N·d) time. ``attention_map`` is the mean over
-    channels of the per-channel maps σ(q_ic)·w_jc (a display, not the operator); ``explicit`` applies each channel's
-    map. ``sigmoid_softmax`` is QT-ViT Table 2's dot-product reading. Source: Zhai et al., An Attention Free
-    Transformer, 2021, Eq. for AFT-simple (against the formula).
-    """
-
-    name = "aft_simple"
-    normaliser = "none"
+    def weight_k(self, k: Tensor, stats: Any) -> Tensor:
+        raise NotImplementedError
 
     def _check(self, q: Tensor, k: Tensor, v: Tensor | None = None) -> None:
         super()._check(q, k, v)
         if v is not None and v.shape[-1] != q.shape[-1]:
-            raise ValueError(f"aft_simple gates channel by channel: v needs the head dim of q and k "
+            raise ValueError(f"{self.name} gates channel by channel: v needs the head dim of q and k "
                              f"({q.shape[-1]}), got {v.shape[-1]}")
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:
         if numerator_map is not None:
-            raise ValueError("aft_simple has no feature map for a numerator_map to act on")
-        lse = torch.logsumexp(k, dim=2, keepdim=True)
+            raise ValueError(f"{self.name} has no feature map for a numerator_map to act on")
+        stats = self.token_stats(q, k)
         state = None
         for sl in _chunks(k.shape[2], self.tokens_per_chunk(k)):
-            part = (torch.exp(k[:, :, sl] - lse) * v[:, :, sl]).sum(dim=2, keepdim=True)
+            part = (self.weight_k(k[:, :, sl], stats) * v[:, :, sl]).sum(dim=2, keepdim=True)
             state = part if state is None else state + part
-        return torch.sigmoid(q) * state
+        return self.gate_q(q) * state
 
     def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         self._check(q, k, v)
         dtype = result_dtype(q, k, v)
         ct = compute_dtype(dtype)
         with fp32_island(q.device):
-            out = torch.einsum("bhijc,bhjc->bhic", aft_simple_channel_maps(q.to(ct), k.to(ct)), v.to(ct))
+            out = torch.einsum("bhijc,bhjc->bhic", self.channel_maps(q.to(ct), k.to(ct)), v.to(ct))
         return to_input_dtype(out, dtype)
+
+
+class HydraKernel(_ElementwiseKernel):
+    """hydra: Hydra attention, element-wise: O = q̂ ⊙ Σ_t (k̂_t ⊙ v_t) per head, x̂ = x/‖x‖₂ over the head's channels.
+
+    Per channel c: O_ic = q̂_ic·Σ_j k̂_jc v_jc; no denominator, no 1/N, dv = d, O(N·d) time. One head of D channels
+    is the paper's H = D form (its appendix code normalises q and k over all D channels of a token); several heads
+    normalise each head's channels apart. ``cosine`` is the multi-head dot-product reading with a d×d state,
+    q̂·(Σ_j k̂_jᵀ v_j)/N (times N: what this kernel computed before issue 26). Source: Bolya et al., Hydra Attention:
+    Efficient Attention with Many Heads, ECCV-W 2022, Sec. 3 and the appendix code (against the formula).
+    """
+
+    name = "hydra"
+
+    def channel_maps(self, q: Tensor, k: Tensor) -> Tensor:
+        return hydra_channel_maps(q, k)
+
+    def gate_q(self, q: Tensor) -> Tensor:
+        return normalize(q)
+
+    def weight_k(self, k: Tensor, stats: Any) -> Tensor:
+        return normalize(k)
+
+
+class AFTSimpleKernel(_ElementwiseKernel):
+    """aft_simple: AFT-simple's element-wise operator O_t = σ(q_t) ⊙ Σ_t' softmax_t'(K)_t' ⊙ v_t'.
+
+    Per channel c: O_tc = σ(q_tc)·Σ_t' w_t'c v_t'c with w_·c = softmax over the tokens of K_·c (its logsumexp taken
+    over all tokens once, so chunking is exact). No dot product over channels, so it needs dv = d; the "state" is one
+    vector of d, O(N·d) time. ``sigmoid_softmax`` is QT-ViT Table 2's dot-product reading. Source: Zhai et al., An
+    Attention Free Transformer, 2021, Eq. for AFT-simple (against the formula).
+    """
+
+    name = "aft_simple"
+
+    def channel_maps(self, q: Tensor, k: Tensor) -> Tensor:
+        return aft_simple_channel_maps(q, k)
+
+    def token_stats(self, q: Tensor, k: Tensor) -> Any:
+        return torch.logsumexp(k, dim=2, keepdim=True)
+
+    def gate_q(self, q: Tensor) -> Tensor:
+        return torch.sigmoid(q)
+
+    def weight_k(self, k: Tensor, stats: Any) -> Tensor:
+        return torch.exp(k - stats)
 
 
 class PolaKernel(AttentionKernel):
