@@ -201,6 +201,7 @@ def test_mala_matches_released_code_with_rope(chunk):
     rope = lambda f, sl: f * cos[sl] + rotate_every_two(f) * sin[sl]  # noqa: E731
     assert rel_err(m(q, k, v, numerator_map=rope), ref) < 1e-12
     assert rel_err(m(q, k, v, numerator_map=lambda f, sl: f), m.explicit(q, k, v)) < 1e-12
+    check_rope_option("mala", q, k, v, ref, chunk)
 
 
 def test_mala_rows_sum_to_one_without_eps():
@@ -211,7 +212,7 @@ def test_mala_rows_sum_to_one_without_eps():
 
 @pytest.mark.parametrize("chunk", [None, 10])
 def test_rala_matches_released_formulation_with_rope(chunk):
-    """RALALinearAttention, torch mode (fla-org's reimplementation; RAVLT's own code was not readable here)."""
+    """GateLinearAttentionNoSilu (qhfan/RALA classfication/RALA.py; fla-org's RALALinearAttention is the same)."""
     d = 8
     q, k, v = qkv(n=36, d=d, dv=d)
     sin, cos = rope_tables(6, 6, d)
@@ -225,6 +226,34 @@ def test_rala_matches_released_formulation_with_rope(chunk):
     m = create_kernel("rala", head_dim=d, num_heads=3, chunk_size=chunk)
     rope = lambda f, sl: f * cos[sl] + rotate_every_two(f) * sin[sl]  # noqa: E731
     assert rel_err(m(q, k, v, numerator_map=rope), ref) < 1e-12
+    check_rope_option("rala", q, k, v, ref, chunk)
+
+
+def check_rope_option(name, q, k, v, ref, chunk):
+    """``rope=True``: the released layer's operator by the fast path, the explicit one and the attention map."""
+    d = q.shape[-1]
+    m = create_kernel(name, head_dim=d, num_heads=3, chunk_size=chunk, rope=True)
+    assert rel_err(m(q, k, v), ref) < 1e-12
+    assert rel_err(attend(q, k, v, kernel=name, rope=True, rope_grid=(6, 6)), ref) < 1e-12
+    assert rel_err(m.explicit(q, k, v), ref) < 1e-12
+    assert rel_err(m.attention_map(q, k) @ v, ref) < 1e-12
+    assert rel_err(attend(q, k, v, kernel=name), ref) > 0.05  # without its RoPE, not the released operator
+
+
+def test_rope_option_says_what_it_needs():
+    q, k, v = qkv(n=36, d=8, dv=8)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        create_kernel("mala", head_dim=6, rope=True)
+    with pytest.raises(ValueError, match="rope=True"):
+        create_kernel("rala", head_dim=8, rope_grid=(6, 6))
+    with pytest.raises(ValueError, match="rope_grid"):
+        attend(q[:, :, :35], k[:, :, :35], v[:, :, :35], kernel="mala", rope=True)  # 35 tokens: no square grid
+    with pytest.raises(ValueError, match="self-attention"):
+        attend(q[:, :, :9], k, v, kernel="rala", rope=True)
+    with pytest.raises(ValueError, match="no other"):
+        create_kernel("mala", head_dim=8, num_heads=3, rope=True)(q, k, v, numerator_map=lambda f, sl: f)
+    assert rel_err(attend(q[:, :, :30], k[:, :, :30], v[:, :, :30], kernel="mala", rope=True, rope_grid=(5, 6)),
+                   attend(q[:, :, :30], k[:, :, :30], v[:, :, :30], kernel="mala")) > 0.01
 
 
 def test_qt_reference_is_written_from_the_formula():

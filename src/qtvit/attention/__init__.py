@@ -36,7 +36,8 @@ def create_kernel(name: str, *, head_dim: int, num_heads: int = 1, **options: An
 
     ``options`` are the kernel's own (``eps``, ``chunk_size``; qt: ``scale``; qt_paper: ``alpha``, ``beta``,
     ``gamma``; qt_pool: ``pool``; qt_chunk: ``chunks``; qt_random: ``seed``; focused: ``focusing_factor``; l2vit:
-    ``temperature``, ``den_min``; polaformer: ``alpha``; inline: ``kernel_func``).
+    ``temperature``, ``den_min``; polaformer: ``alpha``; inline: ``kernel_func``; mala, rala: ``rope``,
+    ``rope_grid``, the released layers' RoPE on the numerator).
     """
     _check_name(name)
     try:

@@ -21,6 +21,9 @@ __all__ = ["SIMILARITIES", "reference_similarity", "aft_simple_channel_maps", "h
            "polaformer_maps"]
 
 
+Rotation = Callable[[Tensor], Tensor]  # a map of (B, H, N, d) features by token position (RoPE)
+
+
 def _dot(q: Tensor, k: Tensor) -> Tensor:
     return q @ k.transpose(-1, -2)
 
@@ -187,15 +190,22 @@ def inline(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
     return _dot(phi(q), phi(k)) / (math.sqrt(kernel.head_dim) * k.shape[2])
 
 
-def mala(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
-    """(ELU(q)+1)·(ELU(k)+1)/(√d·N); the magnitude-aware normaliser gives (1 + 1/z_i)·Sim_ij − z_i/N."""
-    return _dot(F.elu(q) + 1, F.elu(k) + 1) / (math.sqrt(kernel.head_dim) * k.shape[2])
+def mala(kernel: nn.Module, q: Tensor, k: Tensor, rotate: Rotation | None = None) -> Tensor:
+    """(ELU(q)+1)·(ELU(k)+1)/(√d·N); the magnitude-aware normaliser gives (1 + 1/z_i)·Sim_ij − z_i/N. With
+    ``rotate`` (RoPE) applied to both feature maps first: the similarity of the released code's numerator."""
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    if rotate is not None:
+        fq, fk = rotate(fq), rotate(fk)
+    return _dot(fq, fk) / (math.sqrt(kernel.head_dim) * k.shape[2])
 
 
-def rala(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
-    """softmax_j(q̄·φ(k_j)/√d)·φ(q_i)·φ(k_j), φ = ELU + 1, q̄ the mean of φ(q) over the queries."""
+def rala(kernel: nn.Module, q: Tensor, k: Tensor, rotate: Rotation | None = None) -> Tensor:
+    """softmax_j(q̄·φ(k_j)/√d)·φ(q_i)·φ(k_j), φ = ELU + 1, q̄ the mean of φ(q) over the queries. With ``rotate``
+    (RoPE) the product is of the rotated φ(q_i), φ(k_j) (the released numerator); the weights keep φ."""
     fq, fk = F.elu(q) + 1, F.elu(k) + 1
     weights = torch.softmax(_dot(fq.mean(dim=2, keepdim=True), fk) / math.sqrt(kernel.head_dim), dim=-1)
+    if rotate is not None:
+        fq, fk = rotate(fq), rotate(fk)
     return _dot(fq, fk) * weights
 
 

@@ -26,10 +26,10 @@ from .core import (
     result_dtype,
     to_input_dtype,
 )
-from .reference import aft_simple_channel_maps, hydra_channel_maps, polaformer_maps
+from .reference import SIMILARITIES, aft_simple_channel_maps, hydra_channel_maps, polaformer_maps
 
 __all__ = ["FocusedKernel", "CastlingKernel", "HydraKernel", "AFTSimpleKernel", "PolaKernel", "InLineKernel",
-           "MALAKernel", "RALAKernel"]
+           "MALAKernel", "RALAKernel", "rope_2d", "rotate_every_two"]
 
 
 class FocusedKernel(AttentionKernel):
@@ -72,7 +72,9 @@ class CastlingKernel(AttentionKernel):
     1 − θ/π ≈ 1/2 + q̂·k̂/π applied as v_i, not summed over the keys), no denominator, then each output row
     L2-normalised. φ(x) = x̂/√π, d_φ = d, O(N·d·dv); self-attention only. ``angular`` is QT-ViT Table 2's reading
     (1/2 + q̂·k̂/π summed over the keys and row-normalised). The DWConv branch added after ℓ2 belongs to a layer.
-    Source: You et al., Castling-ViT, CVPR 2023 (GATECH-EIC/Castling-ViT, castling-vit.py).
+    Source: You et al., Castling-ViT, CVPR 2023 (GATECH-EIC/Castling-ViT, attention.py, named castling-vit.py in
+    one earlier commit). The authors call that release "an unofficial release of miniature code to reveal the core
+    implementation of our attention block"; their final block is in MViT's MultiScaleAttention format.
     """
 
     name = "castling"
@@ -285,14 +287,87 @@ class InLineKernel(AttentionKernel):
         return self.phi(q) * (self.head_dim ** -0.5 / stats)
 
 
-class _EluReleasedKernel(AttentionKernel):
-    """φ(x) = ELU(x) + 1 with the eps of MALA's and RALA's released code (1e-6), which both kernels share."""
+def rope_2d(h: int, w: int, d: int, dtype: torch.dtype = torch.float32,
+            device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """The sin and cos tables (h·w, d) of MALA's and RALA's released 2-D RoPE for a row-major h × w token grid:
+    angles θ = 10000^-linspace(0, 1, d/4), each used for a pair of channels; the first d/2 channels turn with the
+    row index, the last d/2 with the column index (qhfan/RALA ``RoPE``, the same in qhfan/MALA)."""
+    angle = (1.0 / 10000 ** torch.linspace(0, 1, d // 4, dtype=torch.float64)).repeat_interleave(2)
+    rows = torch.arange(h, dtype=torch.float64)[:, None, None] * angle
+    cols = torch.arange(w, dtype=torch.float64)[None, :, None] * angle
+    phase = torch.cat([rows.expand(h, w, -1), cols.expand(h, w, -1)], dim=-1).reshape(h * w, -1)
+    return phase.sin().to(device, dtype), phase.cos().to(device, dtype)
 
-    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-6, **kwargs: Any) -> None:
+
+def rotate_every_two(x: Tensor) -> Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): the rotation by 90° of each channel pair RoPE turns."""
+    return torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).flatten(-2)
+
+
+class _EluReleasedKernel(AttentionKernel):
+    """φ(x) = ELU(x) + 1 with the eps of MALA's and RALA's released code (1e-6), which both kernels share, and their
+    RoPE: ``rope=True`` rotates the numerator's φ(q), φ(k) by the tokens' places on a square grid (or on
+    ``rope_grid=(h, w)``), as the released layers do; self-attention only, head_dim divisible by 4."""
+
+    def __init__(self, head_dim: int, num_heads: int = 1, *, eps: float = 1e-6, rope: bool = False,
+                 rope_grid: tuple[int, int] | None = None, **kwargs: Any) -> None:
         super().__init__(head_dim, num_heads, eps=eps, **kwargs)
+        if rope and head_dim % 4:
+            raise ValueError(f"{self.name} rope turns channel pairs by row and by column: head_dim must be divisible "
+                             f"by 4, got {head_dim}")
+        if rope_grid is not None and (not rope or len(rope_grid) != 2 or min(rope_grid) < 1):
+            raise ValueError(f"{self.name} rope_grid={rope_grid!r}: give a grid (h, w) of positive sizes, together "
+                             "with rope=True")
+        self.rope = bool(rope)
+        self.rope_grid = None if rope_grid is None else (int(rope_grid[0]), int(rope_grid[1]))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", rope=True, rope_grid={self.rope_grid}" if self.rope else "")
 
     def phi(self, x: Tensor) -> Tensor:
         return F.elu(x) + 1
+
+    def rotation(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """RoPE's (sin, cos) tables for the N tokens of k, (N, d) in q's dtype and device."""
+        n = k.shape[2]
+        if q.shape[2] != n:
+            raise ValueError(f"{self.name} rope turns queries and keys by their places on one grid: it needs "
+                             f"self-attention, got {q.shape[2]} queries and {n} keys")
+        h, w = self.rope_grid or (math.isqrt(n), math.isqrt(n))
+        if h * w != n:
+            raise ValueError(f"{self.name} rope: {n} tokens are not the {h} x {w} grid; pass rope_grid=(h, w) for a "
+                             "non-square grid")
+        return rope_2d(h, w, self.head_dim, q.dtype, q.device)
+
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:
+        if self.rope:
+            if numerator_map is not None:
+                raise ValueError(f"{self.name} was built with rope=True, which is its numerator map: pass no other")
+            sin, cos = self.rotation(q, k)
+            numerator_map = lambda f, sl: f * cos[sl] + rotate_every_two(f) * sin[sl]  # noqa: E731
+        return super().linear(q, k, v, numerator_map)
+
+    def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """With rope: the rotated similarity of the reference (``rotate``) for the numerator, the plain one for the
+        normaliser, then the kernel's ``finish``."""
+        if not self.rope:
+            return super().explicit(q, k, v)
+        self._check(q, k, v)
+        dtype = result_dtype(q, k, v)
+        ct = compute_dtype(dtype)
+        with fp32_island(q.device):
+            q, k, v = q.to(ct), k.to(ct), v.to(ct)
+            sin, cos = self.rotation(q, k)
+            num = SIMILARITIES[self.name](self, q, k, rotate=lambda f: f * cos + rotate_every_two(f) * sin) @ v
+            out = self.finish(num, self.similarity(q, k).sum(-1, keepdim=True), v.mean(dim=2, keepdim=True))
+        return to_input_dtype(out, dtype)
+
+    def attention_map(self, q: Tensor, k: Tensor) -> Tensor:
+        """With rope: the weights A of O = A·v, read as ``explicit`` of v = I."""
+        if not self.rope:
+            return super().attention_map(q, k)
+        eye = torch.eye(k.shape[2], dtype=k.dtype, device=k.device).expand(*k.shape[:2], -1, -1)
+        return self.explicit(q, k, eye)
 
 
 class MALAKernel(_EluReleasedKernel):
@@ -301,7 +376,8 @@ class MALAKernel(_EluReleasedKernel):
     φ(x) = ELU(x) + 1; Sim(q, k) = φ(q)·φ(k)·d^-½/N, z_i = Σ_j Sim_ij; O_i = (1 + 1/(z_i + 1e-6))·Σ_j Sim_ij v_j
     − z_i·v̄, i.e. weights a_ij = β_i Sim_ij − γ_i/N with β = 1 + 1/z, γ = z: rows sum to 1 (up to eps), and unlike
     a division the weights follow the query's magnitude. d_φ = d, O(N·d·dv). The released code rotates φ(q), φ(k)
-    of the numerator with RoPE (``numerator_map``), not those of z; LePE and the output gate belong to the layer.
+    of the numerator with RoPE, not those of z: ``rope=True`` (or any ``numerator_map``); without it the operator
+    differs from the released layer's. LePE and the output gate belong to the layer.
     Source: Fan et al., Rectifying Magnitude Neglect in Linear Attention, ICCV 2025
     (qhfan/MALA, classfication_release/model.py).
     """
@@ -322,10 +398,11 @@ class RALAKernel(_EluReleasedKernel):
     φ(x) = ELU(x) + 1; q̄ = mean_i φ(q_i); α_j = softmax_j(q̄·φ(k_j)/√d) over all keys. Sim(q_i, k_j) =
     α_j·φ(q_i)·φ(k_j), divided by Σ_j Sim + 1e-6: the released k ← N·α·φ(k), z = 1/(q·mean_j k_j + 1e-6),
     kv = kᵀv/N. d_φ = d, O(N·d·dv); q̄ and the softmax's logsumexp are taken over all tokens once, so chunking is
-    exact. RoPE on the numerator (``numerator_map``), LePE and the output gate belong to the layer.
-    Source: Fan et al., Breaking the Low-Rank Dilemma of Linear Attention, CVPR 2025; checked against
-    fla-org/flash-bidirectional-linear-attention's RALALinearAttention (the official qhfan/RAVLT code was not
-    readable here).
+    exact. The released layer rotates the numerator's φ(q), φ(k) with RoPE: ``rope=True`` (or any ``numerator_map``).
+    LePE and the output gate belong to the layer.
+    Source: Fan et al., Breaking the Low-Rank Dilemma of Linear Attention, CVPR 2025 (qhfan/RALA,
+    classfication/RALA.py, GateLinearAttentionNoSilu; fla-org/flash-bidirectional-linear-attention's
+    RALALinearAttention is the same operator).
     """
 
     name = "rala"
