@@ -123,6 +123,9 @@ def test_hydra_is_the_papers_elementwise_operator(h, d):
     multihead_cosine = qn @ (kn.transpose(-2, -1) @ v)  # what ``hydra`` computed before issue 26
     assert rel_err(multihead_cosine, ref) > 1.0
     assert rel_err(attend(q, k, v, kernel="cosine") * k.shape[2], multihead_cosine) < 1e-12  # now: N · cosine
+    channel_maps = (qn.unsqueeze(-2) * kn.unsqueeze(-3))  # (B, H, Nq, N, d): the map of each channel
+    assert rel_err(torch.einsum("bhijc,bhjc->bhic", channel_maps, v), ref) < 1e-12
+    assert rel_err(m.attention_map(q, k), channel_maps.mean(-1)) < 1e-12  # the display: their mean over channels
     with pytest.raises(ValueError, match="head dim of q and k"):
         m(q, k, v[..., :d - 1])
     with pytest.raises(ValueError, match="numerator_map"):

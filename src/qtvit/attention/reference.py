@@ -145,8 +145,9 @@ def hydra_channel_maps(q: Tensor, k: Tensor) -> Tensor:
 
 
 def hydra(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
-    """The mean over channels of Hydra's per-channel maps, q̂·k̂/d (a display: the operator applies each channel's)."""
-    return hydra_channel_maps(q, k).mean(-1)
+    """The mean over channels of Hydra's per-channel maps, q̂·k̂/d (a display: the operator applies each channel's),
+    without the (B, H, Nq, N, d) stack."""
+    return _dot(q / _norm(q), k / _norm(k)) / q.shape[-1]
 
 
 def castling(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
@@ -160,8 +161,9 @@ def aft_simple_channel_maps(q: Tensor, k: Tensor) -> Tensor:
 
 
 def aft_simple(kernel: nn.Module, q: Tensor, k: Tensor) -> Tensor:
-    """The mean over channels of AFT-simple's per-channel maps (a display: the operator applies each channel's)."""
-    return aft_simple_channel_maps(q, k).mean(-1)
+    """The mean over channels of AFT-simple's per-channel maps, Σ_c σ(q_ic)·softmax_j(k_jc)/d (a display: the operator
+    applies each channel's), without the (B, H, Nq, N, d) stack."""
+    return _dot(torch.sigmoid(q), torch.softmax(k, dim=2)) / q.shape[-1]
 
 
 def polaformer_maps(kernel: nn.Module, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:

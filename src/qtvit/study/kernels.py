@@ -3,12 +3,14 @@ task where global context decides (``task.py``), against an attention-free contr
 softmax on the trained softmax model's q and k (``fidelity.py``).
 
 Writes into ``--out``:
-- ``kernel_study_runs.csv``: one row per (variant, seed), written after every run (an interrupted study keeps its
-  finished runs);
-- ``kernel_study.csv``: one row per variant: top-1 mean ± std over seeds, training images/s, peak memory of one
-  training step, parameters, and the gap to softmax; its first line says whether the control falls short of softmax
-  by more than the seed spread;
+- ``kernel_study_runs.csv``: one row per (variant, seed), written after every run. A study resumes from it: runs
+  already recorded for the same plan (``plan`` column: task, canvases and recipe) are not trained again, so a study
+  can run in parts across sittings; a file of another plan is refused, not mixed in;
+- ``kernel_study.csv``: one row per variant (``summary.py``): top-1 mean, std and 95 % interval over seeds, Welch's
+  t-test p-values against softmax and the control, training images/s, peak memory of one training step,
+  parameters; its first line is the control check;
 - ``kernel_study.png``: the same as bars (matplotlib, the ``plot`` extra);
+- ``softmax_seed0.pt``: the trained softmax net of seed 0 (state dict), which the fidelity maps read when resuming;
 - ``kernel_fidelity.csv`` / ``kernel_fidelity.png``: KL and top-k overlap of each kernel's map against softmax's;
 - ``kernel_fidelity_maps.png``: the marker token's attention in the last layer of the softmax model, under every
   kernel (QT-ViT Fig. 2 on a study canvas).
@@ -23,24 +25,28 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..bench.measure import device_line, write_csv
+from .._io import atomic_write
+from ..attention import list_kernels
+from ..bench.measure import device_line, read_csv, write_csv
 from ..data.fashion_mnist import load_fashion_mnist
 from .fidelity import fidelity_rows, plot_fidelity
 from .net import CONTROL
-from .runs import Data, Recipe, build_net, parse_variant, run_one, variant_name
+from .runs import Data, Recipe, Variant, build_net, run_one, study_device
+from .summary import SUMMARY_FIELDS, plot_study, summarise
 from .task import PointerSpec, make_pointer_canvases, marker_slices
 
-__all__ = ["STUDY_KERNELS", "StudyPlan", "FULL", "SMALL", "make_data", "run_study", "summarise"]
+__all__ = ["STUDY_KERNELS", "ROPE_KERNELS", "LONG_VARIANTS", "LONG_FACTOR", "StudyPlan", "FULL", "SMALL",
+           "make_data", "plan_key", "study_variants", "run_study", "summarise"]
 
-# QT-ViT Table 2, Table 3, then the kernels of issue 11's point 2
-STUDY_KERNELS = ("softmax", "relu", "cosine", "mean", "sigmoid_softmax", "angular", "taylor1", "qt",
-                 "taylor2", "qt_pool", "qt_chunk", "qt_random", "qt_paper",
-                 "polaformer", "inline", "mala", "rala")
+STUDY_KERNELS = tuple(list_kernels())  # every kernel of the zoo
+ROPE_KERNELS = ("mala", "rala")  # also trained with their released RoPE (``+rope``)
+LONG_VARIANTS = ("softmax", "relu", "qt", "qt_paper", CONTROL)  # also trained ``LONG_FACTOR`` times longer
+LONG_FACTOR = 3
+RUNS_CSV = "kernel_study_runs.csv"
+SOFTMAX_WEIGHTS = "softmax_seed0.pt"
 
-RUN_FIELDS = ["variant", "kernel", "softmax_residual", "seed", "top1", "train_images_per_s", "peak_mib", "params",
-              "train_s"] + [f"recipe_{k}" for k in Recipe.__dataclass_fields__]
-SUMMARY_FIELDS = ["variant", "kernel", "softmax_residual", "seeds", "top1_mean", "top1_std", "top1_minus_softmax",
-                  "train_images_per_s", "peak_mib", "params"]
+RUN_FIELDS = ["variant", "kernel", "softmax_residual", "seed", "top1", "val_top1", "train_images_per_s", "peak_mib",
+              "params", "train_s", "device", "plan"] + [f"recipe_{k}" for k in Recipe.__dataclass_fields__]
 FIDELITY_FIELDS = ["kernel", "layer", "kl", "topk_overlap", "negative_mass", "images", "tokens", "top_k"]
 
 
@@ -51,78 +57,71 @@ class StudyPlan:
     test: int
     recipe: Recipe
     fidelity_images: int
+    val: int = 2000
     spec: PointerSpec = PointerSpec()
 
 
+VAL_EVERY = 6  # every 6th Fashion-MNIST training image is held out for the validation canvases
 FULL = StudyPlan(train=6000, test=2000, recipe=Recipe(), fidelity_images=64)
-SMALL = StudyPlan(train=64, test=32, recipe=Recipe(epochs=1), fidelity_images=4)
+SMALL = StudyPlan(train=64, test=32, recipe=Recipe(epochs=1), fidelity_images=4, val=32)
 
 
 def make_data(plan: StudyPlan, root: str | None = None) -> Data:
-    """The plan's training and test canvases (deterministic: seed 0 of each split)."""
-    train = make_pointer_canvases(*load_fashion_mnist("train", root), plan.train, split="train", spec=plan.spec)
+    """The plan's training, validation and test canvases (deterministic: seed 0 of each split). Validation canvases
+    are drawn from the Fashion-MNIST training images that no training canvas uses (every ``VAL_EVERY``-th), test
+    canvases from the test images: design choices read validation top-1, never test top-1."""
+    images, labels = load_fashion_mnist("train", root)
+    held = torch.arange(len(labels)) % VAL_EVERY == VAL_EVERY - 1
+    train = make_pointer_canvases(images[~held], labels[~held], plan.train, split="train", spec=plan.spec)
+    val = make_pointer_canvases(images[held], labels[held], plan.val, split="val", spec=plan.spec)
     test = make_pointer_canvases(*load_fashion_mnist("test", root), plan.test, split="test", spec=plan.spec)
-    return Data(*train, *test, num_classes=len(plan.spec.classes))
+    return Data(*train, *test, num_classes=len(plan.spec.classes), val_x=val[0], val_y=val[1])
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+def plan_key(plan: StudyPlan) -> str:
+    """A short fingerprint of what makes runs comparable: the task's settings, the canvases, the base recipe."""
+    import hashlib
+
+    what = repr((plan.spec, plan.train, plan.val, plan.test, plan.recipe))
+    return hashlib.sha1(what.encode()).hexdigest()[:12]
 
 
-def summarise(runs: Sequence[dict]) -> tuple[list[dict], str]:
-    """One row per variant (in the order of ``runs``) and the control's verdict line."""
-    by: dict[str, list[dict]] = {}
-    for r in runs:
-        by.setdefault(r["variant"], []).append(r)
-    rows = []
-    for variant, rs in by.items():
-        kernel, residual = parse_variant(variant)
-        top1 = [float(r["top1"]) for r in rs]
-        mems = [float(r["peak_mib"]) for r in rs if r["peak_mib"] not in (None, "")]
-        rows.append(dict(variant=variant, kernel=kernel, softmax_residual=int(residual), seeds=len(rs),
-                         top1_mean=statistics.fmean(top1), top1_std=_std(top1),
-                         train_images_per_s=statistics.fmean(float(r["train_images_per_s"]) for r in rs),
-                         peak_mib=statistics.fmean(mems) if mems else None, params=int(rs[0]["params"])))
-    soft = next((r for r in rows if r["variant"] == "softmax"), None)
-    for r in rows:
-        r["top1_minus_softmax"] = None if soft is None else r["top1_mean"] - soft["top1_mean"]
-    ctrl = next((r for r in rows if r["variant"] == CONTROL), None)
-    if soft is None or ctrl is None:
-        return rows, "control check: needs both softmax and the control"
-    gap, spread = soft["top1_mean"] - ctrl["top1_mean"], max(soft["top1_std"], ctrl["top1_std"])
-    if min(soft["seeds"], ctrl["seeds"]) < 2:
-        verdict = "one seed: no spread to compare with (use --seeds 2 or more)"
-    else:
-        verdict = "attention matters" if gap > spread else "NOT shown that attention matters"
-    return rows, (f"control check: softmax {soft['top1_mean']:.2f} - control {ctrl['top1_mean']:.2f} = {gap:.2f} "
-                  f"points vs seed spread (largest std) {spread:.2f}: {verdict}")
+def study_variants(kernels: Sequence[str], *, control: bool = True, rope_kernels: Sequence[str] = (),
+                   residual_kernels: Sequence[str] = (), long_variants: Sequence[str] = (),
+                   long_factor: int = LONG_FACTOR) -> list[str]:
+    """The variant names of a study, in the order of its tables: kernels, +rope, the control, +softmax_residual,
+    then the longer schedules (@<k>x)."""
+    names = [*kernels, *(Variant(k, rope=True).name for k in rope_kernels), *([CONTROL] if control else []),
+             *(Variant(k, residual=True).name for k in residual_kernels)]
+    if long_factor > 1:
+        names += [replace(Variant.parse(v), length=long_factor).name for v in long_variants]
+    return list(dict.fromkeys(names))
 
 
-def plot_study(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
-    """Top-1 mean ± std, training images/s and peak memory per variant (Tables 2 and 3 as bars)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _check_variants(variants: Sequence[str], kernels: Sequence[str], rope_kernels: Sequence[str],
+                    residual_kernels: Sequence[str]) -> None:
+    known = list_kernels()
+    bad = [k for k in [*kernels, *rope_kernels, *residual_kernels] if k not in known]
+    bad += [v for v in variants if Variant.parse(v).kernel not in (*known, CONTROL)]
+    if bad:
+        raise ValueError(f"unknown kernel(s) {', '.join(dict.fromkeys(bad))}; use {', '.join(known)}")
+    if "softmax" in residual_kernels:
+        raise ValueError("softmax cannot take a softmax residual: give linear kernels to --residual-kernels")
+    no_rope = [k for k in rope_kernels if k not in ROPE_KERNELS]
+    if no_rope:
+        raise ValueError(f"--rope-kernels {', '.join(no_rope)}: only {', '.join(ROPE_KERNELS)} have a released RoPE")
 
-    from ..bench.measure import save_figure
 
-    names = [r["variant"] for r in rows]
-    colours = ["tab:grey" if r["variant"] == CONTROL else "tab:orange" if r["softmax_residual"] else
-               "tab:red" if r["kernel"] == "softmax" else "tab:blue" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.28 * len(rows) + 1.6), sharey=True)
-    axes[0].barh(names, [r["top1_mean"] for r in rows], xerr=[r["top1_std"] for r in rows], color=colours,
-                 capsize=2)
-    axes[0].set(xlabel="test top-1 (%), mean ± std over seeds")
-    lo = min(r["top1_mean"] - r["top1_std"] for r in rows)
-    axes[0].set_xlim(max(0.0, lo - 5), 100)
-    axes[1].barh(names, [r["train_images_per_s"] for r in rows], color=colours)
-    axes[1].set(xlabel="training images/s")
-    axes[2].barh(names, [r["peak_mib"] or 0.0 for r in rows], color=colours)
-    axes[2].set(xlabel="peak MiB of one training step")
-    axes[0].invert_yaxis()
-    for ax in axes:
-        ax.grid(True, axis="x", alpha=0.3)
-    return save_figure(fig, path, title=title)
+def _recorded(path: Path, key: str) -> list[dict]:
+    """The runs already in ``path`` for plan ``key``; a file of another plan is an error (not mixed in)."""
+    if not path.exists():
+        return []
+    rows = read_csv(path)
+    other = sorted({r.get("plan") or "none" for r in rows} - {key})
+    if other:
+        raise ValueError(f"{path} holds runs of another plan ({', '.join(other)}; this one is {key}: other canvases, "
+                         "task version or recipe); give another --out, or move that file away to start afresh")
+    return rows
 
 
 _WORKER: dict = {}
@@ -138,12 +137,13 @@ def _worker_run(job: tuple[str, int]) -> tuple[dict, dict | None]:
     return row, (net.state_dict() if job == ("softmax", 0) else None)  # only the fidelity needs weights back
 
 
-def _run_jobs(jobs: list[tuple[str, int]], data: Data, recipe: Recipe, workers: int, threads: int | None):
-    """(row, trained net or None) of every (variant, seed), in order; in ``workers`` processes when > 1."""
+def _run_jobs(jobs: list[tuple[str, int]], data: Data, recipe: Recipe, workers: int, threads: int | None,
+              device: torch.device):
+    """(row, trained net or None) of every (variant, seed), in order; in ``workers`` processes when > 1 (CPU)."""
     if workers <= 1:
         if threads:
             torch.set_num_threads(threads)
-        yield from (run_one(variant, seed, data, recipe) for variant, seed in jobs)
+        yield from (run_one(variant, seed, data, recipe, device) for variant, seed in jobs)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -156,6 +156,22 @@ def _run_jobs(jobs: list[tuple[str, int]], data: Data, recipe: Recipe, workers: 
                 net = build_net(variant, recipe, data.train_x.shape[-1], data.num_classes)
                 net.load_state_dict(state)
             yield row, net
+
+
+def _save_softmax(net, out: Path) -> None:
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    atomic_write(out / SOFTMAX_WEIGHTS, lambda tmp: torch.save(state, tmp))
+
+
+def _load_softmax(plan: StudyPlan, data: Data, out: Path, log: Callable[[str], None]):
+    """The softmax net of seed 0 saved by an earlier sitting (weights only), or None."""
+    path = out / SOFTMAX_WEIGHTS
+    if not path.exists():
+        log(f"no {path}: the fidelity maps need softmax seed 0's weights; skipped")
+        return None
+    net = build_net("softmax", plan.recipe, data.train_x.shape[-1], data.num_classes)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net
 
 
 def _marker_query(canvas: torch.Tensor, spec: PointerSpec, grid: int) -> int:
@@ -207,53 +223,63 @@ def _can_plot() -> bool:
     return True
 
 
-def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 3, out: str | Path = "results/kernel_study",
+def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str | Path = "results/kernel_study",
               *, small: bool = False, control: bool = True, residual_kernels: Sequence[str] = ("qt",),
-              data_root: str | None = None, epochs: int | None = None, workers: int = 1,
-              threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, list[Path] | str]:
-    """Train every variant with seeds 0..seeds-1, write the CSVs and figures (module docstring); returns the paths
-    written and the control's verdict line. ``workers`` > 1 trains that many runs at once in separate processes
-    (``threads`` torch threads each, default 1): small networks use one core each better than two threads share
-    them."""
-    from ..attention import list_kernels
-
-    bad = [k for k in [*kernels, *residual_kernels] if k not in list_kernels()]
-    if bad:
-        raise ValueError(f"unknown kernel(s) {', '.join(bad)}; use {', '.join(list_kernels())}")
-    if seeds < 1 or workers < 1:
-        raise ValueError(f"seeds ({seeds}) and workers ({workers}) must be at least 1")
-    if "softmax" in residual_kernels:
-        raise ValueError("softmax cannot take a softmax residual: give linear kernels to --residual-kernels")
-    plan = SMALL if small else FULL
+              rope_kernels: Sequence[str] = ROPE_KERNELS, long_variants: Sequence[str] = LONG_VARIANTS,
+              long_factor: int = LONG_FACTOR, data_root: str | None = None, epochs: int | None = None,
+              plan: StudyPlan | None = None, workers: int = 1, threads: int | None = None, device: str = "cpu",
+              log: Callable[[str], None] = print) -> dict[str, list[Path] | str]:
+    """Train every variant (``study_variants``) with seeds 0..seeds-1 that ``out`` has not recorded yet, then write
+    the summary and figures (module docstring); returns the paths written and the control check's line.
+    ``workers`` > 1 trains that many runs at once in separate processes (``threads`` torch threads each, default
+    1; CPU only): small networks use one core each better than two threads share them. ``plan`` overrides
+    ``small`` (FULL or SMALL), ``epochs`` its recipe's epochs."""
+    variants = study_variants(kernels, control=control, rope_kernels=rope_kernels, residual_kernels=residual_kernels,
+                              long_variants=long_variants, long_factor=long_factor)
+    _check_variants(variants, kernels, rope_kernels, residual_kernels)
+    dev = study_device(device)
+    if seeds < 1 or workers < 1 or long_factor < 1:
+        raise ValueError(f"seeds ({seeds}), workers ({workers}) and the long factor ({long_factor}) must be >= 1")
+    if workers > 1 and dev.type != "cpu":
+        raise ValueError(f"--workers {workers} runs CPU processes; on {dev.type} train one run at a time (--workers 1)")
+    plan = plan or (SMALL if small else FULL)
     if epochs is not None:
         plan = replace(plan, recipe=replace(plan.recipe, epochs=epochs))
-    out = Path(out)
-    t0 = time.perf_counter()
+    out, key, t0 = Path(out), plan_key(plan), time.perf_counter()
+    runs = _recorded(out / RUNS_CSV, key)
+    done = {(r["variant"], int(r["seed"])) for r in runs}
+    jobs = [(v, s) for v in variants for s in range(seeds) if (v, s) not in done]
     data = make_data(plan, data_root)
-    log(f"canvases: {plan.train} train, {plan.test} test, {plan.spec.size} px ({time.perf_counter() - t0:.1f} s)")
-    variants = [*kernels, *([CONTROL] if control else []), *(variant_name(k, True) for k in residual_kernels)]
-    machine = device_line(torch.device("cpu"))
-    runs, softmax_net = [], None
-    jobs = [(variant, seed) for variant in variants for seed in range(seeds)]
-    for (variant, seed), (row, net) in zip(jobs, _run_jobs(jobs, data, plan.recipe, workers, threads)):
-        runs.append(row)
+    log(f"canvases: {plan.train} train, {plan.val} validation, {plan.test} test, {plan.spec.size} px "
+        f"({time.perf_counter() - t0:.1f} s); plan {key}: {len(done)} runs already recorded, {len(jobs)} to train")
+    machine = device_line(dev)
+    softmax_net = None
+    for (variant, seed), (row, net) in zip(jobs, _run_jobs(jobs, data, plan.recipe, workers, threads, dev)):
+        runs.append(dict(row, plan=key))
         if variant == "softmax" and seed == 0:
-            softmax_net = net
+            softmax_net = net.cpu()
+            _save_softmax(net, out)
         log(f"{variant:28s} seed {seed}: top-1 {row['top1']:6.2f}%  {row['train_images_per_s']:7.1f} img/s  "
             f"peak {row['peak_mib'] or float('nan'):7.1f} MiB  ({time.perf_counter() - t0:.0f} s)")
-        write_csv(runs, out / "kernel_study_runs.csv", f"kernel study runs; {machine}; {workers} worker(s) x "
+        write_csv(runs, out / RUNS_CSV, f"kernel study runs; {machine}; {workers} worker(s) x "
                   f"{threads or torch.get_num_threads()} thread(s)", RUN_FIELDS)
-    summary, verdict = summarise(runs)
+    order = {v: i for i, v in enumerate(variants)}
+    chosen = sorted((r for r in runs if r["variant"] in order and int(r["seed"]) < seeds),
+                    key=lambda r: (order[r["variant"]], int(r["seed"])))
+    summary, verdict = summarise(chosen)
     log(verdict)
-    header = (f"kernel study: {plan.train} train / {plan.test} test pointer canvases, {seeds} seeds; {verdict}; "
-              f"{machine}")
-    paths = [out / "kernel_study_runs.csv", write_csv(summary, out / "kernel_study.csv", header, SUMMARY_FIELDS)]
+    header = (f"kernel study: {plan.train} train / {plan.test} test pointer canvases ({plan.spec.placement} "
+              f"placement), up to {seeds} seeds, p-values from Welch's t-test; {verdict}; {machine}")
+    paths = [out / RUNS_CSV, write_csv(summary, out / "kernel_study.csv", header, SUMMARY_FIELDS)]
     plots = _can_plot()
     if plots:
         paths.append(plot_study(summary, out / "kernel_study.png", title=header[:150]))
     else:
         log("matplotlib is missing (pip install 'qtvit[plot]'): CSVs only, no figures")
+    if "softmax" in variants:
+        softmax_net = softmax_net or _load_softmax(plan, data, out, log)
     if softmax_net is not None:
-        paths += _fidelity(softmax_net, data, plan, [k for k in kernels], out, plots, log)
-    log(f"study done in {time.perf_counter() - t0:.0f} s")
+        paths += _fidelity(softmax_net, data, plan, [k for k in kernels if Variant.parse(k).kernel != CONTROL], out,
+                           plots, log)
+    log(f"study done in {time.perf_counter() - t0:.0f} s ({len(jobs)} runs trained in this sitting)")
     return {"paths": paths, "verdict": verdict}

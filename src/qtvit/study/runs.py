@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from ..bench.measure import peak_memory_bytes
 from ..train.optim import create_optimizer, lr_at
 from .net import StudyNet
 
-__all__ = ["Recipe", "Data", "run_one", "variant_name", "parse_variant"]
+__all__ = ["Recipe", "Data", "Variant", "run_one", "study_device", "variant_name", "parse_variant"]
 
 RESIDUAL_SUFFIX = "+softmax_residual"
 
@@ -41,17 +41,44 @@ class Data:
     test_x: Tensor
     test_y: Tensor
     num_classes: int
+    val_x: Tensor | None = None  # validation canvases, apart from the test canvases: what design choices read
+    val_y: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained configuration: ``<kernel>[+rope][+softmax_residual][@<k>x]``, e.g. ``qt``, ``mala+rope``,
+    ``qt+softmax_residual``, ``control@3x`` (the recipe's epochs times k)."""
+    kernel: str
+    residual: bool = False
+    rope: bool = False  # the released layers' RoPE (mala, rala: ``rope=True``)
+    length: int = 1
+
+    @property
+    def name(self) -> str:
+        return (self.kernel + ("+rope" if self.rope else "") + (RESIDUAL_SUFFIX if self.residual else "") +
+                (f"@{self.length}x" if self.length != 1 else ""))
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        base, _, length = name.partition("@")
+        if length and not (length.endswith("x") and length[:-1].isdigit() and int(length[:-1]) >= 1):
+            raise ValueError(f"variant {name!r}: a longer schedule is written @<k>x with a whole k >= 1, e.g. qt@3x")
+        kernel, *flags = base.split("+")
+        unknown = set(flags) - {"rope", RESIDUAL_SUFFIX[1:]}
+        if unknown or len(set(flags)) != len(flags):
+            raise ValueError(f"variant {name!r}: flags are +rope and {RESIDUAL_SUFFIX}, each at most once")
+        return cls(kernel, RESIDUAL_SUFFIX[1:] in flags, "rope" in flags, int(length[:-1]) if length else 1)
 
 
 def variant_name(kernel: str, residual: bool = False) -> str:
-    return kernel + (RESIDUAL_SUFFIX if residual else "")
+    return Variant(kernel, residual).name
 
 
 def parse_variant(variant: str) -> tuple[str, bool]:
     """(kernel, with a softmax residual) of a variant name."""
-    if variant.endswith(RESIDUAL_SUFFIX):
-        return variant[:-len(RESIDUAL_SUFFIX)], True
-    return variant, False
+    v = Variant.parse(variant)
+    return v.kernel, v.residual
 
 
 def _to_input(x: Tensor) -> Tensor:
@@ -59,9 +86,9 @@ def _to_input(x: Tensor) -> Tensor:
 
 
 def build_net(variant: str, recipe: Recipe, img_size: int, num_classes: int) -> StudyNet:
-    kernel, residual = parse_variant(variant)
-    return StudyNet(kernel, num_classes=num_classes, img_size=img_size, dim=recipe.dim, depth=recipe.depth,
-                    head_dim=recipe.head_dim, residual_softmax=residual)
+    v = Variant.parse(variant)
+    return StudyNet(v.kernel, num_classes=num_classes, img_size=img_size, dim=recipe.dim, depth=recipe.depth,
+                    head_dim=recipe.head_dim, residual_softmax=v.residual, **({"rope": True} if v.rope else {}))
 
 
 @torch.no_grad()
@@ -116,18 +143,44 @@ def _train(net: StudyNet, data: Data, recipe: Recipe, seed: int) -> tuple[float,
     return seconds, total * bs
 
 
-def run_one(variant: str, seed: int, data: Data, recipe: Recipe) -> tuple[dict, StudyNet]:
-    """Train ``variant`` (a kernel name, ``control``, or ``<kernel>+softmax_residual``) with ``seed``; its CSV row
-    and the trained net."""
+def study_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, with a clear error where it is not there (``--device cuda`` without a GPU)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: {e}; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                         f"torch.cuda.is_available() is False); run on a machine with a GPU or use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: the study runs on cpu or cuda")
+    return dev
+
+
+def _on(data: Data, device: torch.device) -> Data:
+    if device.type == "cpu":
+        return data
+    return Data(*(t.to(device) for t in (data.train_x, data.train_y, data.test_x, data.test_y)), data.num_classes,
+                *(None if t is None else t.to(device) for t in (data.val_x, data.val_y)))
+
+
+def run_one(variant: str, seed: int, data: Data, recipe: Recipe,
+            device: str | torch.device = "cpu") -> tuple[dict, StudyNet]:
+    """Train ``variant`` (``Variant``: a kernel name or ``control``, with +rope, +softmax_residual, @<k>x) with
+    ``seed`` on ``device``; its CSV row and the trained net. @<k>x trains the recipe's epochs times k."""
+    v, dev = Variant.parse(variant), study_device(device)
+    recipe = replace(recipe, epochs=recipe.epochs * v.length)
+    data = _on(data, dev)
     torch.manual_seed(seed)
-    net = build_net(variant, recipe, data.train_x.shape[-1], data.num_classes)
+    net = build_net(variant, recipe, data.train_x.shape[-1], data.num_classes).to(dev)
     params = sum(p.numel() for p in net.parameters())
     net.set_residual_weight(1.0)
     mem = _step_memory(net, _to_input(data.train_x[:recipe.batch_size]), data.train_y[:recipe.batch_size])
     torch.manual_seed(seed)  # the memory probe drew no random numbers, but keep the init-to-training path plain
     seconds, images = _train(net, data, recipe, seed)
-    kernel, residual = parse_variant(variant)
-    row = dict(variant=variant, kernel=kernel, softmax_residual=int(residual), seed=seed,
-               top1=evaluate(net, data.test_x, data.test_y), train_images_per_s=images / seconds,
-               peak_mib=mem, params=params, train_s=seconds, **{f"recipe_{k}": v for k, v in asdict(recipe).items()})
+    val = None if data.val_x is None else evaluate(net, data.val_x, data.val_y)
+    row = dict(variant=variant, kernel=v.kernel, softmax_residual=int(v.residual), seed=seed,
+               top1=evaluate(net, data.test_x, data.test_y), val_top1=val, train_images_per_s=images / seconds,
+               peak_mib=mem, params=params, train_s=seconds, device=dev.type,
+               **{f"recipe_{k}": x for k, x in asdict(recipe).items()})
     return row, net

@@ -30,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PointerSpec", "make_pointer_canvases", "marker_slices", "opposite_cell"]
+__all__ = ["PointerSpec", "PointerLayout", "make_pointer_canvases", "pointer_layout", "marker_slices", "opposite_cell",
+           "control_view_leak"]
 
-_SPLITS = {"train": 0, "test": 1}
+_SPLITS = {"train": 0, "test": 1, "val": 2}
+PLACEMENTS = ("spread", "inner")
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,17 @@ class PointerSpec:
     size: int = 64
     item_px: tuple[int, int] = (20, 26)
     classes: tuple[int, ...] = (0, 1, 5, 8)  # T-shirt/top, Trouser, Sandal, Bag: told apart at a glance
-    corner: int = 6  # the outer corner of every cell kept free of garments
+    corner: int = 6  # "spread": a garment never covers its cell's outer corner x corner square; "inner": the
+    # garment keeps corner px from both outer edges
+    placement: str = "spread"  # garments anywhere in their cell; "inner": the first version's, near the centre lines
     marker: int = 8  # side of the marker square in the marked cell's outer corner
     background: tuple[int, int] = (0, 60)  # grey level range of the canvas
     noise: float = 8.0  # std of the per-pixel Gaussian noise
 
     def __post_init__(self):
         half, (lo, hi) = self.size // 2, self.item_px
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"pointer canvas placement {self.placement!r}: use one of {', '.join(PLACEMENTS)}")
         if self.size % 2 or not 8 <= lo <= hi <= half - self.corner:
             raise ValueError(f"pointer canvas settings {self}: need an even size and 8 <= item_px[0] <= item_px[1] "
                              f"<= size/2 - corner ({half - self.corner}) so that a garment fits its cell beside "
@@ -74,14 +80,52 @@ def marker_slices(spec: PointerSpec, cell: int) -> list[tuple[slice, slice]]:
     return [(slice(0, m) if r == 0 else slice(s - m, s), slice(0, m) if c == 0 else slice(s - m, s))]
 
 
-def _place(rng: np.random.Generator, n: int, spec: PointerSpec, sizes: np.ndarray) -> np.ndarray:
-    """Top-left (y, x) of each cell's garment, (n, 4, 2): offset >= corner from the cell's outer edges."""
+def _offsets(rng: np.random.Generator, spec: PointerSpec, sizes: np.ndarray) -> np.ndarray:
+    """Each garment's offset (n, 4, 2) from its cell's outer edges (the canvas border side), along y and x."""
     half = spec.size // 2
-    # offset from the cell's outer edge (the canvas border side) along each axis, then mirrored into place
-    offset = rng.integers(spec.corner, half - sizes[..., None] + 1, size=(n, 4, 2))
+    if spec.placement == "inner":  # the first task version: at least ``corner`` px from both outer edges
+        return rng.integers(spec.corner, half - sizes[..., None] + 1, size=(*sizes.shape, 2))
+    offset = rng.integers(0, half - sizes[..., None] + 1, size=(*sizes.shape, 2))
+    while True:  # anywhere in the cell except over its outer corner's corner x corner square: redraw those
+        bad = (offset < spec.corner).all(axis=-1)
+        if not bad.any():
+            return offset
+        offset[bad] = rng.integers(0, half - sizes[bad][:, None] + 1, size=(int(bad.sum()), 2))
+
+
+def _place(rng: np.random.Generator, n: int, spec: PointerSpec, sizes: np.ndarray) -> np.ndarray:
+    """Top-left (y, x) of each cell's garment, (n, 4, 2), from its offset to the cell's outer edges."""
+    offset = _offsets(rng, spec, sizes)
     rows, cols = np.divmod(np.arange(4), 2)
     outer = np.stack([rows, cols], axis=-1)  # (4, 2): 0 = the cell's outer edge is at 0, 1 = at size
     return np.where(outer == 0, offset, spec.size - offset - sizes[..., None])
+
+
+@dataclass
+class PointerLayout:
+    """Where everything of ``n`` canvases is: class index per cell (n, 4), garment sizes (n, 4) and top-left corners
+    (n, 4, 2), the target cell (n,) and the marked cell (n,), opposite the target."""
+    classes: np.ndarray
+    sizes: np.ndarray
+    tops: np.ndarray
+    target: np.ndarray
+    marked: np.ndarray
+    picks: np.ndarray  # (n, 4) random draws that choose each garment's image among its class's
+
+
+def pointer_layout(n: int, *, split: str = "train", seed: int = 0, spec: PointerSpec = PointerSpec(),
+                   rng: np.random.Generator | None = None) -> PointerLayout:
+    """The layout of ``n`` canvases, drawn as ``make_pointer_canvases`` draws it (no images needed)."""
+    if split not in _SPLITS:
+        raise ValueError(f"pointer canvas split {split!r}: use one of {', '.join(_SPLITS)}")
+    rng = np.random.default_rng([seed, _SPLITS[split]]) if rng is None else rng
+    k = len(spec.classes)
+    # distinct classes in a canvas: a local network's best guess among its three garments is then 1/3
+    cls = np.stack([rng.permutation(k)[:4] for _ in range(n)])  # (n, 4) class indices, one per cell
+    picks = rng.integers(1 << 62, size=(n, 4))
+    sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
+    tops, target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
+    return PointerLayout(cls, sizes, tops, target, opposite_cell(target), picks)
 
 
 def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *, split: str = "train", seed: int = 0,
@@ -92,7 +136,7 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
     as its index among ``sorted(spec.classes)``.
     """
     if split not in _SPLITS:
-        raise ValueError(f"pointer canvas split {split!r}: use 'train' or 'test'")
+        raise ValueError(f"pointer canvas split {split!r}: use one of {', '.join(_SPLITS)}")
     if n < 1 or images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels) or len(images) < 1:
         raise ValueError(f"pointer canvases need n >= 1 ({n}) and Fashion-MNIST images (M, 28, 28) with one label "
                          f"each (got {tuple(images.shape)} and {tuple(labels.shape)})")
@@ -103,13 +147,9 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
         raise ValueError(f"pointer canvases need images of every class {tuple(classes)}; some have none among the "
                          f"{len(lab)} given")
     rng = np.random.default_rng([seed, _SPLITS[split]])
-    # distinct classes in a canvas: a local network's best guess among its three garments is then 1/3
-    cls = np.stack([rng.permutation(len(classes))[:4] for _ in range(n)])  # (n, 4) class indices, one per cell
-    picks = rng.integers(1 << 62, size=(n, 4))
-    sources = np.vectorize(lambda c, r: pools[c][r % len(pools[c])])(cls, picks)
-    sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
-    tops, target = _place(rng, n, spec, sizes), rng.integers(4, size=n)
-    marked = opposite_cell(target)
+    lay = pointer_layout(n, spec=spec, rng=rng)
+    sources = np.vectorize(lambda c, r: pools[c][r % len(pools[c])])(lay.classes, lay.picks)
+    sizes, tops, target, marked, cls = lay.sizes, lay.tops, lay.target, lay.marked, lay.classes
     base = rng.uniform(*spec.background, size=(n, 1, 1))
     canvas = base + rng.normal(0.0, spec.noise, size=(n, spec.size, spec.size))
     items = images.float()[torch.as_tensor(sources.reshape(-1))][:, None]  # (n*4, 1, 28, 28)
@@ -130,3 +170,35 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
             canvas[i, rows, cols] = 255.0
     canvas = torch.from_numpy(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))[:, None]
     return canvas, torch.as_tensor(cls[np.arange(n), target], dtype=torch.int64)
+
+
+def control_view_leak(layout: PointerLayout, spec: PointerSpec = PointerSpec(), *, stride: int = 4, reach: int = 11,
+                      garment_frac: float = 0.25, cell_px: int = 64) -> dict[str, float]:
+    """How often one token of the attention-free control sees both ends of the pointer, from the layout's boxes.
+
+    A control token at grid position t sees pixels 4t - 11 .. 4t + 11 on each axis (the stride-4 stem and two
+    depthwise 3x3 convolutions; ``test_control_has_the_attention_budget_and_mixes_no_tokens``). It "sees" a garment
+    when its window covers ``garment_frac`` of the garment's box, and the marked cell when it covers ``cell_px``
+    pixels of it (room for a garment to be missing). Returns the fraction of canvases where some token sees the target
+    garment and the marked cell (``target_and_marked``), and where it also sees the other two garments
+    (``all_and_marked``: the empty cell then tells that token the label). Boxes, not garment pixels: an upper bound.
+    """
+    n, half = len(layout.target), spec.size // 2
+    lo = np.arange(spec.size // stride) * stride - reach
+    hi = lo + 2 * reach + 1
+
+    def cover(start: np.ndarray, length: np.ndarray | int) -> np.ndarray:  # 1-D overlap of [start, start + length)
+        return np.clip(np.minimum(start[..., None] + np.asarray(length)[..., None], hi) -
+                       np.maximum(start[..., None], lo), 0, None)
+
+    sizes = layout.sizes
+    area = cover(layout.tops[..., 0], sizes)[..., :, None] * cover(layout.tops[..., 1], sizes)[..., None, :]
+    sees = area >= garment_frac * (sizes * sizes)[..., None, None]  # (n, 4, T, T)
+    r, c = np.divmod(layout.marked, 2)
+    marked = cover(r * half, half)[:, :, None] * cover(c * half, half)[:, None, :] >= cell_px  # (n, T, T)
+    rows = np.arange(n)
+    both = sees[rows, layout.target] & marked
+    sides = np.where(np.isin(layout.target, (0, 3))[:, None], [1, 2], [0, 3])  # the two cells beside the marker
+    every = both & sees[rows, sides[:, 0]] & sees[rows, sides[:, 1]]
+    return {"target_and_marked": float(both.any(axis=(1, 2)).mean()),
+            "all_and_marked": float(every.any(axis=(1, 2)).mean())}

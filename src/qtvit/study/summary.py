@@ -1,0 +1,114 @@
+"""The kernel study's summary: one row per variant with its 95 % interval and Welch's t-tests against softmax and the
+attention-free control (``stats.py``), the control check, and the bar figure."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from .net import CONTROL
+from .runs import Variant
+from .stats import mean_ci95, welch
+
+__all__ = ["SUMMARY_FIELDS", "summarise", "plot_study", "CONTROL_CEILING"]
+
+SUMMARY_FIELDS = ["variant", "kernel", "softmax_residual", "epochs", "seeds", "top1_mean", "top1_std",
+                  "top1_ci95_low", "top1_ci95_high", "top1_minus_softmax", "p_vs_softmax", "p_vs_control", "p_vs_1x",
+                  "val_top1_mean", "train_images_per_s", "peak_mib", "params"]
+CONTROL_CEILING = 100.0 / 3  # the design's ceiling of a network without token mixing (docs/kernel_study.md)
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _same_length(name: str, variant: Variant) -> str:
+    """The reference variant ``name`` (softmax, control) trained as long as ``variant``."""
+    return Variant(name, length=variant.length).name
+
+
+def _p(top1: list[float], other: list[float] | None) -> float | None:
+    got = None if other is None else welch(top1, other)
+    return None if got is None else got[2]
+
+
+def _floats(rows: Sequence[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]]) -> dict:
+    v = Variant.parse(variant)
+    top1 = top1_of[variant]
+    ci = mean_ci95(top1)
+    soft, ctrl = top1_of.get(_same_length("softmax", v)), top1_of.get(_same_length(CONTROL, v))
+    short = top1_of.get(Variant(v.kernel, v.residual, v.rope).name) if v.length != 1 else None
+    mems, val, epochs = _floats(rs, "peak_mib"), _floats(rs, "val_top1"), _floats(rs, "recipe_epochs")
+    return dict(variant=variant, kernel=v.kernel, softmax_residual=int(v.residual),
+                epochs=int(epochs[0]) if epochs else None, seeds=len(rs), top1_mean=statistics.fmean(top1),
+                top1_std=_std(top1), top1_ci95_low=None if ci is None else ci[0],
+                top1_ci95_high=None if ci is None else ci[1],
+                top1_minus_softmax=None if soft is None else statistics.fmean(top1) - statistics.fmean(soft),
+                p_vs_softmax=None if soft is top1 else _p(top1, soft),
+                p_vs_control=None if ctrl is top1 else _p(top1, ctrl), p_vs_1x=_p(top1, short),
+                val_top1_mean=statistics.fmean(val) if val else None,
+                train_images_per_s=statistics.fmean(_floats(rs, "train_images_per_s")),
+                peak_mib=statistics.fmean(mems) if mems else None, params=int(float(rs[0]["params"])))
+
+
+def summarise(runs: Sequence[dict]) -> tuple[list[dict], str]:
+    """One row per variant (in the order of ``runs``) and the control check's line.
+
+    ``p_vs_softmax`` and ``p_vs_control``: Welch's two-sided t-test of the variant's top-1 over seeds against
+    softmax's and the control's trained as long (``softmax@3x`` for ``qt@3x``); ``p_vs_1x``: against the same variant
+    at the recipe's length. ``top1_ci95_*``: the mean's 95 % interval (Student's t). Empty with fewer than 2 seeds."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["variant"], []).append(r)
+    top1_of = {variant: [float(r["top1"]) for r in rs] for variant, rs in by.items()}
+    rows = [_variant_row(variant, rs, top1_of) for variant, rs in by.items()]
+    return rows, _control_check(rows, top1_of)
+
+
+def _control_check(rows: list[dict], top1_of: dict[str, list[float]]) -> str:
+    soft = next((r for r in rows if r["variant"] == "softmax"), None)
+    ctrl = next((r for r in rows if r["variant"] == CONTROL), None)
+    if soft is None or ctrl is None:
+        return "control check: needs both softmax and the control"
+    gap = soft["top1_mean"] - ctrl["top1_mean"]
+    head = f"control check: softmax {soft['top1_mean']:.2f} - control {ctrl['top1_mean']:.2f} = {gap:.2f} points"
+    if min(soft["seeds"], ctrl["seeds"]) < 2:
+        return head + ": one seed, no test possible (use --seeds 2 or more)"
+    p = welch(top1_of["softmax"], top1_of[CONTROL])[2]
+    verdict = "attention matters" if gap > 0 and p < 0.05 else "NOT shown that attention matters"
+    return (f"{head}, Welch p = {p:.2g}: {verdict}; control 95 % interval [{ctrl['top1_ci95_low']:.1f}, "
+            f"{ctrl['top1_ci95_high']:.1f}] against the design ceiling {CONTROL_CEILING:.1f}")
+
+
+def plot_study(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Top-1 mean with its 95 % interval, training images/s and peak memory per variant (Tables 2 and 3 as bars)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..bench.measure import save_figure
+
+    names = [r["variant"] for r in rows]
+    colours = ["tab:grey" if r["kernel"] == CONTROL else "tab:orange" if r["softmax_residual"] else
+               "tab:red" if r["kernel"] == "softmax" else "tab:blue" for r in rows]
+    low = [r["top1_mean"] - (r["top1_ci95_low"] if r["top1_ci95_low"] is not None else r["top1_mean"]) for r in rows]
+    high = [(r["top1_ci95_high"] if r["top1_ci95_high"] is not None else r["top1_mean"]) - r["top1_mean"]
+            for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.28 * len(rows) + 1.6), sharey=True)
+    axes[0].barh(names, [r["top1_mean"] for r in rows], xerr=[low, high], color=colours, capsize=2)
+    axes[0].axvline(CONTROL_CEILING, color="tab:grey", linestyle=":", linewidth=1)
+    axes[0].set(xlabel="test top-1 (%), mean and 95 % interval over seeds")
+    lo = min(r["top1_mean"] - d for r, d in zip(rows, low))
+    axes[0].set_xlim(max(0.0, lo - 5), 100)
+    axes[1].barh(names, [r["train_images_per_s"] for r in rows], color=colours)
+    axes[1].set(xlabel="training images/s")
+    axes[2].barh(names, [r["peak_mib"] or 0.0 for r in rows], color=colours)
+    axes[2].set(xlabel="peak MiB of one training step")
+    axes[0].invert_yaxis()
+    for ax in axes:
+        ax.grid(True, axis="x", alpha=0.3)
+    return save_figure(fig, path, title=title)
