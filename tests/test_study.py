@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,35 +101,129 @@ def test_fidelity_of_softmax_to_itself_is_near_zero_and_relu_differs():
 
 
 def test_summary_reports_the_control_gap():
-    runs = [dict(variant=v, top1=t, train_images_per_s=10.0, peak_mib=1.0, params=5)
+    runs = [dict(variant=v, top1=t, train_images_per_s=10.0, peak_mib=1.0, params=5, recipe_epochs=8)
             for v, t in [("softmax", 80.0), ("softmax", 82.0), (CONTROL, 40.0), (CONTROL, 42.0)]]
     rows, verdict = summarise(runs)
     soft = rows[0]
     assert soft["top1_mean"] == 81.0 and soft["top1_std"] == pytest.approx(math.sqrt(2))
+    # 95 % interval: 81 ± t(0.975, 1)·√2/√2 = 81 ± 12.706
+    assert (soft["top1_ci95_low"], soft["top1_ci95_high"]) == pytest.approx((81 - 12.7062047, 81 + 12.7062047))
     assert rows[1]["top1_minus_softmax"] == -40.0 and "attention matters" in verdict and "NOT" not in verdict
+    # Welch: t = 40/√(1 + 1) = 28.28 on 2 degrees of freedom, p = 1 - t/√(2 + t²) (closed form for df = 2)
+    assert rows[1]["p_vs_softmax"] == pytest.approx(1 - 800 ** 0.5 / (2 + 800) ** 0.5, rel=1e-9)
+    assert soft["p_vs_softmax"] is None and rows[1]["p_vs_control"] is None and soft["p_vs_1x"] is None
     # softmax 80.5, control 82.5
     assert "NOT shown" in summarise([dict(r, top1=80.0 + i) for i, r in enumerate(runs)])[1]
-    assert "one seed" in summarise(runs[::2])[1]
+    assert "one seed" in summarise(runs[::2])[1] and summarise(runs[::2])[0][0]["top1_ci95_low"] is None
+
+
+def test_summary_compares_longer_runs_with_softmax_and_the_control_trained_as_long():
+    def runs(variant, values, epochs):
+        return [dict(variant=variant, top1=t, train_images_per_s=1.0, peak_mib="", params=5, recipe_epochs=epochs)
+                for t in values]
+
+    rows, _ = summarise(runs("softmax", [80, 84], 8) + runs("qt", [60, 64], 8) + runs("softmax@3x", [60, 64], 24) +
+                        runs("qt@3x", [70, 74], 24) + runs("control@3x", [30, 31], 24))
+    by = {r["variant"]: r for r in rows}
+    assert by["qt@3x"]["top1_minus_softmax"] == 10.0 and by["qt@3x"]["epochs"] == 24  # against softmax@3x, not softmax
+    assert by["qt@3x"]["p_vs_softmax"] == pytest.approx(by["qt@3x"]["p_vs_1x"])  # both differ by 10 with equal spread
+    assert by["qt"]["p_vs_control"] is None  # no 1x control in these runs
+    assert by["qt@3x"]["p_vs_control"] < 0.05 and by["qt@3x"]["peak_mib"] is None
+
+
+def test_student_t_and_welch_against_known_values():
+    from qtvit.study.stats import betainc, mean_ci95, t_cdf, t_quantile, welch
+
+    for df, q975 in ((1, 12.7062047362), (4, 2.7764451052), (9, 2.2621571628), (30, 2.0422724563)):  # t tables
+        assert t_quantile(0.975, df) == pytest.approx(q975, abs=1e-8)
+    for t in (-3.0, -0.4, 0.0, 1.3, 25.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-13)  # Cauchy
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13)
+    assert betainc(2, 3, 0.4) == pytest.approx(0.5248, abs=1e-14)  # Σ_{j=2..4} C(4,j) 0.4^j 0.6^(4-j)
+    assert betainc(0.5, 0.5, 0.3) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.3)), abs=1e-13)
+    xs, ys = [53.8 - 8, 53.8, 53.8 + 8], [43.2 - 4.6, 43.2, 43.2 + 4.6]
+    t, df, p = welch(xs, ys)
+    assert t == pytest.approx(10.6 / math.sqrt(64 / 3 + 4.6 ** 2 / 3))
+    assert df == pytest.approx((64 / 3 + 21.16 / 3) ** 2 / ((64 / 3) ** 2 / 2 + (21.16 / 3) ** 2 / 2))
+    assert p == pytest.approx(2 * t_cdf(-t, df)) and 0.1 < p < 0.2
+    lo, hi = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (lo + hi) / 2 == pytest.approx(3.0) and hi - 3.0 == pytest.approx(2.7764451052 * math.sqrt(2.5 / 5))
+    assert welch([1.0], [2.0, 3.0]) is None and mean_ci95([1.0]) is None
+    assert welch([2.0, 2.0], [2.0, 2.0])[2] == 1.0 and welch([2.0, 2.0], [3.0, 3.0])[2] == 0.0
+    with pytest.raises(ValueError, match="df > 0"):
+        t_cdf(1.0, 0)
+
+
+def test_variant_names_round_trip():
+    from qtvit.study.runs import Variant
+
+    for name in ("qt", "mala+rope", "qt+softmax_residual", "control@3x", "rala+rope+softmax_residual@2x"):
+        assert Variant.parse(name).name == name
+    assert Variant.parse("qt@3x") == Variant("qt", length=3)
+    for bad in ("qt@3", "qt@x", "qt+nosuch", "qt+rope+rope"):
+        with pytest.raises(ValueError, match="variant"):
+            Variant.parse(bad)
+
+
+def test_spread_placement_removes_the_control_view_leak():
+    from qtvit.study.task import control_view_leak, pointer_layout
+
+    old, new = PointerSpec(placement="inner"), PointerSpec()
+    lay_old, lay_new = (pointer_layout(3000, split="val", spec=s) for s in (old, new))
+    half = new.size // 2
+    for lay, spec in ((lay_old, old), (lay_new, new)):
+        assert (lay.tops >= 0).all() and (lay.tops + lay.sizes[..., None] <= new.size).all()
+        rows, cols = np.divmod(np.arange(4), 2)
+        assert ((lay.tops[..., 0] >= rows * half) & (lay.tops[..., 0] + lay.sizes <= (rows + 1) * half)).all()
+        assert ((lay.tops[..., 1] >= cols * half) & (lay.tops[..., 1] + lay.sizes <= (cols + 1) * half)).all()
+    # the first version: every garment within 6 px of the canvas's centre lines; now anywhere in its cell
+    gap_old = np.minimum(abs(lay_old.tops - half), abs(lay_old.tops + lay_old.sizes[..., None] - half))
+    gap_new = np.minimum(abs(lay_new.tops - half), abs(lay_new.tops + lay_new.sizes[..., None] - half))
+    assert gap_old.max() <= 6 and gap_new.max() >= 12
+    offsets = np.where(np.stack(np.divmod(np.arange(4), 2), -1) == 0, lay_new.tops,
+                       new.size - lay_new.tops - lay_new.sizes[..., None])
+    assert not (offsets < new.corner).all(-1).any()  # no garment over its cell's outer corner (the marker's place)
+    leak_old, leak_new = control_view_leak(lay_old, old), control_view_leak(lay_new, new)
+    assert leak_old["target_and_marked"] > 0.7 and leak_new["target_and_marked"] < 0.35
+    assert leak_new["all_and_marked"] <= leak_new["target_and_marked"]
+    with pytest.raises(ValueError, match="placement"):
+        PointerSpec(placement="centre")
+
+
+def test_validation_canvases_come_from_held_out_training_images():
+    from qtvit.study.kernels import SMALL, VAL_EVERY, make_data
+
+    data = make_data(SMALL, SMALL_FMNIST)
+    assert data.val_x.shape == (SMALL.val, 1, 64, 64) and data.val_y.shape == (SMALL.val,)
+    assert not torch.equal(data.val_x, data.train_x[:SMALL.val]) and not torch.equal(data.val_x, data.test_x)
+    images, labels = load_fashion_mnist("train", SMALL_FMNIST)
+    held = torch.arange(len(labels)) % VAL_EVERY == VAL_EVERY - 1
+    train, _ = make_pointer_canvases(images[~held], labels[~held], SMALL.train, split="train", spec=SMALL.spec)
+    assert torch.equal(train, data.train_x)
 
 
 def test_small_study_end_to_end(tmp_path, capsys):
     out = tmp_path / "study"
-    assert main(["study", "kernels", "--small", "--seeds", "2", "--kernels", "softmax", "qt", "--data", SMALL_FMNIST,
-                 "--threads", "1", "--out", str(out)]) == 0
+    args = ["study", "kernels", "--small", "--seeds", "2", "--kernels", "softmax", "qt", "--rope-kernels", "rala",
+            "--long", "qt", "--long-factor", "2", "--data", SMALL_FMNIST, "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
     runs = read_csv(out / "kernel_study_runs.csv")
-    variants = ["softmax", "qt", CONTROL, "qt+softmax_residual"]
+    variants = ["softmax", "qt", "rala+rope", CONTROL, "qt+softmax_residual", "qt@2x"]
     assert [(r["variant"], int(r["seed"])) for r in runs] == [(v, s) for v in variants for s in (0, 1)]
     for r in runs:
-        for col in ("top1", "train_images_per_s", "peak_mib", "params", "train_s"):
+        for col in ("top1", "val_top1", "train_images_per_s", "peak_mib", "params", "train_s"):
             assert math.isfinite(float(r[col])), (col, r)
         assert 0.0 <= float(r["top1"]) <= 100.0 and float(r["train_images_per_s"]) > 0 and int(r["params"]) > 1000
+        assert int(r["recipe_epochs"]) == (2 if r["variant"] == "qt@2x" else 1) and r["device"] == "cpu"
     summary = read_csv(out / "kernel_study.csv")
     assert [r["variant"] for r in summary] == variants
     for r in summary:
         assert int(r["seeds"]) == 2 and float(r["top1_std"]) >= 0.0 and math.isfinite(float(r["top1_mean"]))
         mean = sum(float(x["top1"]) for x in runs if x["variant"] == r["variant"]) / 2
         assert float(r["top1_mean"]) == pytest.approx(mean)
-    assert float(summary[0]["top1_minus_softmax"]) == 0.0
+        assert float(r["top1_ci95_low"]) <= mean <= float(r["top1_ci95_high"])
+    assert float(summary[0]["top1_minus_softmax"]) == 0.0 and 0.0 <= float(summary[1]["p_vs_softmax"]) <= 1.0
+    assert summary[-1]["p_vs_1x"] != "" and summary[-1]["p_vs_softmax"] == ""  # qt@2x: no softmax@2x to test against
     assert "control check" in (out / "kernel_study.csv").read_text().splitlines()[0]
     fid = read_csv(out / "kernel_fidelity.csv")
     assert {(r["kernel"], r["layer"]) for r in fid} == {(k, str(i)) for k in ("softmax", "qt") for i in (0, 1)} | \
@@ -137,11 +232,24 @@ def test_small_study_end_to_end(tmp_path, capsys):
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # the plot extra is optional: CSVs only
-        return
+        pass
     else:
         for name in ("kernel_study.png", "kernel_fidelity.png", "kernel_fidelity_maps.png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "control check" in capsys.readouterr().out
+    # resuming: recorded runs are not trained again; a third seed trains only the new runs; the fidelity maps read
+    # softmax seed 0's saved weights
+    (out / "kernel_fidelity.csv").unlink()
+    assert main(args[:4] + ["3"] + args[5:]) == 0
+    assert "12 runs already recorded, 6 to train" in capsys.readouterr().out
+    again = read_csv(out / "kernel_study_runs.csv")
+    assert again[:12] == runs and [(r["variant"], int(r["seed"])) for r in again[12:]] == [(v, 2) for v in variants]
+    assert read_csv(out / "kernel_fidelity.csv") == fid
+    assert main(args[:4] + ["3"] + args[5:]) == 0
+    assert "18 runs already recorded, 0 to train" in capsys.readouterr().out
+    # another plan (here: more epochs) is refused, not mixed in
+    assert main(args + ["--epochs", "2"]) == 1
+    assert "holds runs of another plan" in capsys.readouterr().err
 
 
 def test_bad_arguments_name_the_problem(tmp_path, capsys):
@@ -150,7 +258,14 @@ def test_bad_arguments_name_the_problem(tmp_path, capsys):
     assert main(["study", "kernels", "--small", "--residual-kernels", "softmax", "--out", str(tmp_path)]) == 1
     assert "give linear kernels to --residual-kernels" in capsys.readouterr().err
     assert main(["study", "kernels", "--small", "--workers", "0", "--out", str(tmp_path)]) == 1
-    assert "workers (0) must be at least 1" in capsys.readouterr().err
+    assert "workers (0)" in capsys.readouterr().err
+    assert main(["study", "kernels", "--small", "--rope-kernels", "relu", "--out", str(tmp_path)]) == 1
+    assert "only mala, rala have a released RoPE" in capsys.readouterr().err
+    assert main(["study", "kernels", "--small", "--long", "qt@x", "--out", str(tmp_path)]) == 1
+    assert "@<k>x" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["study", "kernels", "--small", "--device", "cuda", "--out", str(tmp_path)]) == 1
+        assert "CUDA is not available here" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two spawned processes importing torch: ~45 s on a busy 2-core machine
@@ -159,8 +274,8 @@ def test_workers_give_the_same_runs_as_one_process(tmp_path):
 
     def rows(workers):
         out = tmp_path / f"w{workers}"
-        run_study(["softmax"], 2, out, small=True, control=False, residual_kernels=(), data_root=SMALL_FMNIST,
-                  workers=workers, threads=1, log=lambda _: None)
+        run_study(["softmax"], 2, out, small=True, control=False, residual_kernels=(), rope_kernels=(),
+                  long_variants=(), data_root=SMALL_FMNIST, workers=workers, threads=1, log=lambda _: None)
         return read_csv(out / "kernel_study_runs.csv"), read_csv(out / "kernel_fidelity.csv")
 
     (one, fid1), (two, fid2) = rows(1), rows(2)

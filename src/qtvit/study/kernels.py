@@ -239,7 +239,7 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
     _check_variants(variants, kernels, rope_kernels, residual_kernels)
     dev = study_device(device)
     if seeds < 1 or workers < 1 or long_factor < 1:
-        raise ValueError(f"seeds ({seeds}), workers ({workers}) and the long factor ({long_factor}) must be >= 1")
+        raise ValueError(f"seeds ({seeds}), workers ({workers}) and --long-factor ({long_factor}) must be at least 1")
     if workers > 1 and dev.type != "cpu":
         raise ValueError(f"--workers {workers} runs CPU processes; on {dev.type} train one run at a time (--workers 1)")
     plan = plan or (SMALL if small else FULL)
