@@ -100,12 +100,11 @@ class EluKernel(AttentionKernel):
 class CosineKernel(AttentionKernel):
     """cosine: Sim = q̂·k̂ / N, no denominator: QT-ViT Table 2's "cosine similarity" row. d_φ = d, O(N·d·dv).
 
-    Times N it is multi-head cosine linear attention O = q̂(k̂ᵀV) with a d×d state per head, which is not Hydra
-    attention: Hydra (Bolya et al. 2022) is element-wise, q̂ ⊙ Σ_t k̂_t ⊙ v_t (that is ``hydra``). The 1/N keeps O
-    on the scale of v whatever the token count, but it is not a constant the next layer simply absorbs: it changes
-    with resolution (a model trained at 224 px and run at 448 px sees its attention output shrink 4×), and it
-    changes the balance between the attention term and anything added to it (QT-ViT's v shortcut GELU(BN(v)),
-    EfficientViT's multi-scale branches). Source: QT-ViT Table 2.
+    Times N: multi-head cosine linear attention q̂(k̂ᵀV), a d×d state per head, not Hydra (element-wise: ``hydra``).
+    The 1/N keeps O on the scale of v whatever the token count, but it is not a constant the next layer simply
+    absorbs: it changes with resolution (a model trained at 224 px and run at 448 px sees its attention output
+    shrink 4×), and it changes the balance between the attention term and anything added to it (QT-ViT's v shortcut
+    GELU(BN(v)), EfficientViT's multi-scale branches). Source: QT-ViT Table 2.
     """
 
     name = "cosine"
