@@ -8,8 +8,8 @@ The mixer is multi-head attention (q, k, v and output projections around ``kerne
 for the attention-free control a channel MLP C -> 2C -> C (4C² weights, the budget of the q, k, v and output
 projections) that mixes no tokens. The depthwise convolution before the mixer gives every variant the same local
 view, so that what differs is global mixing only. Nothing else of a kernel's original layer (QT-ViT's v shortcut
-and positional embedding on k, PolaFormer's gate, InLine's local residual, MALA's and RALA's RoPE and LePE) is
-used: one layer for every kernel.
+and positional embedding on k, PolaFormer's gate, InLine's local residual, MALA's and RALA's LePE) is used: one
+layer for every kernel. MALA's and RALA's RoPE is a kernel option (``kernel_options``: ``rope=True``).
 
 ``SoftmaxResidual`` wraps a linear kernel with softmax attention added during training, O = lin(q, k, v) +
 λ·softmax(q, k, v), λ set by the training loop and decayed to 0 (ViTALiTy's and Castling-ViT's training-time

@@ -4,9 +4,12 @@ A canvas is ``size`` x ``size`` grey pixels (default 64: 16 x 16 = 256 tokens at
 2 x 2 cells. One cell is **marked**: it holds only a bright ``marker`` x ``marker`` square in its outer corner (on
 the canvas corner). Each of the three other cells holds one Fashion-MNIST garment of one of four classes told apart
 at a glance (T-shirt/top, Trouser, Sandal, Bag: recognising garments is not what the study is about; no two garments
-of a canvas share a class), scaled to 20..26 px (bilinear) and placed at random in its cell, at least ``corner`` px
-from the cell's outer edges. **The label is the class of the garment in the cell diagonally opposite the marker.**
-Backgrounds are a random grey level plus Gaussian pixel noise.
+of a canvas share a class), scaled to 20..26 px (bilinear) and placed uniformly anywhere in its cell except over the
+cell's outer ``corner`` x ``corner`` square (``placement="spread"``, the second version). **The label is the class of
+the garment in the cell diagonally opposite the marker.** Backgrounds are a random grey level plus Gaussian pixel
+noise. The first version (``placement="inner"``) kept garments ``corner`` px from the cell's outer edges, so every
+garment sat within 0..6 px of the canvas's centre lines: there a control token near the centre saw the empty marked
+quadrant beside the target garment, the empty quadrant standing in for the marker (``control_view_leak``).
 
 Why attention must decide: the marker is at least ``size/2 - marker`` px (24 at 64) from every garment, and
 neither alone gives the label: the garment is one of three, and the marker is a blank square. A network whose
@@ -14,13 +17,14 @@ token mixing is local (the study's attention-free control: the stem and two dept
 around a token, so no token sees two things 24 px apart) followed by a mean over tokens and a linear head adds up
 what each neighbourhood saw: which classes are present and where, and where the marker is, but it cannot combine
 a garment's place with the marker's (the label is their product, not a sum). It is left guessing among the three
-garments (1/3; 56 % if classes could repeat, by majority vote, which is why they do not), while one attention layer
+garments (1/3, as long as no token sees the target beside a sign of the marked cell; 56 % if classes could repeat,
+by majority vote, which is why they do not), while one attention layer
 can carry the marker's place to the garments' tokens (or the target's class to the marker's). The marked cell is
 empty because a garment beside the marker would tell a local network which garment is *not* the target.
 
-Canvases are made once, all at once, from ``numpy.random.default_rng([seed, split])`` (training canvases from the
-training images, test canvases from the test images) and kept as one uint8 tensor: the same on every run of a
-study, and cheap (about 1 s for 10 000 canvases).
+Canvases are made once, all at once, from ``numpy.random.default_rng([seed, split])`` (training and validation
+canvases from disjoint parts of the training images, test canvases from the test images: ``kernels.make_data``) and
+kept as one uint8 tensor: the same on every run of a study, and cheap (about 1 s for 10 000 canvases).
 """
 from __future__ import annotations
 
