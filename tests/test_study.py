@@ -261,6 +261,8 @@ def test_bad_arguments_name_the_problem(tmp_path, capsys):
     assert "workers (0)" in capsys.readouterr().err
     assert main(["study", "kernels", "--small", "--rope-kernels", "relu", "--out", str(tmp_path)]) == 1
     assert "only mala, rala have a released RoPE" in capsys.readouterr().err
+    assert main(["study", "kernels", "--small", "--long", "qt+rope", "--out", str(tmp_path)]) == 1
+    assert "RoPE for qt: only mala, rala" in capsys.readouterr().err
     assert main(["study", "kernels", "--small", "--long", "qt@x", "--out", str(tmp_path)]) == 1
     assert "@<k>x" in capsys.readouterr().err
     if not torch.cuda.is_available():
