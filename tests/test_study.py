@@ -253,21 +253,17 @@ def test_small_study_end_to_end(tmp_path, capsys):
 
 
 def test_bad_arguments_name_the_problem(tmp_path, capsys):
-    assert main(["study", "kernels", "--small", "--kernels", "nosuch", "--out", str(tmp_path)]) == 1
-    assert "unknown kernel(s) nosuch" in capsys.readouterr().err
-    assert main(["study", "kernels", "--small", "--residual-kernels", "softmax", "--out", str(tmp_path)]) == 1
-    assert "give linear kernels to --residual-kernels" in capsys.readouterr().err
-    assert main(["study", "kernels", "--small", "--workers", "0", "--out", str(tmp_path)]) == 1
-    assert "workers (0)" in capsys.readouterr().err
-    assert main(["study", "kernels", "--small", "--rope-kernels", "relu", "--out", str(tmp_path)]) == 1
-    assert "only mala, rala have a released RoPE" in capsys.readouterr().err
-    assert main(["study", "kernels", "--small", "--long", "qt+rope", "--out", str(tmp_path)]) == 1
-    assert "RoPE for qt: only mala, rala" in capsys.readouterr().err
-    assert main(["study", "kernels", "--small", "--long", "qt@x", "--out", str(tmp_path)]) == 1
-    assert "@<k>x" in capsys.readouterr().err
+    cases = [(["--kernels", "nosuch"], "unknown kernel(s) nosuch"),
+             (["--residual-kernels", "softmax"], "give linear kernels to --residual-kernels"),
+             (["--workers", "0"], "workers (0)"),
+             (["--rope-kernels", "relu"], "only mala, rala have a released RoPE"),
+             (["--long", "qt+rope"], "RoPE for qt: only mala, rala"),
+             (["--long", "qt@x"], "@<k>x")]
     if not torch.cuda.is_available():
-        assert main(["study", "kernels", "--small", "--device", "cuda", "--out", str(tmp_path)]) == 1
-        assert "CUDA is not available here" in capsys.readouterr().err
+        cases.append((["--device", "cuda"], "CUDA is not available here"))
+    for args, message in cases:
+        assert main(["study", "kernels", "--small", *args, "--out", str(tmp_path)]) == 1
+        assert message in capsys.readouterr().err, args
 
 
 @pytest.mark.slow  # two spawned processes importing torch: ~45 s on a busy 2-core machine

@@ -110,8 +110,8 @@ def _check_variants(variants: Sequence[str], kernels: Sequence[str], rope_kernel
     no_rope = [k for k in [*rope_kernels, *(Variant.parse(v).kernel for v in variants if Variant.parse(v).rope)]
                if k not in ROPE_KERNELS]
     if no_rope:
-        raise ValueError(f"RoPE for {', '.join(dict.fromkeys(no_rope))}: only {', '.join(ROPE_KERNELS)} have a released "
-                         "RoPE")
+        raise ValueError(f"RoPE for {', '.join(dict.fromkeys(no_rope))}: only {', '.join(ROPE_KERNELS)} have a "
+                         "released RoPE")
 
 
 def _recorded(path: Path, key: str) -> list[dict]:
