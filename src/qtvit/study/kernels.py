@@ -17,7 +17,6 @@ Writes into ``--out``:
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -119,7 +118,7 @@ def _recorded(path: Path, key: str) -> list[dict]:
     if not path.exists():
         return []
     rows = read_csv(path)
-    other = sorted({r.get("plan") or "none" for r in rows} - {key})
+    other = sorted({r.get("plan") or "unrecorded: a first task version's file" for r in rows} - {key})
     if other:
         raise ValueError(f"{path} holds runs of another plan ({', '.join(other)}; this one is {key}: other canvases, "
                          "task version or recipe); give another --out, or move that file away to start afresh")
