@@ -279,3 +279,14 @@ def test_workers_give_the_same_runs_as_one_process(tmp_path):
     (one, fid1), (two, fid2) = rows(1), rows(2)
     assert [(r["seed"], r["top1"], r["params"]) for r in one] == [(r["seed"], r["top1"], r["params"]) for r in two]
     assert [r["kl"] for r in fid1] == [r["kl"] for r in fid2]  # the softmax net came back from its worker intact
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_on_cuda_matches_the_cpu_recipe():
+    from qtvit.study.kernels import SMALL, make_data
+    from qtvit.study.runs import run_one
+
+    data = make_data(SMALL, SMALL_FMNIST)
+    row, net = run_one("rala+rope", 0, data, SMALL.recipe, device="cuda")
+    assert row["device"] == "cuda" and next(net.parameters()).is_cuda
+    assert 0.0 <= row["top1"] <= 100.0 and row["peak_mib"] > 0 and row["train_images_per_s"] > 0
