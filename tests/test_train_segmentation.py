@@ -514,3 +514,32 @@ def test_two_processes_train_and_score_the_whole_evaluation_set(tmp_path):
     assert v["images"] == 4
     for key in ("miou", "macc", "aacc"):
         assert v[key] == pytest.approx(summary[key], abs=1e-3)
+
+
+def test_predict_refuses_to_replace_files_and_inputs(seg_run, tmp_path, capsys):
+    """Issue 27: --output-dir replaced existing PNGs, inputs not yet read among them (b_mask.png)."""
+    run, _ = seg_run
+    rng = np.random.default_rng(2)
+    out = tmp_path / "out"
+    out.mkdir()
+    a, b = out / "a.png", out / "b_mask.png"  # b_mask.png is an input image and a's neighbour's output name
+    for p in (a, b):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["predict", str(a), str(b), "--checkpoint", str(run), "--output-dir", str(out)]
+    (out / "a_mask.png").write_bytes(b"user's")
+    assert main(argv) == 1
+    assert "a_mask.png already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0  # b's outputs are b_mask_mask.png and b_mask_overlay.png
+    assert (out / "a_mask.png").read_bytes() != b"user's" and (out / "b_mask.png").read_bytes() == before["b_mask.png"]
+    c = tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(c)
+    assert main(["predict", str(c), str(b), "--checkpoint", str(run), "--output-dir", str(out), "--overwrite"]) == 1
+    assert "is one of the input images" in capsys.readouterr().err  # b.png's mask would replace the input b_mask.png
+    assert (out / "b_mask.png").read_bytes() == before["b_mask.png"]
+    (tmp_path / "file").write_text("x")
+    assert main(["predict", str(a), "--checkpoint", str(run), "--output-dir", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Errno" not in err
+    assert main(["predict", str(out), "--checkpoint", str(run), "--output-dir", str(tmp_path / "m")]) == 1
+    assert "is a folder, not an image file" in capsys.readouterr().err

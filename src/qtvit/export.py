@@ -434,7 +434,8 @@ def _load_model(args: argparse.Namespace) -> nn.Module:
                          num_classes=args.num_classes).eval()
     report = getattr(model, "load_report", None)
     if report is not None and report.dropped:
-        given = f"--num-classes {args.num_classes}" if args.num_classes else f"the model's default ({model.num_classes})"
+        given = f"--num-classes {args.num_classes}" if args.num_classes else \
+            f"the model's default ({model.num_classes})"
         raise ValueError(f"the weights' classifier has another number of classes than {given}, so the exported "
                          "classifier would be random: pass --num-classes with the checkpoint's class count")
     return model

@@ -91,6 +91,8 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     FileNotFoundError if `path` does not exist; ValueError naming the file for anything else that goes wrong: not
     an image, a refused format, truncated or corrupt data, more pixels than the limit."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file; pass the image files (e.g. {path}/*.png)")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     _apply_env_limit()
