@@ -543,3 +543,30 @@ def test_predict_refuses_to_replace_files_and_inputs(seg_run, tmp_path, capsys):
     assert "is a file, not a folder" in err and "Errno" not in err
     assert main(["predict", str(out), "--checkpoint", str(run), "--output-dir", str(tmp_path / "m")]) == 1
     assert "is a folder, not an image file" in capsys.readouterr().err
+
+
+def test_num_classes_names_the_classes_of_a_folder_without_classes_txt(tmp_path, capsys):
+    """Issue 27: --num-classes was ignored for image/mask folders without classes.txt (the error then asked for it);
+    a run trained so is validated on that folder with its checkpoint's class count."""
+    data = tmp_path / "shapes"
+    _shapes(data, n_train=8, n_val=4, size=32)
+    (data / "classes.txt").unlink()
+    r = train(seg_config(tmp_path, data=str(data), img_size=32, epochs=1, num_classes=3, limit_train=8))
+    assert len(r["per_class_iou"]) == 3
+    v = validate(tmp_path / "run", data=str(data), device="cpu", workers=0)
+    assert v["images"] == 4 and list(v["per_class_iou"]) == ["0", "1", "2"]
+
+
+def test_a_bad_mask_met_by_a_loader_worker_is_one_line(seg_run, tmp_path, capsys):
+    run, _ = seg_run
+    rng = np.random.default_rng(3)
+    for kind, array in (("images", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+                        ("masks", np.full((32, 32), 200, np.uint8))):
+        (tmp_path / "val" / kind).mkdir(parents=True)
+        Image.fromarray(array).save(tmp_path / "val" / kind / "a.png")
+    from qtvit.data import SCENE_CLASSES
+    (tmp_path / "classes.txt").write_text("\n".join(SCENE_CLASSES))
+    assert main(["validate", "--checkpoint", str(run), "--data", str(tmp_path), "--device", "cpu",
+                 "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "holds label values [200]" in err and len(err.strip().splitlines()) == 1 and "worker" not in err

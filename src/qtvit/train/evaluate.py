@@ -175,7 +175,7 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
     try:
         net = load_model(checkpoint, model, device=d.device)
         num_classes, task = _classes_and_channels(net)[0], task_of(net)
-        info = open_task_data(task, data)
+        info = open_task_data(task, data, num_classes)
         _check_classes(net, info.classes, num_classes)
         if task == "segmentation":
             _no_crop_pct(crop_pct)

@@ -50,8 +50,9 @@ def _looks_like_segmentation(data) -> bool:
     return root.is_dir() and any(all((root / p).is_dir() for p in layout) for layout in layouts)
 
 
-def open_task_data(task: str, data: str | os.PathLike | None):
-    """The dataset `data` names, read as the task needs it: ``open_segmentation`` or ``open_dataset``."""
+def open_task_data(task: str, data: str | os.PathLike | None, num_classes: int | None = None):
+    """The dataset `data` names, read as the task needs it: ``open_segmentation`` (where a folder of image/mask
+    pairs without classes.txt has `num_classes`: --num-classes, or a checkpoint's) or ``open_dataset``."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use {' or '.join(TASKS)}")
     if task == "segmentation":
@@ -60,7 +61,7 @@ def open_task_data(task: str, data: str | os.PathLike | None):
                              f"pass {SCENES}) for the Fashion-MNIST scenes, or pass an ADE20K, Cityscapes or "
                              "image/mask folder")
         try:
-            return open_segmentation(data)
+            return open_segmentation(data, default_num_classes=num_classes)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"--task segmentation: {e}") from None
     if data is not None and (str(data).lower() in _SEGMENTATION_NAMES or _looks_like_segmentation(data)):
