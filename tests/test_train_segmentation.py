@@ -397,12 +397,13 @@ def test_figure_shows_the_images_truth_and_the_predictions_validate_scores(seg_r
     from qtvit.viz_seg import predict_examples
     run, _ = seg_run
     images, truths, preds, names = predict_examples(run, SMALL_FMNIST, images=3, first=1)
+    images, truths, preds = np.stack(images), np.stack(truths), np.stack(preds)  # lists: sizes may differ
     assert images.shape == (3, 256, 256, 3) and images.dtype == np.uint8
     assert truths.shape == preds.shape == (3, 256, 256)
     assert names[0] == "background" and len(names) == 11
     # the same pixels and predictions as `qtvit validate` scores: its aAcc over images 0..3 from the figure's 1..3
     first = predict_examples(run, SMALL_FMNIST, images=1, first=0)
-    t, p = np.concatenate([first[1], truths]), np.concatenate([first[2], preds])
+    t, p = np.concatenate([np.stack(first[1]), truths]), np.concatenate([np.stack(first[2]), preds])
     scored = validate(run, data=SMALL_FMNIST, limit=4, batch_size=1, device="cpu", workers=0)
     assert 100 * (p == t)[t != 255].mean() == pytest.approx(scored["aacc"], abs=1e-3)
     out = tmp_path / "fig.png"
@@ -570,3 +571,29 @@ def test_a_bad_mask_met_by_a_loader_worker_is_one_line(seg_run, tmp_path, capsys
                  "--workers", "1"]) == 1
     err = capsys.readouterr().err
     assert "holds label values [200]" in err and len(err.strip().splitlines()) == 1 and "worker" not in err
+
+
+def test_figure_of_images_of_several_sizes_checks_the_classes(seg_run, tmp_path, capsys):
+    """Issue 27: `figure segmentation` failed on ADE20K's mixed image sizes, and skipped validate's class check."""
+    pytest.importorskip("matplotlib")
+    from qtvit.data import SCENE_CLASSES
+    run, _ = seg_run
+    rng = np.random.default_rng(4)
+    data = tmp_path / "mixed"
+    for i, (h, w) in enumerate([(32, 48), (40, 40), (24, 64)]):
+        for kind, array in (("images", rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
+                            ("masks", rng.integers(0, 11, (h, w), dtype=np.uint8))):
+            (data / "val" / kind).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(data / "val" / kind / f"{i}.png")
+    (data / "classes.txt").write_text("\n".join(SCENE_CLASSES))
+    out = tmp_path / "fig.png"
+    argv = ["figure", "segmentation", "--checkpoint", str(run), "--data", str(data), "--images", "3"]
+    assert main(argv + ["--out", str(out)]) == 0
+    assert Image.open(out).format == "PNG"
+    (data / "classes.txt").write_text("\n".join(["sky", "road", "car"]))
+    assert main(argv + ["--out", str(tmp_path / "other.png")]) == 1
+    assert "differ from the checkpoint's" in capsys.readouterr().err and not (tmp_path / "other.png").exists()
+    (tmp_path / "file").write_text("x")
+    assert main(argv + ["--out", str(tmp_path / "file" / "fig.png")]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Errno" not in err

@@ -102,7 +102,7 @@ def atomic_write(dst: str | os.PathLike, write: Callable[[str], None], *, size: 
     the error. On failure nothing at ``dst`` changes and the temporary file is removed; a full disk raises an
     ``OSError(ENOSPC)`` that names the folder, its free space and the space needed. Returns ``dst`` as a Path.
     """
-    dst = Path(dst)
+    dst = check_output(dst, overwrite=True)  # a file where a folder must be: one clear error, not [Errno 17]
     dst.parent.mkdir(parents=True, exist_ok=True)
     free = disk_free(dst.parent)
     if size is not None and free is not None and free < size:
@@ -138,7 +138,7 @@ def write_text(dst: str | os.PathLike, text: str) -> Path:
 def private_temp(beside: str | os.PathLike, suffix: str = ".tmp"):
     """A fresh file name beside ``beside`` (hidden, unique: never a user's file) for an intermediate result; the
     file is removed on every way out of the block, an interrupt or an error included."""
-    beside = Path(beside)
+    beside = check_output(beside, overwrite=True)
     beside.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.name}.", suffix=suffix)
     os.close(fd)
