@@ -12,7 +12,9 @@
 The graph has one input ``input`` (B, C, H, W) and one output ``logits`` (B, classes); with ``dynamic=True``
 (the default) B, H and W are free. Exporter: the TorchScript-based one (``torch.onnx.export(dynamo=False)``),
 because it exports every model of the zoo in seconds with free H and W; the torch.export-based one (``dynamo=True``,
-``--dynamo``) also works but takes 5-10x longer and specialises on the shape checks of the model code.
+``--dynamo``) also works but takes 5-10x longer and specialises on the shape checks of the model code (where that
+fixes the height or width, as for the segmentation models, the export is refused: use the default exporter). Both
+write one self-contained file (weights embedded), so the .onnx can be copied alone.
 
 Two details make one graph valid for every size (see ``_trace_model``):
 - the linear-attention core splits tokens in chunks of 4096 by a Python loop; tracing would freeze the number of
@@ -40,7 +42,9 @@ PyTorch, ``qtvit.bench.paths.jit_form(model, example)`` (the traced, frozen infe
 ``inference_form(model, (h, w))`` for one size; ``--quantize int8`` for a smaller file, not for speed here.
 
 ``--quantize int8`` writes an onnxruntime static-quantized graph (QLinearConv; convs and classifier in INT8, the
-attention core in fp32), calibrated on ``--calibration-images`` training images of ``--calibration-data``;
+attention core in fp32), calibrated on ``--calibration-images`` training images of ``--calibration-data`` (all of
+them when the split is smaller; the fp32 graph in between is a hidden temporary file, removed however the command
+ends);
 ``--evaluate`` prints the top-1 of the fp32 and INT8 graphs on its evaluation split and their onnxruntime time.
 On the 2-core Xeon the INT8 graph is slower than the fp32 one (0.67-0.83x for the main job's qtvit_pico, about 0.8x for
 qtvit_1 at 512 px, under load): onnxruntime's fp32 convs use blocked NCHWc kernels, its INT8 convs do not.
@@ -59,7 +63,7 @@ import torch
 import torch.nn as nn
 
 from ._io import atomic_write, check_output, private_temp
-from ._utils import did_you_mean, parse_size
+from ._utils import did_you_mean, interrupts_kept, parse_size
 from .layers.norm import reestimate_bn
 from .models.inference import inference_form  # re-exported: the inference form lives with the models
 
@@ -180,31 +184,15 @@ def _write_dynamo(traced: nn.Module, x: torch.Tensor, dst: str, dynamic: bool, o
     """The torch.export-based export: weights embedded (one portable file, no ``.data`` beside a temporary name),
     Ctrl-C honoured (something inside the exporter swallows KeyboardInterrupt: measured, it then wrote the file
     and exited 0), and a graph whose height/width came out fixed refused rather than called dynamic."""
-    import signal
-    import threading
-
     from torch.export import Dim
 
     shapes = {0: Dim("batch", min=1, max=MAX_TRACE_BATCH), 2: Dim("height", min=16, max=8192),
               3: Dim("width", min=16, max=8192)} if dynamic else None
     arg = next(iter(inspect.signature(traced.forward).parameters))
-    interrupted = []
-
-    def on_sigint(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
-    try:
+    with interrupts_kept():
         torch.onnx.export(traced, (x,), dst, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_shapes={arg: shapes} if dynamic else None, opset_version=max(opset, 18),
                           dynamo=True, external_data=False, verbose=False)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
-    if interrupted:
-        raise KeyboardInterrupt
     dims = _graph_input_dims(dst) if dynamic else []
     fixed = [axis for axis, d in zip(("batch", None, "height", "width"), dims) if axis and not isinstance(d, str)]
     if fixed:
