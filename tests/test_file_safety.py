@@ -178,3 +178,21 @@ def test_damaged_metadata_json_is_refused(tmp_path):
         save_file({"w": torch.zeros(2)}, tmp_path / "m.safetensors", metadata={key: '{"architecture": "x"'})
         with pytest.raises(CheckpointError, match=rf"the '{key}' metadata of .*m\.safetensors is not valid JSON"):
             read_config(tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("model_args", "num_classes", "3"), ("model_args", "num_classes", 1e12), ("model_args", "num_classes", 10 ** 12),
+    ("model_args", "num_classes", True), ("model_args", "num_classes", None), ("model_args", "in_chans", 0),
+    ("pretrained_cfg", "num_classes", "3"), ("pretrained_cfg", "num_classes", 1e12),
+    ("pretrained_cfg", "input_size", [3, 1e12, 224]), ("pretrained_cfg", "input_size", "224"),
+])
+def test_hand_edited_counts_are_refused(tmp_path, section, key, value):
+    """Issue 27: a config whose num_classes is "3" or 1e12 ended in a TypeError or a huge allocation."""
+    save_pretrained(qtvit.create_model("qtvit_pico", num_classes=3), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[section][key] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=rf"{section}\.{key} is .*, not "):
+        read_config(tmp_path)
+    with pytest.raises(CheckpointError, match="not valid"):
+        qtvit.create_model(checkpoint_path=tmp_path)

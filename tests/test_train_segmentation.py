@@ -397,12 +397,13 @@ def test_figure_shows_the_images_truth_and_the_predictions_validate_scores(seg_r
     from qtvit.viz_seg import predict_examples
     run, _ = seg_run
     images, truths, preds, names = predict_examples(run, SMALL_FMNIST, images=3, first=1)
+    images, truths, preds = np.stack(images), np.stack(truths), np.stack(preds)  # lists: sizes may differ
     assert images.shape == (3, 256, 256, 3) and images.dtype == np.uint8
     assert truths.shape == preds.shape == (3, 256, 256)
     assert names[0] == "background" and len(names) == 11
     # the same pixels and predictions as `qtvit validate` scores: its aAcc over images 0..3 from the figure's 1..3
     first = predict_examples(run, SMALL_FMNIST, images=1, first=0)
-    t, p = np.concatenate([first[1], truths]), np.concatenate([first[2], preds])
+    t, p = np.concatenate([np.stack(first[1]), truths]), np.concatenate([np.stack(first[2]), preds])
     scored = validate(run, data=SMALL_FMNIST, limit=4, batch_size=1, device="cpu", workers=0)
     assert 100 * (p == t)[t != 255].mean() == pytest.approx(scored["aacc"], abs=1e-3)
     out = tmp_path / "fig.png"
@@ -514,3 +515,85 @@ def test_two_processes_train_and_score_the_whole_evaluation_set(tmp_path):
     assert v["images"] == 4
     for key in ("miou", "macc", "aacc"):
         assert v[key] == pytest.approx(summary[key], abs=1e-3)
+
+
+def test_predict_refuses_to_replace_files_and_inputs(seg_run, tmp_path, capsys):
+    """Issue 27: --output-dir replaced existing PNGs, inputs not yet read among them (b_mask.png)."""
+    run, _ = seg_run
+    rng = np.random.default_rng(2)
+    out = tmp_path / "out"
+    out.mkdir()
+    a, b = out / "a.png", out / "b_mask.png"  # b_mask.png is an input image and a's neighbour's output name
+    for p in (a, b):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["predict", str(a), str(b), "--checkpoint", str(run), "--output-dir", str(out)]
+    (out / "a_mask.png").write_bytes(b"user's")
+    assert main(argv) == 1
+    assert "a_mask.png already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0  # b's outputs are b_mask_mask.png and b_mask_overlay.png
+    assert (out / "a_mask.png").read_bytes() != b"user's" and (out / "b_mask.png").read_bytes() == before["b_mask.png"]
+    c = tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(c)
+    assert main(["predict", str(c), str(b), "--checkpoint", str(run), "--output-dir", str(out), "--overwrite"]) == 1
+    assert "is one of the input images" in capsys.readouterr().err  # b.png's mask would replace the input b_mask.png
+    assert (out / "b_mask.png").read_bytes() == before["b_mask.png"]
+    (tmp_path / "file").write_text("x")
+    assert main(["predict", str(a), "--checkpoint", str(run), "--output-dir", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Errno" not in err
+    assert main(["predict", str(out), "--checkpoint", str(run), "--output-dir", str(tmp_path / "m")]) == 1
+    assert "is a folder, not an image file" in capsys.readouterr().err
+
+
+def test_num_classes_names_the_classes_of_a_folder_without_classes_txt(tmp_path, capsys):
+    """Issue 27: --num-classes was ignored for image/mask folders without classes.txt (the error then asked for it);
+    a run trained so is validated on that folder with its checkpoint's class count."""
+    data = tmp_path / "shapes"
+    _shapes(data, n_train=8, n_val=4, size=32)
+    (data / "classes.txt").unlink()
+    r = train(seg_config(tmp_path, data=str(data), img_size=32, epochs=1, num_classes=3, limit_train=8))
+    assert len(r["per_class_iou"]) == 3
+    v = validate(tmp_path / "run", data=str(data), device="cpu", workers=0)
+    assert v["images"] == 4 and list(v["per_class_iou"]) == ["0", "1", "2"]
+
+
+def test_a_bad_mask_met_by_a_loader_worker_is_one_line(seg_run, tmp_path, capsys):
+    run, _ = seg_run
+    rng = np.random.default_rng(3)
+    for kind, array in (("images", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+                        ("masks", np.full((32, 32), 200, np.uint8))):
+        (tmp_path / "val" / kind).mkdir(parents=True)
+        Image.fromarray(array).save(tmp_path / "val" / kind / "a.png")
+    from qtvit.data import SCENE_CLASSES
+    (tmp_path / "classes.txt").write_text("\n".join(SCENE_CLASSES))
+    assert main(["validate", "--checkpoint", str(run), "--data", str(tmp_path), "--device", "cpu",
+                 "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "holds label values [200]" in err and len(err.strip().splitlines()) == 1 and "worker" not in err
+
+
+def test_figure_of_images_of_several_sizes_checks_the_classes(seg_run, tmp_path, capsys):
+    """Issue 27: `figure segmentation` failed on ADE20K's mixed image sizes, and skipped validate's class check."""
+    pytest.importorskip("matplotlib")
+    from qtvit.data import SCENE_CLASSES
+    run, _ = seg_run
+    rng = np.random.default_rng(4)
+    data = tmp_path / "mixed"
+    for i, (h, w) in enumerate([(32, 48), (40, 40), (24, 64)]):
+        for kind, array in (("images", rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
+                            ("masks", rng.integers(0, 11, (h, w), dtype=np.uint8))):
+            (data / "val" / kind).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(data / "val" / kind / f"{i}.png")
+    (data / "classes.txt").write_text("\n".join(SCENE_CLASSES))
+    out = tmp_path / "fig.png"
+    argv = ["figure", "segmentation", "--checkpoint", str(run), "--data", str(data), "--images", "3"]
+    assert main(argv + ["--out", str(out)]) == 0
+    assert Image.open(out).format == "PNG"
+    (data / "classes.txt").write_text("\n".join(["sky", "road", "car"]))
+    assert main(argv + ["--out", str(tmp_path / "other.png")]) == 1
+    assert "differ from the checkpoint's" in capsys.readouterr().err and not (tmp_path / "other.png").exists()
+    (tmp_path / "file").write_text("x")
+    assert main(argv + ["--out", str(tmp_path / "file" / "fig.png")]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Errno" not in err

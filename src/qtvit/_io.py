@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["atomic_write", "fsync_dir", "default_file_mode", "disk_free", "disk_full_error", "format_bytes",
-           "write_text"]
+           "write_text", "private_temp", "check_output"]
 
 # what the libraries say when the disk is full, when they keep the reason at all
 _FULL_MESSAGE = re.compile(r"no space left|os error 28|errno 28|storagefull|disk full|quota exceeded", re.I)
@@ -102,7 +102,7 @@ def atomic_write(dst: str | os.PathLike, write: Callable[[str], None], *, size: 
     the error. On failure nothing at ``dst`` changes and the temporary file is removed; a full disk raises an
     ``OSError(ENOSPC)`` that names the folder, its free space and the space needed. Returns ``dst`` as a Path.
     """
-    dst = Path(dst)
+    dst = check_output(dst, overwrite=True)  # a file where a folder must be: one clear error, not [Errno 17]
     dst.parent.mkdir(parents=True, exist_ok=True)
     free = disk_free(dst.parent)
     if size is not None and free is not None and free < size:
@@ -132,3 +132,37 @@ def atomic_write(dst: str | os.PathLike, write: Callable[[str], None], *, size: 
 def write_text(dst: str | os.PathLike, text: str) -> Path:
     """``atomic_write`` of a text file (UTF-8)."""
     return atomic_write(dst, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def private_temp(beside: str | os.PathLike, suffix: str = ".tmp"):
+    """A fresh file name beside ``beside`` (hidden, unique: never a user's file) for an intermediate result; the
+    file is removed on every way out of the block, an interrupt or an error included."""
+    beside = check_output(beside, overwrite=True)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False, flag: str = "--overwrite",
+                 folder: bool = False) -> Path:
+    """Refuse an output before any work starts: a parent (or, for a ``folder`` output, the path itself) that is a
+    file (NotADirectoryError), a file output that is a folder (IsADirectoryError), or an existing file without
+    ``overwrite`` (FileExistsError naming ``flag``). Returns the path."""
+    path = Path(path)
+    blocker = next((p for p in ([path] if folder else []) + list(path.parents) if p.exists() and not p.is_dir()),
+                   None)
+    if blocker is not None:
+        raise NotADirectoryError(f"cannot write {path}: {blocker} is a file, not a folder; choose another output "
+                                 "folder")
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the name of the file to write")
+    if not folder and path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass {flag} to replace it, or choose another output")
+    return path

@@ -1,11 +1,14 @@
 """Small helpers every layer of the package shares: name suggestions and image-size parsing."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
-from typing import Iterable, Sequence
+import signal
+import threading
+from typing import Iterable, Iterator, Sequence
 
-__all__ = ["did_you_mean", "parse_kv", "parse_model_spec", "parse_size"]
+__all__ = ["did_you_mean", "interrupts_kept", "parse_kv", "parse_model_spec", "parse_size"]
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
@@ -56,3 +59,26 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
     ("qtvit_seg_1_cityscapes", {"kernel": "softmax"}); more arguments follow further colons."""
     name, *pairs = spec.split(":")
     return name, dict(parse_kv(p) for p in pairs)
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """Run a block whose library code may catch and drop KeyboardInterrupt (torch's dynamo exporter does): a Ctrl-C
+    during the block still raises KeyboardInterrupt when it ends. Only the main thread receives signals; elsewhere
+    the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt

@@ -286,6 +286,8 @@ def add_predict_parser(subparsers) -> None:
     _saved_model_flags(p)
     p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image")
     p.add_argument("--output-dir", help="segmentation: the folder the mask and overlay PNGs are written to")
+    p.add_argument("--overwrite", action="store_true", help="segmentation: replace mask and overlay PNGs already in "
+                                                            "--output-dir")
     p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -296,7 +298,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .train import iter_predictions
     results = iter_predictions(args.images, args.checkpoint, args.model, topk=args.topk, device=args.device,
                                batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct,
-                               output_dir=args.output_dir)
+                               output_dir=args.output_dir, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(list(results)))
         return 0

@@ -12,7 +12,9 @@
 The graph has one input ``input`` (B, C, H, W) and one output ``logits`` (B, classes); with ``dynamic=True``
 (the default) B, H and W are free. Exporter: the TorchScript-based one (``torch.onnx.export(dynamo=False)``),
 because it exports every model of the zoo in seconds with free H and W; the torch.export-based one (``dynamo=True``,
-``--dynamo``) also works but takes 5-10x longer and specialises on the shape checks of the model code.
+``--dynamo``) also works but takes 5-10x longer and specialises on the shape checks of the model code (where that
+fixes the height or width, as for the segmentation models, the export is refused: use the default exporter). Both
+write one self-contained file (weights embedded), so the .onnx can be copied alone.
 
 Two details make one graph valid for every size (see ``_trace_model``):
 - the linear-attention core splits tokens in chunks of 4096 by a Python loop; tracing would freeze the number of
@@ -40,7 +42,9 @@ PyTorch, ``qtvit.bench.paths.jit_form(model, example)`` (the traced, frozen infe
 ``inference_form(model, (h, w))`` for one size; ``--quantize int8`` for a smaller file, not for speed here.
 
 ``--quantize int8`` writes an onnxruntime static-quantized graph (QLinearConv; convs and classifier in INT8, the
-attention core in fp32), calibrated on ``--calibration-images`` training images of ``--calibration-data``;
+attention core in fp32), calibrated on ``--calibration-images`` training images of ``--calibration-data`` (all of
+them when the split is smaller; the fp32 graph in between is a hidden temporary file, removed however the command
+ends);
 ``--evaluate`` prints the top-1 of the fp32 and INT8 graphs on its evaluation split and their onnxruntime time.
 On the 2-core Xeon the INT8 graph is slower than the fp32 one (0.67-0.83x for the main job's qtvit_pico, about 0.8x for
 qtvit_1 at 512 px, under load): onnxruntime's fp32 convs use blocked NCHWc kernels, its INT8 convs do not.
@@ -58,8 +62,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from ._io import atomic_write
-from ._utils import did_you_mean, parse_size
+from ._io import atomic_write, check_output, private_temp
+from ._utils import did_you_mean, interrupts_kept, parse_size
 from .layers.norm import reestimate_bn
 from .models.inference import inference_form  # re-exported: the inference form lives with the models
 
@@ -70,6 +74,8 @@ __all__ = ["export_onnx", "quantize_onnx", "calibration_batches", "onnx_top1", "
 FORMATS = ("onnx",)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_OPSET = 17
+MAX_OPSET, MAX_OPSET_DYNAMO = 20, 23  # torch.onnx's TorchScript exporter and its torch.export-based one
+MAX_TRACE_BATCH = 4096  # the dynamo exporter's batch bound; a larger trace batch is a typo, not a need
 
 
 def _in_chans(model: nn.Module) -> int:
@@ -139,6 +145,11 @@ def export_onnx(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if opset < 11:
         raise ValueError(f"opset {opset} is too old: the QT-ViT positional embedding's bicubic Resize needs >= 11")
+    top = MAX_OPSET_DYNAMO if dynamo else MAX_OPSET
+    if opset > top:
+        more = "" if dynamo else f"; the torch.export-based one (--dynamo) up to {MAX_OPSET_DYNAMO}"
+        raise ValueError(f"opset {opset}: the {'torch.export' if dynamo else 'TorchScript'}-based exporter writes "
+                         f"opsets up to {top}{more}; pass a lower --opset (default {DEFAULT_OPSET})")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the ONNX file to write, e.g. {path / 'model.onnx'}")
@@ -162,18 +173,40 @@ def _write_onnx(traced: nn.Module, x: torch.Tensor, dst: str, dynamic: bool, ops
         # The tracer warns about every Python shape check of the model code; they hold for every size (see above).
         warnings.simplefilter("ignore")
         if dynamo:
-            from torch.export import Dim
-
-            shapes = {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=16, max=8192),
-                      3: Dim("width", min=16, max=8192)} if dynamic else None
-            arg = next(iter(inspect.signature(traced.forward).parameters))
-            torch.onnx.export(traced, (x,), dst, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes={arg: shapes} if dynamic else None, opset_version=max(opset, 18),
-                              dynamo=True, verbose=False)
+            _write_dynamo(traced, x, dst, dynamic, opset)
         else:
             axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
             torch.onnx.export(traced, (x,), dst, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
+def _write_dynamo(traced: nn.Module, x: torch.Tensor, dst: str, dynamic: bool, opset: int) -> None:
+    """The torch.export-based export: weights embedded (one portable file, no ``.data`` beside a temporary name),
+    Ctrl-C honoured (something inside the exporter swallows KeyboardInterrupt: measured, it then wrote the file
+    and exited 0), and a graph whose height/width came out fixed refused rather than called dynamic."""
+    from torch.export import Dim
+
+    shapes = {0: Dim("batch", min=1, max=MAX_TRACE_BATCH), 2: Dim("height", min=16, max=8192),
+              3: Dim("width", min=16, max=8192)} if dynamic else None
+    arg = next(iter(inspect.signature(traced.forward).parameters))
+    with interrupts_kept():
+        torch.onnx.export(traced, (x,), dst, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_shapes={arg: shapes} if dynamic else None, opset_version=max(opset, 18),
+                          dynamo=True, external_data=False, verbose=False)
+    dims = _graph_input_dims(dst) if dynamic else []
+    fixed = [axis for axis, d in zip(("batch", None, "height", "width"), dims) if axis and not isinstance(d, str)]
+    if fixed:
+        raise ValueError(f"the torch.export-based exporter (--dynamo) fixed the {' and '.join(fixed)} of this model "
+                         "(its code specialises on the traced input size): export without --dynamo (the "
+                         "TorchScript exporter keeps batch, height and width free), or with --static for one size")
+
+
+def _graph_input_dims(path: str | Path) -> list[int | str]:
+    """The ONNX graph input's dimensions: a name where free, a number where fixed."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
 
 
 @torch.no_grad()
@@ -261,9 +294,10 @@ def calibration_batches(model: nn.Module, data: str | Path | None = None, *, ima
 
     info = open_dataset(data)
     cfg = resolve_data_config(model, dataset_mean=info.mean, dataset_std=info.std)
-    batch_size = min(batch_size, images) if train else batch_size  # training batches must be full
-    batches = build_batches(info, train=train, data_cfg=cfg, batch_size=batch_size, limit=images if train else None,
-                            hflip=False, padding=0, workers=0)
+    kw = dict(train=train, data_cfg=cfg, limit=images if train else None, hflip=False, padding=0, workers=0)
+    if train:  # training batches must be full: a split smaller than `images` is calibrated on whole
+        batch_size = min(batch_size, build_batches(info, batch_size=1, **kw).num_samples)
+    batches = build_batches(info, batch_size=batch_size, **kw)
     for x, y in batches.iterate(0):
         yield normalize(x, cfg.mean, cfg.std), y
 
@@ -332,29 +366,37 @@ def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor
 # --------------------------------------------------------------------------------------------------------------------
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit export MODEL --format onnx ...``."""
+    from .cli import bounded, image_size, positive_int  # the CLI's checked number types: a bad value is exit code 2
+    from .train.recipes import Bound
+
     p = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a name from qtvit.list_models()")
     p.add_argument("--format", default="onnx", help="export format (only 'onnx')")
     p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (any format create_model reads)")
     p.add_argument("--pretrained", action="store_true", help="load the official weights")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes of the random-weight model (a checkpoint's own count is kept; a different one is "
+                        "refused)")
     p.add_argument("--output", "-o", type=Path, default=None,
                    help="output file, or a folder to write MODEL.onnx in (default: MODEL.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="S",
+    p.add_argument("--img-size", type=image_size, nargs="+", default=[224], metavar="S",
                    help="trace size: one side or H W (the only size accepted with --static)")
-    p.add_argument("--batch-size", type=int, default=1, help="trace batch size (fixed with --static)")
+    p.add_argument("--batch-size", type=bounded(int, Bound(1, MAX_TRACE_BATCH)), default=1,
+                   help="trace batch size (fixed with --static)")
     p.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic axes")
     p.add_argument("--fuse", action="store_true", help="export the inference form (BatchNorms folded)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--opset", type=bounded(int, Bound(11, MAX_OPSET_DYNAMO)), default=DEFAULT_OPSET,
+                   help=f"ONNX opset: 11-{MAX_OPSET} (--dynamo: 18-{MAX_OPSET_DYNAMO}, lower values give 18) "
+                        f"(default {DEFAULT_OPSET})")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="write an INT8 graph (onnxruntime static quantization of the convs and the classifier; "
                         "the attention core stays fp32), calibrated on --calibration-data")
     p.add_argument("--calibration-data", default=None, metavar="DATA",
                    help="dataset for --quantize (a --data value of qtvit train; default Fashion-MNIST)")
-    p.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate on")
+    p.add_argument("--calibration-images", type=positive_int, default=256, help="training images to calibrate on")
     p.add_argument("--evaluate", action="store_true",
                    help="with --quantize: top-1 and onnxruntime time of the fp32 and INT8 graphs on the evaluation "
                         "split of --calibration-data")
@@ -368,15 +410,27 @@ def _output_path(args: argparse.Namespace) -> Path:
     out = args.output or Path(f"{args.model}.onnx")
     if out.is_dir():
         out = out / f"{args.model}.onnx"
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --output")
-    if out.is_dir():
-        raise IsADirectoryError(f"{out} is a folder; give the ONNX file to write with --output")
-    return out
+    return check_output(out, overwrite=args.overwrite)
+
+
+def _load_model(args: argparse.Namespace) -> nn.Module:
+    """The model to export; loaded weights must fill its classifier (one of another size would be dropped, and the
+    graph would carry a random head under the checkpoint's name)."""
+    from . import create_model
+
+    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
+                         num_classes=args.num_classes).eval()
+    report = getattr(model, "load_report", None)
+    if report is not None and report.dropped:
+        given = f"--num-classes {args.num_classes}" if args.num_classes else \
+            f"the model's default ({model.num_classes})"
+        raise ValueError(f"the weights' classifier has another number of classes than {given}, so the exported "
+                         "classifier would be random: pass --num-classes with the checkpoint's class count")
+    return model
 
 
 def run_export_cli(args: argparse.Namespace) -> int:
-    from . import create_model, list_models
+    from . import list_models
 
     if args.format.lower() not in FORMATS:
         raise ValueError(f"unknown format {args.format!r}; supported: {', '.join(FORMATS)}")
@@ -390,28 +444,34 @@ def run_export_cli(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ValueError(f"--img-size: {e}") from None
     out = _output_path(args)
-    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
-                         num_classes=args.num_classes).eval()
+    model = _load_model(args)
     if args.fuse:
         model = inference_form(model, (h, w) if args.static else None)
+    if args.quantize:
+        # The fp32 graph is an intermediate: a private name beside the output, removed however this ends.
+        with private_temp(out, suffix=".fp32.onnx") as fp32:
+            _export(model, fp32, out, (h, w), args)
+            if args.evaluate:
+                _print_top1(model, fp32, out, args.calibration_data)
+        return 0
+    _export(model, out, out, (h, w), args)
+    if args.check:
+        _print_check(model, out, h, w, args)
+    return 0
+
+
+def _export(model: nn.Module, fp32: Path, out: Path, size: tuple[int, int], args: argparse.Namespace) -> None:
+    """Write the fp32 graph (and with --quantize the INT8 one at ``out``) and say what was written."""
     t0 = time.perf_counter()
-    fp32 = out if not args.quantize else out.with_name(out.stem + ".fp32.onnx")
-    export_onnx(model, fp32, (h, w), dynamic=not args.static, opset=args.opset, batch_size=args.batch_size,
+    export_onnx(model, fp32, size, dynamic=not args.static, opset=args.opset, batch_size=args.batch_size,
                 dynamo=args.dynamo)
     if args.quantize:
         calib = calibration_batches(model, args.calibration_data, images=args.calibration_images)
         quantize_onnx(fp32, out, (x for x, _ in calib))
     kind = "static" if args.static else "dynamic batch/height/width"
-    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, {kind}, opset {args.opset}"
+    opset = max(args.opset, 18) if args.dynamo else args.opset
+    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, {kind}, opset {opset}"
           f"{', ' + args.quantize if args.quantize else ''}) in {time.perf_counter() - t0:.1f} s")
-    if args.quantize:
-        if args.evaluate:
-            _print_top1(model, fp32, out, args.calibration_data)
-        fp32.unlink()
-        return 0
-    if args.check:
-        _print_check(model, out, h, w, args)
-    return 0
 
 
 def _print_top1(model: nn.Module, fp32: Path, int8: Path, data: str | None) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from ._io import check_output
 from .bench.measure import save_figure
-from .train.evaluate import class_names, load_model, segmentation_eval_batches
+from .train.evaluate import _check_classes, _classes_and_channels, class_names, load_model, segmentation_eval_batches
 from .train.inputs import model_input
 from .train.seg_evaluate import main_logits, open_task_data, seg_palette
 from .train.seg_metrics import upsample_logits
@@ -26,12 +28,16 @@ __all__ = ["predict_examples", "plot_segmentation", "add_segmentation_figure_par
 
 @torch.no_grad()
 def predict_examples(checkpoint: str | Path, data: str | None = None, *, images: int = 6, first: int = 0):
-    """(uint8 images (n, H, W, C), labels (n, H, W), predictions (n, H, W), class names) of eval images
-    ``first .. first + images - 1`` of `data` (default: the Fashion-MNIST scenes) under the checkpoint's model."""
+    """(uint8 images [(H, W, C)], labels [(H, W)], predictions [(H, W)], class names) of eval images
+    ``first .. first + images - 1`` of `data` (default: the Fashion-MNIST scenes) under the checkpoint's model;
+    lists, since a dataset's images differ in size (ADE20K). The dataset's classes must be the model's, as
+    ``qtvit validate`` checks."""
     if images < 1 or first < 0:
         raise ValueError(f"--images {images} --first {first}: give at least one image and a first index >= 0")
     net = load_model(checkpoint)
-    info = open_task_data("segmentation", data)
+    num_classes = _classes_and_channels(net)[0]
+    info = open_task_data("segmentation", data, num_classes)
+    _check_classes(net, info.classes, num_classes)  # as validate does
     data_cfg, batches = segmentation_eval_batches(net, info, batch_size=1, workers=0, limit=first + images)
     if batches.num_samples <= first:
         raise ValueError(f"--first {first}: the evaluation split has only {batches.num_samples} images")
@@ -43,11 +49,11 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
         preds.append(upsample_logits(logits.float(), y.shape[-2:]).argmax(1)[0].numpy())
         shown.append(x[0].expand(3, -1, -1).permute(1, 2, 0).numpy())
         truths.append(y[0].numpy())
-    return np.stack(shown), np.stack(truths), np.stack(preds), class_names(net, logits.shape[1])
+    return shown, truths, preds, class_names(net, num_classes)
 
 
-def plot_segmentation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, names: list[str],
-                      path: str | Path, title: str = "", ignore_index: int = 255) -> Path:
+def plot_segmentation(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                      names: list[str], path: str | Path, title: str = "", ignore_index: int = 255) -> Path:
     """One row per image: the image as the model sees it, its ground truth, the prediction (ignored pixels white
     in both), and a legend of the classes shown."""
     import matplotlib.pyplot as plt
@@ -67,7 +73,7 @@ def plot_segmentation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
             ax.imshow(panel, interpolation="nearest")
             ax.set_title(label, fontsize=8)
             ax.axis("off")
-    present = sorted(set(np.unique(truths)) | set(np.unique(preds)) - {ignore_index})
+    present = sorted(set().union(*map(np.unique, [*truths, *preds])) - {ignore_index})
     handles = [Patch(color=palette[c] / 255, label=names[c]) for c in present if c < len(names)]
     for ax in axes[-1]:
         ax.axis("off")
@@ -86,6 +92,7 @@ def add_segmentation_figure_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _segmentation_cli(args: argparse.Namespace) -> int:
+    check_output(args.out, overwrite=True)  # before the work
     images, truths, preds, names = predict_examples(args.checkpoint, args.data, images=args.images,
                                                     first=args.first)
     path = plot_segmentation(images, truths, preds, names, args.out,

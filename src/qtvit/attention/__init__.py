@@ -14,12 +14,13 @@ from torch import Tensor
 
 from .._utils import did_you_mean
 from .base import AttentionKernel
-from .core import DEFAULT_CHUNK_SIZE, check_qkv, kronecker_square, linear_attention, softmax_attention
+from .core import (DEFAULT_CHUNK_SIZE, AttentionRangeWarning, check_qkv, kronecker_square, linear_attention,
+                   softmax_attention)
 from .kernels import KERNELS
 
 __all__ = [
-    "AttentionKernel", "KERNELS", "DEFAULT_CHUNK_SIZE", "KernelFactory", "KernelLayer", "attend", "attention_map",
-    "create_kernel",
+    "AttentionKernel", "AttentionRangeWarning", "KERNELS", "DEFAULT_CHUNK_SIZE", "KernelFactory", "KernelLayer",
+    "attend", "attention_map", "create_kernel",
     "kernel_factory", "list_kernels", "kronecker_square", "linear_attention", "softmax_attention",
 ]
 

@@ -65,6 +65,12 @@ class AttentionKernel(nn.Module):
         """Whether each row of the attention map sums to one (up to eps)."""
         return self.normaliser != "none"
 
+    @property
+    def unbounded_name(self) -> str | None:
+        """The kernel's name when its output is not a convex combination of v (no dividing normaliser): its cast
+        back to fp16 is checked for saturation (``core.to_input_dtype``)."""
+        return None if self.normaliser == "divide" else self.name
+
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, num_heads={self.num_heads}, feature_dim={self.feature_dim}"
 
@@ -166,7 +172,7 @@ class AttentionKernel(nn.Module):
         ct = compute_dtype(dtype)
         with fp32_island(q.device):
             out = self.linear(*(t if t.dtype == ct else t.to(ct) for t in (q, k, v)), numerator_map)
-        return to_input_dtype(out, dtype)
+        return to_input_dtype(out, dtype, self.unbounded_name)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, numerator_map: NumeratorMap | None = None) -> Tensor:
         """The linear path on inputs already in the compute dtype: the shared core."""
@@ -184,7 +190,7 @@ class AttentionKernel(nn.Module):
         ct = compute_dtype(dtype)
         with fp32_island(q.device):
             out = self.linear_channels_first(*(t if t.dtype == ct else t.to(ct) for t in (q, k, v)))
-        return to_input_dtype(out, dtype)
+        return to_input_dtype(out, dtype, self.unbounded_name)
 
     def linear_channels_first(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The linear path on channel-major inputs already in the compute dtype (``forward_channels_first``);
@@ -204,4 +210,4 @@ class AttentionKernel(nn.Module):
         with fp32_island(q.device):
             dtype = result_dtype(q, k, v)
             out = self.post(explicit_attention(self.attention_map(q, k), v.to(compute_dtype(dtype))))
-        return to_input_dtype(out, dtype)
+        return to_input_dtype(out, dtype, self.unbounded_name)

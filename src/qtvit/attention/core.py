@@ -7,15 +7,19 @@ Numerical care lives here and only here:
 - per-token norms (``l2norm``, ``normalize``) floor Σx² at the dtype's smallest normal number before the square
   root, so an all-zero query or key token has finite gradients (sqrt has an infinite slope at 0) and every
   non-zero token gets exactly the plain ‖x‖₂;
-- the cast back saturates at the dtype's largest finite value instead of overflowing to inf. Normalised kernels
-  return convex-like combinations of v and never reach it; the unnormalised ones (mean, cosine) scale with
-  |q||k||v| and can exceed fp16's 65504 on huge inputs.
+- the cast back saturates at the dtype's largest finite value instead of overflowing to inf (an inf activation
+  would stop mixed-precision training for good: every step's loss would be inf). Normalised kernels return
+  convex-like combinations of v and never reach it; the others (normaliser "none", "subtract", "magnitude": mean,
+  cosine, inline, mala, ...) scale with |q||k||v|: the fp32 island keeps their intermediate sums exact, but a true
+  output beyond fp16's 65504 cannot be represented, and the saturated value is off by up to 100 %. That case warns
+  (``AttentionRangeWarning``, once per kernel); run such kernels in bf16 or fp32.
 
 Shapes: q (B, H, Nq, d), k (B, H, N, d), v (B, H, N, dv) -> (B, H, Nq, dv). Non-causal.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Callable, ContextManager
 
@@ -81,14 +85,36 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
-def to_input_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Cast the result back to the input dtype, saturating instead of overflowing to inf."""
+class AttentionRangeWarning(RuntimeWarning):
+    """An attention output beyond its dtype's range was saturated at the largest finite value (see the module
+    docstring)."""
+
+
+_warned: set[str] = set()
+
+
+def to_input_dtype(x: Tensor, dtype: torch.dtype, unbounded: str | None = None) -> Tensor:
+    """Cast the result back to the input dtype, saturating instead of overflowing to inf; ``unbounded``: the name of
+    a kernel whose output is not a convex combination of v, checked (one device sync, eager mode only) and warned
+    about once when it saturated."""
     if x.dtype == dtype:
         return x
     if dtype in (torch.float16, torch.bfloat16):
         big = torch.finfo(dtype).max
+        if unbounded and unbounded not in _warned and not _tracing() and bool((x.abs() > big).any()):
+            _warned.add(unbounded)
+            name = str(dtype).removeprefix("torch.")
+            warnings.warn(f"the {unbounded} attention kernel's output reaches {x.abs().max().item():.3g}, beyond "
+                          f"{name}'s largest value {big:g}: it was saturated there and is wrong; run this kernel in "
+                          "bfloat16 or float32 (e.g. --amp bf16), or pick a normalised kernel",
+                          AttentionRangeWarning, stacklevel=3)
         x = x.clamp(-big, big)
     return x.to(dtype)
+
+
+def _tracing() -> bool:
+    """True while torch.jit, torch.compile or torch.export records the graph: no data-dependent Python there."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import cpu_fused, create_kernel, list_kernels
+from .args import check_device, check_outputs
 from .measure import (  # noqa: F401
     device_line,
     failure_note,
@@ -287,25 +288,29 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
+    from ..train.recipes import Bound
+
+    seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("kernels", help="time and memory of each attention kernel against N",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernels", nargs="+", default=list_kernels(), choices=list_kernels(), metavar="NAME")
-    p.add_argument("--ns", nargs="+", type=int, default=DEFAULT_NS)
-    p.add_argument("--head-dims", nargs="+", type=int, default=[16, 32])
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--ns", nargs="+", type=positive_int, default=DEFAULT_NS)
+    p.add_argument("--head-dims", nargs="+", type=positive_int, default=[16, 32])
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"])
-    p.add_argument("--repeats", type=int, default=5, help="runs per point; the median is reported")
-    p.add_argument("--budget", type=float, default=5.0, help="seconds per point after which fewer runs are taken")
-    p.add_argument("--max-call", type=float, default=20.0, help="a kernel slower than this per call skips larger N")
+    p.add_argument("--repeats", type=positive_int, default=5, help="runs per point; the median is reported")
+    p.add_argument("--budget", type=seconds, default=5.0, help="seconds per point after which fewer runs are taken")
+    p.add_argument("--max-call", type=seconds, default=20.0, help="a kernel slower than this per call skips larger N")
     p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it) "
                    "and measure the two speed ratios side by side (written to <out>_ratios.csv)")
     p.add_argument("--compile", action="store_true", help="also time each kernel under torch.compile (rows with "
                    "path 'compile'; needs a C++ compiler on CPU, ~10 s to compile each); with --peer also qt "
                    "against the minimal ReLU attention with both compiled")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
     p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
@@ -323,17 +328,15 @@ def _report_ratios(device: torch.device, line: str, out: Path, repeats: int, com
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    for n in args.ns:
-        if n < 1:
-            raise SystemExit(f"qtvit benchmark kernels: --ns must be positive, got {n}")
+    device = check_device(args.device, "kernels")
+    png = args.plot or args.out.with_suffix(".png")
+    check_outputs([args.out, png, png.with_name(png.stem + "_fwdbwd.png"),
+                   args.out.with_name(args.out.stem + "_ratios.csv")], "kernels")
     if args.peer and importlib.util.find_spec(PEER) is None:
         raise SystemExit("qtvit benchmark kernels: --peer needs the peer library: "
                          "pip install taylor-series-linear-attention")
     if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"qtvit benchmark kernels: --threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     line = device_line(device)
     print(f"# {line}")
     print(f"{'kernel':<16}{'N':>7}{'d':>4} {'mode':<8}{'path':<8}{'time ms':>11}{'peak MiB':>10}")
@@ -357,7 +360,6 @@ def run_cli(args: argparse.Namespace) -> int:
         if n_x:
             print(f"head dim {d}: qt is faster than softmax from N ≈ {n_x:,.0f}")
     try:
-        png = args.plot or args.out.with_suffix(".png")
         for mode in args.modes:
             target = png if mode == args.modes[0] else png.with_name(png.stem + "_fwdbwd.png")
             plot(rows, target, mode=mode, title=line)

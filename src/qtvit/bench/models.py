@@ -49,6 +49,7 @@ from ..models import inference_form, list_models
 from .measure import device_line, failure_note, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
+from .args import check_device, check_model_args, check_outputs, size_arg
 from .measure import write_csv as write_results_csv
 
 DEFAULT_MODELS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
@@ -356,26 +357,32 @@ def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> 
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
+    from ..train.recipes import Bound
+
+    seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME[:KEY=VALUE]",
                    help="model names, each optionally with constructor arguments, "
                         "e.g. qtvit_seg_1_cityscapes:kernel=softmax")
-    p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="S", help="sides or HxW, e.g. 224 512x1024")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--sizes", nargs="+", type=size_arg, default=DEFAULT_SIZES, metavar="S",
+                   help="sides or HxW, e.g. 224 512x1024")
+    p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 32])
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,
                    help="default: eager fused onnxruntime (on CUDA: eager fused cudagraph); add compile for "
                         "torch.compile (slow to compile); the modes are described in qtvit.bench.paths")
-    p.add_argument("--compile-sizes", nargs="+", default=["224", "512"], metavar="S",
+    p.add_argument("--compile-sizes", nargs="+", type=size_arg, default=["224", "512"], metavar="S",
                    help="sizes at which the compile mode is measured (each shape compiles for about a minute)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per point after a warm-up; the median is kept")
-    p.add_argument("--budget", type=float, default=2.0, help="seconds per point after which no more runs are "
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed runs per point after a warm-up; the median is kept")
+    p.add_argument("--budget", type=seconds, default=2.0, help="seconds per point after which no more runs are "
                                                              "taken (at least 3)")
-    p.add_argument("--max-call", type=float, default=4.0,
+    p.add_argument("--max-call", type=seconds, default=4.0,
                    help="seconds per call above which larger sizes are skipped (and batch points estimated above it)")
     p.add_argument("--no-flops", action="store_true")
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="weights and inputs (float16/bfloat16 on CUDA only)")
@@ -383,7 +390,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
     p.add_argument("--goals", action="store_true",
                    help="only the speed goals: qtvit_1 vs efficientvit_b1 at 224 and 1024, fused vs eager at 512")
-    p.add_argument("--goal-repeats", type=int, default=9)
+    p.add_argument("--goal-repeats", type=positive_int, default=9)
     p.add_argument("--side-by-side", action="store_true",
                    help="only qtvit_1's paths (--modes; default fused-dynamic onnxruntime) against efficientvit_b1 "
                         "in onnxruntime, the official code (--official) and the sgemm floor at --sizes, interleaved, "
@@ -408,16 +415,10 @@ def run_cli(args: argparse.Namespace) -> int:
         if name not in known:
             raise SystemExit(f"qtvit benchmark models: unknown model {name!r}{did_you_mean(name, known)}; see "
                              "qtvit.list_models()")
-    try:
-        sizes = [parse_size(s) for s in args.sizes]
-    except ValueError as e:
-        raise SystemExit(f"qtvit benchmark models: {e}") from None
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise SystemExit(f"qtvit benchmark models: unknown device {args.device!r}; use cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("qtvit benchmark models: --device cuda but torch sees no CUDA device here")
+    sizes = [parse_size(s) for s in args.sizes]  # checked by argparse (size_arg)
+    device = check_device(args.device, "models")
+    check_outputs([args.out, args.plot or args.out.with_suffix(".png")], "models")
+    check_model_args([] if args.goals or args.profile else args.models)
     line = device_line(device)
     print(f"# {line}")
     if args.profile:
@@ -468,8 +469,8 @@ def run_cli(args: argparse.Namespace) -> int:
     skipped = [r for r in rows if r["time_ms"] == ""]
     if skipped:
         print(f"{len(skipped)} points skipped by --max-call {args.max_call:g} s (see the note column)")
+    png = args.plot or args.out.with_suffix(".png")
     try:
-        png = args.plot or args.out.with_suffix(".png")
         plot(rows, png, title=line)
         print(f"wrote {png}")
     except ImportError:

@@ -208,12 +208,36 @@ def _checked(cfg: Any, where: str) -> dict:
         problem = "it has no architecture name"
     elif not isinstance(cfg.get("model_args", {}), dict) or not isinstance(cfg.get("pretrained_cfg", {}), dict):
         problem = "its model_args or pretrained_cfg is not a JSON object"
+    else:
+        problem = _bad_count(cfg)
     if problem:
         raise CheckpointError(f"the model config of {where} is not valid: {problem}. The file is damaged or was not "
                               "written by qtvit; pass the model name to create_model and load the weights alone.")
     cfg.setdefault("model_args", {})
     cfg.setdefault("pretrained_cfg", {})
     return cfg
+
+
+# The counts a config sizes tensors by: a hand-edited "3" or 1e12 must be refused here, not met as a TypeError in a
+# constructor or a terabyte allocation.
+_COUNTS = {"num_classes": (0, 100_000), "in_chans": (1, 1024)}
+
+
+def _whole(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _bad_count(cfg: dict) -> str | None:
+    """What is wrong with the config's class and channel counts and input size, or None."""
+    for section in ("model_args", "pretrained_cfg"):
+        for key, (lo, hi) in _COUNTS.items():
+            if key in cfg.get(section, {}) and not _whole(cfg[section][key], lo, hi):
+                return f"{section}.{key} is {cfg[section][key]!r:.40}, not a whole number in {lo}..{hi}"
+    size = cfg.get("pretrained_cfg", {}).get("input_size")
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 3
+                                 and all(_whole(v, 1, 1 << 16) for v in size)):
+        return f"pretrained_cfg.input_size is {size!r:.60}, not [channels, height, width] of whole numbers"
+    return None
 
 
 def _json_entry(meta: Mapping, key: str, where: Path) -> Any:

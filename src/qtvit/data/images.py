@@ -38,7 +38,7 @@ from PIL import Image
 from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, PpmImagePlugin,  # noqa: F401
                  TiffImagePlugin, WebPImagePlugin)
 
-__all__ = ["ALLOWED_FORMATS", "MAX_PIXELS_ENV", "open_image", "to_8bit", "set_max_image_pixels",
+__all__ = ["ALLOWED_FORMATS", "MAX_PIXELS_ENV", "open_image", "to_8bit", "set_max_image_pixels", "too_many_pixels",
            "max_image_pixels"]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
@@ -91,6 +91,8 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     FileNotFoundError if `path` does not exist; ValueError naming the file for anything else that goes wrong: not
     an image, a refused format, truncated or corrupt data, more pixels than the limit."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file; pass the image files (e.g. {path}/*.png)")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     _apply_env_limit()
@@ -102,15 +104,22 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
                 im.load()
                 return to_8bit(im).convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than the limit"
-        raise ValueError(f"{path} declares an image of {size}, over the limit of {max_image_pixels():,} pixels "
-                         f"(a guard against decompression bombs); if the image is genuine, raise the limit with "
-                         f"the environment variable {MAX_PIXELS_ENV}=<pixels> (0: no limit) or "
-                         "qtvit.data.folder.set_max_image_pixels(n)") from None
+        raise too_many_pixels(path, e) from None
     except Exception as e:  # noqa: BLE001 - PIL's plugins raise many types on corrupt data; all mean "unreadable"
         raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e}); pass a JPEG, PNG, BMP, GIF, "
                          "TIFF, WebP or PPM/PGM file") from e
+
+
+def too_many_pixels(path: str | os.PathLike, e: Exception, what: str = "") -> ValueError:
+    """The error for a file over the pixel limit (PIL's decompression-bomb guard), `what` ("mask ") naming its
+    kind: the size, the limit, and how to raise it."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{int(found.group(1)):,} pixels" if found else "more pixels than the limit"
+    example = int(found.group(1)) if found else 0
+    return ValueError(f"{what}{path} declares an image of {size}, over the limit of {max_image_pixels():,} pixels "
+                      f"(a guard against decompression bombs); if the file is genuine, raise the limit with the "
+                      f"environment variable {MAX_PIXELS_ENV}=<pixels> (0: no limit), e.g. `{MAX_PIXELS_ENV}="
+                      f"{example} qtvit ...`, or qtvit.data.folder.set_max_image_pixels(n) in Python")
 
 
 def to_8bit(im: Image.Image) -> Image.Image:

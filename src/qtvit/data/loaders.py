@@ -8,7 +8,7 @@ without saved state, and a resumed run re-enters an epoch at any step.
 from __future__ import annotations
 
 import warnings
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -99,9 +99,33 @@ class _EpochSampler(torch.utils.data.Sampler):
         return sum(max(0, min(self.b, n - s * self.g - self.rank * self.b)) for s in range(self.start, self.steps))
 
 
+class _Failed(NamedTuple):
+    """An input error (a bad mask, say) raised in a loader worker, carried to the main process as a value: raised
+    there as it was, one line, instead of inside torch's worker traceback."""
+    error: Exception
+
+
+class _ReportErrors(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except (ValueError, OSError) as e:  # the errors that name a file and its fix; anything else is a bug
+            return _Failed(e)
+
+
 def collate_readable(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Unreadable]]:
     """DataLoader collate for ImageFolder items: the readable ones stacked, the ``Unreadable`` markers returned apart
-    (so the batch shrinks rather than borrowing other samples). (None, None, markers) when none could be read."""
+    (so the batch shrinks rather than borrowing other samples). (None, None, markers) when none could be read;
+    (None, None, [failure]) when an item failed (see ``_Failed``)."""
+    failed = [it for it in items if isinstance(it, _Failed)]
+    if failed:
+        return None, None, failed[:1]
     readable = [it for it in items if not isinstance(it, Unreadable)]
     unreadable = [it for it in items if isinstance(it, Unreadable)]
     if not readable:
@@ -144,12 +168,14 @@ class FolderBatches:
         order = epoch_order(len(self.dataset), self.seed, epoch, shuffle=self.train)
         sampler = _EpochSampler(order, self.steps, start_step, self.global_batch, self.batch_size, self.rank)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+            _ReportErrors(self.dataset), batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
             pin_memory=torch.cuda.is_available(), drop_last=False, collate_fn=collate_readable,
             # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG.
             generator=torch.Generator().manual_seed(self.seed + epoch))
         for step, (x, y, unreadable) in enumerate(loader, start=start_step):
             for u in unreadable:
+                if isinstance(u, _Failed):
+                    raise u.error
                 if u.path not in self.skipped_paths:
                     self.skipped_paths.add(u.path)
                     warnings.warn(f"skipping unreadable image: {u.reason}", stacklevel=2)

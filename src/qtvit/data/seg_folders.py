@@ -9,9 +9,9 @@ Every dataset gives the model's labels: class indices 0..K-1 and 255 for "ignore
 * **Cityscapes** (``leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png`` and
   ``gtFine/{train,val}/<city>/<name>_gtFine_labelIds.png``): the labelIds 0..33 map to the 19 trainIds of
   cityscapesScripts' ``labels.py`` (``CITYSCAPES_LABEL_TO_TRAIN``); every other labelId becomes 255.
-* **A folder of pairs** (``<split>/images/<stem>.<ext>`` and ``<split>/masks/<stem>.png``, sub-folders allowed, the
-  same relative stem in both): mask values are the class indices 0..K-1 (K from ``classes.txt``, one class name a
-  line, or a ``num_classes`` argument), 255 is ignore.
+* **A folder of pairs** (``<split>/images/<stem>.<ext>`` and ``<split>/masks/<stem>.png``, sub-folders allowed and
+  symlinked ones followed, the same relative stem in both): mask values are the class indices 0..K-1 (K from
+  ``classes.txt``, one class name a line, or a ``num_classes`` argument), 255 is ignore.
 
 A mask is an index image, read as stored (a palette PNG gives its indices, not its colours): 8-bit (L, P) or 16-bit
 greyscale, lossless (PNG, BMP, TIFF, GIF, PPM/PGM). A missing mask, a mask in a lossy or colour format, a mask whose
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .folder import IMAGE_EXTENSIONS, Unreadable
-from .images import max_image_pixels, open_image
+from .folder import Unreadable, scan_images
+from .images import max_image_pixels, open_image, too_many_pixels
 from .transforms import pil_to_uint8
 
 __all__ = ["IGNORE_INDEX", "ADE20K_NUM_CLASSES", "ADE20K_CLASSES", "CITYSCAPES_CLASSES", "CITYSCAPES_LABEL_TO_TRAIN",
@@ -122,6 +122,8 @@ def open_mask(path: str | os.PathLike) -> np.ndarray:
                 raw = np.asarray(im) if mode in ("L", "P", "I", "1") or mode.startswith("I;16") else None
     except FileNotFoundError:
         raise FileNotFoundError(f"mask {path} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_many_pixels(path, e, "mask ") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types on bad data; all mean "not a mask"
         raise ValueError(f"mask {path} is not a readable lossless image ({type(e).__name__}: {e}); save masks as "
                          "8-bit PNG files of class indices") from e
@@ -173,6 +175,12 @@ def cityscapes_pairs(root: str | os.PathLike, split: str) -> list[tuple[str, str
     return _pairs(images, mask_of, layout)
 
 
+def _files(folder: Path) -> list[Path]:
+    """The image files under `folder` in path order, symlinked sub-folders followed as for classification folders
+    (``scan_images``: links back into the folder are not listed twice)."""
+    return sorted(map(Path, scan_images(folder, [os.path.realpath(folder)], set())))
+
+
 def folder_pairs(split_dir: str | os.PathLike) -> list[tuple[str, str]]:
     """(image, mask) paths of ``split_dir/images`` and ``split_dir/masks``, matched by relative path without the
     extension (``images/a/b.jpg`` with ``masks/a/b.png``)."""
@@ -183,10 +191,9 @@ def folder_pairs(split_dir: str | os.PathLike) -> list[tuple[str, str]]:
             raise FileNotFoundError(f"{d} does not exist; a segmentation folder holds images/ and masks/ with one "
                                     "mask per image under the same name (masks as PNG)")
     masks: dict[Path, list[Path]] = {}
-    for m in sorted(mask_dir.rglob("*")):
-        if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS:
-            masks.setdefault(m.relative_to(mask_dir).with_suffix(""), []).append(m)
-    images = sorted(p for p in img_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    for m in _files(mask_dir):
+        masks.setdefault(m.relative_to(mask_dir).with_suffix(""), []).append(m)
+    images = _files(img_dir)
 
     def mask_of(p: Path) -> Path:
         found = masks.get(p.relative_to(img_dir).with_suffix(""), [])

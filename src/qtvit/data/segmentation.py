@@ -74,10 +74,11 @@ class SegDatasetInfo:
 
 
 def open_segmentation(data: str | os.PathLike | None = None, *, num_classes: int | None = None,
-                      download: bool = True) -> SegDatasetInfo:
+                      default_num_classes: int | None = None, download: bool = True) -> SegDatasetInfo:
     """Resolve a segmentation --data value (see the module docstring); a folder of Fashion-MNIST's idx files gives
-    the scenes of that copy. A folder of pairs takes its classes from ``classes.txt`` at its root, else from
-    `num_classes` (named "0", "1", ...)."""
+    the scenes of that copy. A folder of pairs takes its classes from ``classes.txt`` at its root (which must
+    agree with `num_classes` when given), else from `num_classes`, else from `default_num_classes` (a saved
+    model's count), named "0", "1", ..."""
     if data is None or str(data).lower() in (SCENES, "scenes"):
         return SegDatasetInfo(SCENES, find_fashion_mnist(None, download=download), list(SCENE_CLASSES),
                               train_split="train", eval_split="test")
@@ -105,11 +106,11 @@ def open_segmentation(data: str | os.PathLike | None = None, *, num_classes: int
         if num_classes is not None and num_classes != len(classes):
             raise ValueError(f"{root / 'classes.txt'} lists {len(classes)} classes, not num_classes={num_classes}; "
                              "drop num_classes or fix classes.txt")
-    elif num_classes is not None:
-        classes = [str(i) for i in range(num_classes)]
+    elif (num_classes or default_num_classes) is not None:
+        classes = [str(i) for i in range(num_classes or default_num_classes)]
     else:
         raise ValueError(f"{root} does not say how many classes its masks hold: add {root / 'classes.txt'} (one "
-                         "class name a line, line i = mask value i) or pass num_classes")
+                         "class name a line, line i = mask value i) or pass --num-classes N (num_classes=N)")
     LabelMap.identity(len(classes))  # checks the count
     return SegDatasetInfo("folder", root, classes, "train", eval_split or "val")
 

@@ -175,7 +175,7 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
     try:
         net = load_model(checkpoint, model, device=d.device)
         num_classes, task = _classes_and_channels(net)[0], task_of(net)
-        info = open_task_data(task, data)
+        info = open_task_data(task, data, num_classes)
         _check_classes(net, info.classes, num_classes)
         if task == "segmentation":
             _no_crop_pct(crop_pct)
@@ -208,13 +208,15 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
 @torch.no_grad()
 def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathLike, model: str | None = None, *,
                      topk: int = 5, device: str = "cpu", batch_size: int = 64, img_size: int | None = None,
-                     crop_pct: float | None = None, output_dir: str | os.PathLike | None = None) -> Iterator[dict]:
+                     crop_pct: float | None = None, output_dir: str | os.PathLike | None = None,
+                     overwrite: bool = False) -> Iterator[dict]:
     """For each image file, in order: {"image", "top": [(class name, probability), ...]} with the `topk` most
     likely classes. Images are decoded and run `batch_size` at a time, so any number fits in memory.
 
     A segmentation checkpoint writes a colour mask and an overlay PNG per image into `output_dir` instead and
     yields {"image", "mask", "overlay", "size", "classes": {class: share of pixels}} (see seg_evaluate.py), one
-    image at a time at its own size (`img_size`: its short side resized to that)."""
+    image at a time at its own size (`img_size`: its short side resized to that); existing files there are
+    refused unless `overwrite`, and an output that is an input image always."""
     if topk < 1 or batch_size < 1:
         raise ValueError(f"topk {topk} and batch_size {batch_size} must be positive; pass --topk 5 -b 64 e.g.")
     net = load_model(checkpoint, model, device=device)
@@ -226,7 +228,7 @@ def iter_predictions(images: list[str | os.PathLike], checkpoint: str | os.PathL
                              "each image's <name>_mask.png and <name>_overlay.png to")
         _no_crop_pct(crop_pct)
         yield from segment_images(net, images, output_dir, _preprocessing(net, None, None), names,
-                                  eval_short_side(net, img_size))
+                                  eval_short_side(net, img_size), overwrite=overwrite)
         return
     if output_dir is not None:
         raise ValueError("--output-dir is for segmentation checkpoints (masks); a classification checkpoint prints "

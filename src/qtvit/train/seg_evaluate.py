@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .._io import atomic_write
+from .._io import atomic_write, check_output
 from ..data import DataConfig, open_dataset, open_image
 from ..data.segmentation import SCENES, open_segmentation
 from ..data.seg_transforms import SegEvalTransform
@@ -50,8 +50,9 @@ def _looks_like_segmentation(data) -> bool:
     return root.is_dir() and any(all((root / p).is_dir() for p in layout) for layout in layouts)
 
 
-def open_task_data(task: str, data: str | os.PathLike | None):
-    """The dataset `data` names, read as the task needs it: ``open_segmentation`` or ``open_dataset``."""
+def open_task_data(task: str, data: str | os.PathLike | None, num_classes: int | None = None):
+    """The dataset `data` names, read as the task needs it: ``open_segmentation`` (where a folder of image/mask
+    pairs without classes.txt has `num_classes`: --num-classes, or a checkpoint's) or ``open_dataset``."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use {' or '.join(TASKS)}")
     if task == "segmentation":
@@ -60,7 +61,7 @@ def open_task_data(task: str, data: str | os.PathLike | None):
                              f"pass {SCENES}) for the Fashion-MNIST scenes, or pass an ADE20K, Cityscapes or "
                              "image/mask folder")
         try:
-            return open_segmentation(data)
+            return open_segmentation(data, default_num_classes=num_classes)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"--task segmentation: {e}") from None
     if data is not None and (str(data).lower() in _SEGMENTATION_NAMES or _looks_like_segmentation(data)):
@@ -150,23 +151,33 @@ def _write_png(path: Path, image: Image.Image) -> None:
     atomic_write(path, lambda t: image.save(t, format="PNG"))
 
 
-def _output_names(images: list, output_dir: Path) -> list[tuple[Path, Path]]:
+def _output_names(images: list, output_dir: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """Each image's (mask, overlay) paths, checked before any work: no two images share a name, no output lands on
+    an input image (not even with `overwrite`: it may not have been read yet), and no existing file is replaced
+    unless `overwrite`."""
+    check_output(output_dir, folder=True)
     stems = [Path(p).stem for p in images]
     dup = next((s for s in stems if stems.count(s) > 1), None)
     if dup is not None:
         raise ValueError(f"several images are named {dup!r}; their masks would overwrite each other in "
                          f"{output_dir}: predict them in separate calls with separate --output-dir")
-    return [(output_dir / f"{s}_mask.png", output_dir / f"{s}_overlay.png") for s in stems]
+    names = [(output_dir / f"{s}_mask.png", output_dir / f"{s}_overlay.png") for s in stems]
+    inputs = {os.path.realpath(p) for p in images}
+    for out in (o for pair in names for o in pair):
+        if os.path.realpath(out) in inputs:
+            raise FileExistsError(f"{out} is one of the input images; predict into another --output-dir")
+        check_output(out, overwrite=overwrite)
+    return names
 
 
 @torch.no_grad()
 def segment_images(net: nn.Module, images: list[str | os.PathLike], output_dir: str | os.PathLike,
                    data_cfg: DataConfig, class_names: list[str], img_size: int | None = None,
-                   alpha: float = 0.5) -> Iterator[dict]:
+                   alpha: float = 0.5, overwrite: bool = False) -> Iterator[dict]:
     """For each image file, in order: its mask and overlay PNGs written (see the module docstring) and
     {"image", "mask", "overlay", "size": [H, W], "classes": {name: share of pixels}} (largest share first)."""
     output_dir = Path(output_dir).expanduser()
-    names = _output_names(images, output_dir)
+    names = _output_names(images, output_dir, overwrite)
     dev = next(net.parameters()).device
     view = SegEvalTransform(short_side=img_size)
     palette = seg_palette(len(class_names))

@@ -175,7 +175,7 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
     log = print if d.is_main else (lambda *a, **k: None)
     # Seeds: the same model init on every rank (DDP also broadcasts it), then per-rank streams for dropout/aug.
     torch.manual_seed(cfg.seed)
-    info = open_task_data(cfg.task, cfg.data)
+    info = open_task_data(cfg.task, cfg.data, cfg.num_classes)
     model, data_cfg, num_classes = _model_and_data(cfg, info, log)
     train, evals, bn = _batches(cfg, info, data_cfg, d)
     model.to(device)
