@@ -333,12 +333,14 @@ def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit export MODEL --format onnx ...``."""
     p = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description="Export a model (with --checkpoint or --pretrained weights) to ONNX with free batch, height "
+                                          "and width; --check compares onnxruntime with PyTorch, --quantize int8 "
+                                          "quantizes it. Guide: docs/deployment.md")
     p.add_argument("model", help="a name from qtvit.list_models()")
     p.add_argument("--format", default="onnx", help="export format (only 'onnx')")
     p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (any format create_model reads)")
     p.add_argument("--pretrained", action="store_true", help="load the official weights")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the weights' or the model's)")
     p.add_argument("--output", "-o", type=Path, default=None,
                    help="output file, or a folder to write MODEL.onnx in (default: MODEL.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -347,7 +349,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="trace batch size (fixed with --static)")
     p.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic axes")
     p.add_argument("--fuse", action="store_true", help="export the inference form (BatchNorms folded)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="write an INT8 graph (onnxruntime static quantization of the convs and the classifier; "

@@ -286,24 +286,25 @@ def write_pareto_csv(rows: Sequence[dict], path: str | Path, comment: str) -> Pa
 # --------------------------------------------------------------------------------------------------------------------
 def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit figure {attention,pareto,segmentation}``."""
-    p = subparsers.add_parser("figure", help="attention-map and Pareto figures (PNG)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("figure", help="attention-map, Pareto and segmentation figures (PNG)",
+                              description="Figures as PNG files (--out): attention maps of several kernels, "
+                                          "top-1 against latency, segmentation predictions. Examples: docs/benchmarks.md")
     sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto,segmentation}")
 
     a = sub.add_parser("attention", help="one query token's attention under several kernels (QT-ViT Fig. 2)")
     a.add_argument("--image", type=Path, default=None, help="image file (default: matplotlib's sample photo)")
-    a.add_argument("--img-size", type=int, default=224)
-    a.add_argument("--kernels", nargs="+", default=list(PAPER_KERNELS))
+    a.add_argument("--img-size", type=int, default=224, help="the image is resized to this side")
+    a.add_argument("--kernels", nargs="+", default=list(PAPER_KERNELS), metavar="NAME", help="kernels, one panel each")
     a.add_argument("--query", type=int, nargs=2, default=None, metavar=("ROW", "COL"),
                    help="query token on the token grid (default: the grid's centre)")
     a.add_argument("--patch", type=int, default=16, help="patch size of the default patch tokens")
     a.add_argument("--dim", type=int, default=16, help="head dim of the default patch tokens")
     a.add_argument("--model", default=None, help="take q, k from this model's attention layer instead")
-    a.add_argument("--checkpoint", type=Path, default=None)
-    a.add_argument("--pretrained", action="store_true")
+    a.add_argument("--checkpoint", type=Path, default=None, help="weights for --model (default: none, random weights)")
+    a.add_argument("--pretrained", action="store_true", help="the official weights for --model")
     a.add_argument("--layer", type=int, default=-1, help="attention layer index (with --model)")
     a.add_argument("--head", type=int, default=0, help="head (with --model)")
-    a.add_argument("--out", type=Path, default=Path("results/attention_maps.png"))
+    a.add_argument("--out", type=Path, default=Path("results/attention_maps.png"), help="the PNG written")
     a.set_defaults(func=_attention_cli)
 
     r = sub.add_parser("pareto", help="top-1 against latency, Pareto fronts per family (QT-ViT Fig. 1)")
@@ -313,7 +314,7 @@ def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--mode", default="eager", help="with --benchmark: which mode's latency")
     r.add_argument("--size", default="224", help="with --benchmark: which input size")
     r.add_argument("--batch", type=int, default=1, help="with --benchmark: which batch size")
-    r.add_argument("--out", type=Path, default=Path("results/pareto.png"))
+    r.add_argument("--out", type=Path, default=Path("results/pareto.png"), help="the PNG written")
     r.set_defaults(func=_pareto_cli)
 
     from .viz_seg import add_segmentation_figure_parser  # its imports (training, data) only when figures are asked

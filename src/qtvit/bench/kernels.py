@@ -288,15 +288,20 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("kernels", help="time and memory of each attention kernel against N",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kernels", nargs="+", default=list_kernels(), choices=list_kernels(), metavar="NAME")
-    p.add_argument("--ns", nargs="+", type=int, default=DEFAULT_NS)
-    p.add_argument("--head-dims", nargs="+", type=int, default=[16, 32])
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"])
+                              description="Time and peak memory of each attention kernel against the token count N; "
+                                          "writes a CSV and a PNG (--out). Method and results: docs/benchmarks.md")
+    p.add_argument("--kernels", nargs="+", default=list_kernels(), choices=list_kernels(), metavar="NAME",
+                   help="kernels to time (default: all)")
+    p.add_argument("--ns", nargs="+", type=int, default=DEFAULT_NS, metavar="N", help="token counts")
+    p.add_argument("--head-dims", nargs="+", type=int, default=[16, 32], metavar="D", help="head dims")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="inputs' dtype (float16/bfloat16 on CUDA)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] (default: cuda where there is one, else cpu)")
+    p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"],
+                   help="forward only, and/or forward and backward")
     p.add_argument("--repeats", type=int, default=5, help="runs per point; the median is reported")
     p.add_argument("--budget", type=float, default=5.0, help="seconds per point after which fewer runs are taken")
     p.add_argument("--max-call", type=float, default=20.0, help="a kernel slower than this per call skips larger N")
@@ -307,7 +312,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "against the minimal ReLU attention with both compiled")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
-    p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
+    p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"), help="the CSV written")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
     p.set_defaults(func=run_cli)
 

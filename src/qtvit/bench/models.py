@@ -357,12 +357,14 @@ def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> 
 # --------------------------------------------------------------------------------------------------------------------
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description="Latency, throughput, MACs and peak memory of models against input size, "
+                                          "in each inference mode (--modes); writes a CSV and a PNG (--out). Modes, "
+                                          "method and results: docs/benchmarks.md")
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME[:KEY=VALUE]",
                    help="model names, each optionally with constructor arguments, "
                         "e.g. qtvit_seg_1_cityscapes:kernel=softmax")
     p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="S", help="sides or HxW, e.g. 224 512x1024")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], metavar="B", help="batch sizes")
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,
                    help="default: eager fused onnxruntime (on CUDA: eager fused cudagraph); add compile for "
                         "torch.compile (slow to compile); the modes are described in qtvit.bench.paths")
@@ -373,23 +375,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                                              "taken (at least 3)")
     p.add_argument("--max-call", type=float, default=4.0,
                    help="seconds per call above which larger sizes are skipped (and batch points estimated above it)")
-    p.add_argument("--no-flops", action="store_true")
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-flops", action="store_true", help="do not count MACs (counting takes a forward pass)")
+    p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="weights and inputs (float16/bfloat16 on CUDA only)")
-    p.add_argument("--out", type=Path, default=Path("results/models_cpu.csv"))
+    p.add_argument("--out", type=Path, default=Path("results/models_cpu.csv"), help="the CSV written")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
-    p.add_argument("--goals", action="store_true",
-                   help="only the speed goals: qtvit_1 vs efficientvit_b1 at 224 and 1024, fused vs eager at 512")
-    p.add_argument("--goal-repeats", type=int, default=9)
-    p.add_argument("--side-by-side", action="store_true",
-                   help="only qtvit_1's paths (--modes; default fused-dynamic onnxruntime) against efficientvit_b1 "
-                        "in onnxruntime, the official code (--official) and the sgemm floor at --sizes, interleaved, "
-                        "--goal-repeats each; prints and saves the ratios (qtvit.bench.compare)")
-    p.add_argument("--official", type=Path, default=None, metavar="DIR",
-                   help="a checkout of AMD-AIG-AIMA/AMD_QTViT, for --side-by-side's official QT-ViT-1")
+    # The project's own speed checks (qtvit_1 against efficientvit_b1, interleaved; docs/benchmarks.md), not options
+    # a user needs: hidden from --help.
+    p.add_argument("--goals", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--goal-repeats", type=int, default=9, help=argparse.SUPPRESS)
+    p.add_argument("--side-by-side", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--official", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--interleaved", action="store_true",
                    help="only batch-1 eager latency of --models at the first of --sizes, measured in turns "
                         "(--repeats each); for the Pareto plot")

@@ -31,7 +31,7 @@ from ..layers.l2vit_blocks import ConvStem, Downsample, LGABlock, LocalConcentra
 from ..layers.weight_init import trunc_normal_init_
 from ._builder import build_model_with_cfg
 from ._features import feature_take_indices
-from ._registry import register_model
+from ._registry import register_model, register_pretrained
 
 __all__ = ["L2Vit", "L2VitStage"]
 
@@ -387,6 +387,9 @@ default_cfgs: dict[str, dict[str, Any]] = {
         mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, license="apache-2.0", paper_ids=None, origin_url=None,
     ),
 }
+
+
+register_pretrained(default_cfgs)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> L2Vit:

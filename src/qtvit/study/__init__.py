@@ -16,7 +16,8 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="study", required=True, metavar="{kernels}")
     k = sub.add_parser("kernels", help="every kernel in one architecture, several seeds, against an attention-free "
                                        "control; fidelity of each kernel's map to softmax's",
-                       description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description="Train one small network per attention kernel (several seeds) on a synthetic task "
+                                   "and write CSVs and PNGs into --out. The study and its results: docs/kernel_study.md")
     k.add_argument("--small", action="store_true", help="tiny data and recipe: a smoke run of the whole pipeline")
     k.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: 3, --small 2)")
     k.add_argument("--kernels", nargs="+", default=list(study.STUDY_KERNELS), help="kernels to train")
@@ -28,7 +29,7 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--workers", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
     k.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's; with "
                                                              "--workers > 1: 1)")
-    k.add_argument("--out", type=Path, default=Path("results/kernel_study"))
+    k.add_argument("--out", type=Path, default=Path("results/kernel_study"), help="folder of the CSVs and PNGs written")
     k.set_defaults(func=_kernels_cli)
 
 

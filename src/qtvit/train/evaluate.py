@@ -79,11 +79,16 @@ def _classes_and_channels(net: nn.Module) -> tuple[int, int]:
     return int(num_classes), int(in_chans)
 
 
-def load_model(checkpoint: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
+def load_model(checkpoint: str | os.PathLike | None, model: str | None = None, num_classes: int | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a saved model in eval mode: ``create_model(checkpoint_path=...)`` on a weights file (any format),
     checkpoint folder or run folder (its best weights, else its latest checkpoint). `model` and `num_classes`,
-    when given, must match what was saved; a file without a saved config needs `model`."""
+    when given, must match what was saved; a file without a saved config needs `model`. Without a checkpoint,
+    `model` with its official weights (``--pretrained``)."""
+    if checkpoint is None:
+        if model is None:
+            raise ValueError("pass --checkpoint <weights>, or --pretrained with --model <name> for official weights")
+        return create_model(model, pretrained=True).to(resolve_device(device)).eval()
     path = resolve_weights(checkpoint)
     saved = read_config(path)
     arch = saved.get("architecture") if saved else None

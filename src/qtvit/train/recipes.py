@@ -92,6 +92,8 @@ class TrainConfig:
     progress: bool = True
     recipe: str | None = None
     model_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False           # fine-tune: start from the model's official weights (timm's --pretrained)
+    initial_checkpoint: str | None = None  # fine-tune: start from these weights (any format create_model reads)
     seg_jitter: bool = True            # segmentation: photometric jitter of the training images (off: the scenes'
                                        # colours are already random, and the test scenes come from the same renderer)
 
@@ -267,3 +269,5 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--amp {cfg.amp!r}: use none, bf16 or fp16")
     if not isinstance(cfg.model_kwargs, dict):
         raise ValueError(f"model_kwargs must be a dict of constructor arguments, got {cfg.model_kwargs!r}")
+    if cfg.pretrained and cfg.initial_checkpoint:
+        raise ValueError("--pretrained and --initial-checkpoint both name the starting weights: give one of them")
