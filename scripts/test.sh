@@ -8,4 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all]"
+# qt's fused CPU kernel compiles once here (20-45 s, said on stderr) rather than silently inside the first test that
+# needs it; without a compiler it says so and the tests of the eager path still run
+qtvit build-ext || true
 python -m pytest -q -p no:cacheprovider "$@"

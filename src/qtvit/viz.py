@@ -105,9 +105,15 @@ def model_tokens(model: torch.nn.Module, image: Tensor, layer: int = -1,
     """q and k at the input of attention layer ``layer`` (index among the model's attention kernels).
 
     Returns q, k of shape (1, heads, N, d) (``head`` selects one, None keeps all) and the token grid (h, w),
-    inferred from the layer's input map when it is square-compatible with the image's aspect ratio.
+    inferred from the layer's input map when it is square-compatible with the image's aspect ratio. The RGB image
+    in [0, 1] is fed as the model expects it: grey for a one-channel model, normalised with its mean and std.
     """
     from .attention import AttentionKernel
+    from .data.transforms import normalize, resolve_data_config
+
+    cfg = resolve_data_config(model)
+    grey = cfg.input_size[0] == 1 and image.shape[0] == 3
+    x = normalize((image.mean(0, keepdim=True) if grey else image)[None], cfg.mean, cfg.std)
 
     kernels = [m for m in model.modules() if isinstance(m, AttentionKernel)]
     if not kernels:
@@ -125,7 +131,7 @@ def model_tokens(model: torch.nn.Module, image: Tensor, layer: int = -1,
     handle = target.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
-            model.eval()(image[None])
+            model.eval()(x)
     finally:
         handle.remove()
     q, k = got["q"][:1], got["k"][:1]
@@ -328,10 +334,12 @@ def _attention_cli(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"unknown kernel(s) {', '.join(bad)}; known: {', '.join(list_kernels())}")
     image = load_image(args.image, args.img_size)
-    if args.model:
+    if args.model or args.checkpoint or args.pretrained:  # a checkpoint names its model
+        if args.pretrained and not args.model:
+            raise ValueError("--pretrained needs --model <name> (qtvit list-models --pretrained)")
         model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
         q, k, grid = model_tokens(model, image, layer=args.layer, head=args.head)
-        source = f"{args.model} attention layer {args.layer}, head {args.head}"
+        source = f"{model.pretrained_cfg.get('architecture', args.model)} attention layer {args.layer}, head {args.head}"
     else:
         q, grid = patch_tokens(image, args.patch, args.dim)
         k = q

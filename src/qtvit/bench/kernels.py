@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..attention import cpu_fused, create_kernel, list_kernels
 from .measure import (  # noqa: F401
+    build_extensions,
     device_line,
     failure_note,
     median_time,
@@ -163,6 +164,7 @@ def benchmark_kernels(
     ``compiled``: each kernel also under ``torch.compile`` (rows with ``path`` "compile"; one compilation per
     kernel and mode, then a second one with dynamic N when N changes, so later sizes reuse it)."""
     device = torch.device(device)
+    build_extensions(device)
     kernels, modes = list(kernels), list(modes)  # iterated once per head dim and per N
     rows: list[dict] = []
     if compiled:

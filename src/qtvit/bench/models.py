@@ -46,7 +46,8 @@ import torch
 
 from .._utils import did_you_mean, parse_model_spec, parse_size
 from ..models import inference_form, list_models
-from .measure import device_line, failure_note, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
+from .measure import (build_extensions, device_line, failure_note, median_time, peak_memory_bytes,  # noqa: F401
+                      read_csv, save_figure)
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
 from .measure import write_csv as write_results_csv
@@ -188,6 +189,7 @@ def benchmark_models(
         raise ValueError("need at least one size and positive batch sizes")
     compile_set = set(size_list) if compile_sizes is None else {parse_size(s) for s in compile_sizes}
     device = torch.device(device)
+    build_extensions(device)
     if device.type == "cpu" and dtype != torch.float32:
         # reduced precision on CPU runs through slow generic kernels: a number nobody deploys
         raise ValueError(f"{dtype} on the CPU is not a deployment path; benchmark float32 there "
@@ -226,6 +228,7 @@ def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int]
     comparison on a noisy machine; rows in the ``FIELDS`` format (mode ``eager``), e.g. for the Pareto plot."""
 
     h, w = parse_size(size)
+    build_extensions(torch.device("cpu"))
     built = {}
     for name in models:
         torch.manual_seed(0)
