@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -99,3 +100,25 @@ def test_pretrained_without_a_model_says_what_to_pass(capsys):
     assert "--pretrained with --model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["validate", "--pretrained", "--checkpoint", "x"])  # one source of weights
+
+
+def test_validate_pretrained_scores_the_official_weights(official_pico, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (36, 30, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    assert main(["validate", "--pretrained", "--model", "qtvit_pico", "--data", str(tmp_path / "data"), "--workers",
+                 "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert r["images"] == 6 and r["checkpoint"] == "official weights" and r["model"] == "qtvit_pico"
+    # the same score by hand: the model's eval preprocessing on each image, labels a = 0, b = 1
+    tf = qtvit.data.create_transform(**qtvit.data.resolve_data_config(model=official_pico))
+    paths = sorted((tmp_path / "data" / "val").glob("*/*.png"))
+    with torch.no_grad():
+        logits = official_pico(torch.stack([tf(Image.open(p)) for p in paths]))
+    labels = torch.tensor([0 if p.parent.name == "a" else 1 for p in paths])
+    assert r["top1"] == pytest.approx(100 * float((logits.argmax(-1) == labels).float().mean()))

@@ -314,8 +314,9 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[torch.
 def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple]:
     """{name: (top-1 in %, images, seconds in onnxruntime)} of classifier sessions over (images, labels) batches;
     the sessions take each batch in turn, so load drifts hit them alike."""
+    from ._utils import progress_bar
     correct, seconds, total = dict.fromkeys(sessions, 0), dict.fromkeys(sessions, 0.0), 0
-    for x, y in batches:
+    for x, y in progress_bar(batches, desc="evaluating in onnxruntime"):
         for name, sess in sessions.items():
             t0 = time.perf_counter()
             out = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]

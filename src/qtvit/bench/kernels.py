@@ -342,7 +342,7 @@ def run_cli(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     line = device_line(device)
-    print(f"# {line}")
+    print(f"# {line}\n# one row per point as it is measured; the table goes to {args.out} and a plot beside it")
     print(f"{'kernel':<16}{'N':>7}{'d':>4} {'mode':<8}{'path':<8}{'time ms':>11}{'peak MiB':>10}")
 
     def show(r: dict) -> None:

@@ -441,6 +441,7 @@ def run_cli(args: argparse.Namespace) -> int:
         write_csv(rows, out, line, fields=list(rows[0]))
         print(f"wrote {out}")
         return 0
+    print(f"# one row per point as it is measured; the table goes to {args.out} and a plot beside it")
     print(f"{'model':<17} {'size':>9} {'B':>3} {'mode':<12}{'ms':>10} {'img/s':>9} {'GMACs':>8} {'MiB':>8}  note")
     if args.interleaved:
         rows = benchmark_interleaved(args.models, sizes[0], repeats=args.repeats)
