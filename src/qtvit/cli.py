@@ -55,7 +55,7 @@ _HELP = {
     "rrc_scale": "random resized crop area range (image folders)",
     "scale_range": "segmentation: random rescale ratio range before the crop (mmseg: 0.5 2.0)",
     "scene_items": "segmentation on the embedded scenes: fewest and most items per training scene (the test scenes "
-                   "keep 3-7; seg-scenes uses 12 20, docs/segmentation_recipe.md)",
+                   "keep 3-7; seg-scenes uses 12 20, docs/segmentation.md)",
     "eval_size": "segmentation: evaluate with the images' short side resized to this (the labels keep their size; "
     "default: the dataset's protocol)",
     "padding": "random-crop padding (Fashion-MNIST)",

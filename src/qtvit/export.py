@@ -34,7 +34,7 @@ A traced attention layer is channel-major (``LiteMLA``, ``AttentionKernel.forwar
 slices of the qkv map, so onnxruntime's optimised graph has no Transpose (1.18-1.21x faster for qtvit_1,
 1.05-1.11x for efficientvit_b1 at 224-1024 px).
 
-Which CPU path to use, measured (README, "Fastest CPU path"): this ONNX graph in onnxruntime for deployment at any
+Which CPU path to use, measured (docs/deployment.md): this ONNX graph in onnxruntime for deployment at any
 size (the fastest at 224-1024 px; ``onnx_session(path, spinning=False)`` on a CPU shared with other jobs); in
 PyTorch, ``qtvit.bench.paths.jit_form(model, example)`` (the traced, frozen inference form; any size) or
 ``inference_form(model, (h, w))`` for one size; ``--quantize int8`` for a smaller file, not for speed here.
