@@ -114,6 +114,8 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     # run takes its own weights from its checkpoint instead.
     start = {} if cfg.resume else dict(pretrained=cfg.pretrained, checkpoint_path=cfg.initial_checkpoint)
     model = build_model(cfg.model, num_classes, info.in_chans, cfg.drop_path, **start, **cfg.model_kwargs)
+    if start.get("pretrained") or start.get("checkpoint_path"):
+        log(f"fine-tuning {cfg.model} from {'its official weights' if cfg.pretrained else cfg.initial_checkpoint}")
     data_cfg = resolve_data_config(model, info.in_chans, cfg.img_size, cfg.crop_pct, dataset_mean=info.mean,
                                    dataset_std=info.std)
     # The positional embedding is stored for one size; another data size resizes it at every step.
