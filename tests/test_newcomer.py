@@ -204,7 +204,7 @@ def test_the_switch_turns_the_kernel_off(monkeypatch):
 def test_l2vit_fuse_twice_changes_nothing():
     torch.manual_seed(0)
     model = qtvit.create_model("l2vit_nano").eval()
-    x = torch.randn(1, 1, 28, 28)
+    x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         ref = model(x)
         model.fuse()
@@ -223,3 +223,12 @@ def test_figure_attention_reads_a_one_channel_checkpoint_without_model(tmp_path,
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
     assert main(["figure", "attention", "--pretrained", "--out", str(out)]) == 1
     assert "--pretrained needs --model" in capsys.readouterr().err
+
+
+def test_small_models_share_the_zoos_defaults():
+    # 3 channels and 1000 classes, as every other model; Fashion-MNIST passes in_chans=1, num_classes=10
+    for name in ("l2vit_nano", "qtvit_nano", "efficientvit_pico"):
+        model = qtvit.create_model(name)
+        assert (model.in_chans, model.num_classes, model.pretrained_cfg["input_size"][0]) == (3, 1000, 3), name
+        grey = qtvit.create_model(name, in_chans=1, num_classes=10)
+        assert grey.pretrained_cfg["input_size"][0] == 1 and grey(torch.randn(2, 1, 28, 28)).shape == (2, 10)
