@@ -334,14 +334,15 @@ def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit export MODEL --format onnx ...``."""
     p = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
-                              description="Export a model (with --checkpoint or --pretrained weights) to ONNX with free batch, height "
-                                          "and width; --check compares onnxruntime with PyTorch, --quantize int8 "
-                                          "quantizes it. Guide: docs/deployment.md")
+                              description="Export a model (with --checkpoint or --pretrained weights) to ONNX with "
+                                          "free batch, height and width; --check compares onnxruntime with PyTorch, "
+                                          "--quantize int8 quantizes it. Guide: docs/deployment.md")
     p.add_argument("model", help="a name from qtvit.list_models()")
     p.add_argument("--format", default="onnx", help="export format (only 'onnx')")
     p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (any format create_model reads)")
     p.add_argument("--pretrained", action="store_true", help="load the official weights")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the weights' or the model's)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier size (default: the weights' or the model's)")
     p.add_argument("--output", "-o", type=Path, default=None,
                    help="output file, or a folder to write MODEL.onnx in (default: MODEL.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")

@@ -294,7 +294,8 @@ def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit figure {attention,pareto,segmentation}``."""
     p = subparsers.add_parser("figure", help="attention-map, Pareto and segmentation figures (PNG)",
                               description="Figures as PNG files (--out): attention maps of several kernels, "
-                                          "top-1 against latency, segmentation predictions. Examples: docs/benchmarks.md")
+                                          "top-1 against latency, segmentation predictions. Examples: "
+                                          "docs/benchmarks.md")
     sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto,segmentation}")
 
     a = sub.add_parser("attention", help="one query token's attention under several kernels (QT-ViT Fig. 2)")
@@ -339,7 +340,8 @@ def _attention_cli(args: argparse.Namespace) -> int:
             raise ValueError("--pretrained needs --model <name> (qtvit list-models --pretrained)")
         model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
         q, k, grid = model_tokens(model, image, layer=args.layer, head=args.head)
-        source = f"{model.pretrained_cfg.get('architecture', args.model)} attention layer {args.layer}, head {args.head}"
+        arch = model.pretrained_cfg.get("architecture", args.model)
+        source = f"{arch} attention layer {args.layer}, head {args.head}"
     else:
         q, grid = patch_tokens(image, args.patch, args.dim)
         k = q

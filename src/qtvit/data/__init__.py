@@ -19,7 +19,7 @@ from .transforms import (BatchAugment, DataConfig, EvalTransform, TrainTransform
 __all__ = [
     "DatasetInfo", "open_dataset", "build_batches", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD", "find_fashion_mnist", "load_fashion_mnist", "read_idx", "write_idx", "ImageFolder",
-    "open_image", "TensorBatches", "FolderBatches", "epoch_order", "BatchAugment", "DataConfig", "EvalTransform", "create_transform",
+    "open_image", "TensorBatches", "FolderBatches", "epoch_order", "BatchAugment", "DataConfig", "EvalTransform",
     "TrainTransform", "create_transform", "mixup_cutmix", "normalize", "resolve_data_config",
 ]
 
