@@ -122,3 +122,11 @@ def test_validate_pretrained_scores_the_official_weights(official_pico, tmp_path
         logits = official_pico(torch.stack([tf(Image.open(p)) for p in paths]))
     labels = torch.tensor([0 if p.parent.name == "a" else 1 for p in paths])
     assert r["top1"] == pytest.approx(100 * float((logits.argmax(-1) == labels).float().mean()))
+
+
+def test_a_run_that_never_leaves_its_warm_up_says_so(tmp_path, capsys):
+    assert main(["train", *_PICO, "--warmup-epochs", "2", "--max-steps", "1", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "--warmup-epochs 2.0 covers all 1 epochs" in out and "lower --warmup-epochs or raise --epochs" in out
+    assert main(["train", *_PICO, "--max-steps", "1", "--output", str(tmp_path), "--name", "ok"]) == 0
+    assert "covers all" not in capsys.readouterr().out
