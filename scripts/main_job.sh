@@ -11,12 +11,13 @@ t0=$(date +%s)
 QTVIT_EXTRAS=train . scripts/setup_env.sh
 echo "main_job: installed in $(( $(date +%s) - t0 )) s"
 
-# On a machine shared with other jobs, `export OMP_WAIT_POLICY=PASSIVE` keeps idle OpenMP threads from spinning
-# (up to 20x faster there); on an idle machine the default is faster (0.18 against 0.25 s a step, measured).
+# The qtvit command sets OMP_WAIT_POLICY=PASSIVE for CPU runs (idle OpenMP threads sleep instead of spinning: up to
+# 20x faster on a machine shared with other jobs); the training processes below run one thread each, where the
+# policy makes no difference.
 
 # Two processes of one thread each (DDP over gloo, batch 64 each: global batch 128, as the recipe's one process
-# of 128; scripts/train_launch.sh). With the library's changes of issue 12 the training images/s went up
-# 1.17-1.41x (measured under two kinds of load: scripts/bench_train_speed.py, docs/main_job_recipe.md).
+# of 128; scripts/train_launch.sh). With this set-up and fused AdamW the training images/s went up
+# 1.17-1.41x (measured under two kinds of load: scripts/bench_train_speed.py, docs/training.md).
 # QTVIT_PROCS=1 trains in one process with the recipe's batch 128.
 . scripts/train_launch.sh
 train_launcher 128

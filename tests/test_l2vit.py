@@ -19,6 +19,11 @@ from oracle_weights import fill as _fill, probes  # noqa: E402  (a copy of the t
 NAMES = ["l2vit_tiny", "l2vit_small", "l2vit_base", "l2vit_base_384", "l2vit_nano"]
 
 
+def _nano(**kw):
+    """l2vit_nano as the tests use it: grey 28 px images, 10 classes."""
+    return l2vit.l2vit_nano(**{"in_chans": 1, "num_classes": 10, **kw})
+
+
 def _official_state_dict(keys: list) -> dict[str, torch.Tensor]:
     # the fixtures were made from a float32 state_dict filled then cast to float64: rebuild it the same way
     sd = {n: torch.zeros(s, dtype=torch.long) if n.endswith("num_batches_tracked") else torch.zeros(s) for n, s in keys}
@@ -85,7 +90,7 @@ def test_matches_official_code(file):
 
 @pytest.mark.parametrize("name,count", [
     ("l2vit_tiny", 28_596_781), ("l2vit_small", 50_199_157), ("l2vit_base", 88_577_188),
-    ("l2vit_base_384", 88_577_188), ("l2vit_nano", 2_346_745),
+    ("l2vit_base_384", 88_577_188), ("l2vit_nano", 2_601_463),  # nano: 3 channels, 1000 classes (2_346_745 at 1, 10)
 ])
 def test_param_counts(name, count):
     with torch.device("meta"):
@@ -95,7 +100,7 @@ def test_param_counts(name, count):
 
 def test_variant_configs():
     with torch.device("meta"):
-        base384, base, nano = l2vit.l2vit_base_384(), l2vit.l2vit_base(), l2vit.l2vit_nano()
+        base384, base, nano = l2vit.l2vit_base_384(), l2vit.l2vit_base(), _nano()
     assert base384.stages[0].blocks[0].attn.window_size == 12
     assert base.stages[0].blocks[0].attn.window_size == 7
     assert [len(s.blocks) for s in base.stages] == [2, 2, 18, 2]
@@ -142,7 +147,7 @@ def test_forward_backward(name):
 @pytest.mark.parametrize("hw", [(64, 96), (70, 50), (37, 23), (7, 5), (28, 28)])
 def test_any_input_size(hw):
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano().eval()
+    model = _nano().eval()
     x = torch.randn(2, 1, *hw)
     feats = model.forward_intermediates(x, intermediates_only=True)
     h, w = -(-hw[0] // 4), -(-hw[1] // 4)  # the stem pads to a multiple of 4, each downsample rounds up
@@ -156,7 +161,7 @@ def test_any_input_size(hw):
 
 
 def test_bad_input_raises():
-    model = l2vit.l2vit_nano()
+    model = _nano()
     with pytest.raises(ValueError, match="in_chans"):
         model(torch.randn(1, 3, 28, 28))
     with pytest.raises(ValueError, match="expects images"):
@@ -168,7 +173,7 @@ def test_bad_input_raises():
 
 def test_forward_intermediates():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano().eval()
+    model = _nano().eval()
     x = torch.randn(2, 1, 64, 96)
     with torch.no_grad():
         final, feats = model.forward_intermediates(x)
@@ -196,7 +201,7 @@ def test_forward_intermediates():
 
 def test_prune_intermediate_layers():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano().eval()
+    model = _nano().eval()
     x = torch.randn(1, 1, 28, 28)
     with torch.no_grad():
         ref = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
@@ -210,7 +215,7 @@ def test_prune_intermediate_layers():
 
 def test_reset_classifier():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano().eval()
+    model = _nano().eval()
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -227,7 +232,7 @@ def test_reset_classifier():
 
 def test_grad_checkpointing_matches():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano(drop_path_rate=0.1).train()
+    model = _nano(drop_path_rate=0.1).train()
     x = torch.randn(2, 1, 28, 28)
 
     def run():
@@ -248,7 +253,7 @@ def test_grad_checkpointing_matches():
 
 def test_grad_checkpointing_with_intermediates():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano().train()
+    model = _nano().train()
     x = torch.randn(2, 1, 40, 36)
     ref = model.forward_intermediates(x, intermediates_only=True)
     model.set_grad_checkpointing(True)
@@ -262,7 +267,7 @@ def test_grad_checkpointing_with_intermediates():
 
 def test_autocast_bf16_forward():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano().eval()
+    model = _nano().eval()
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         ref = model(x)
@@ -289,7 +294,7 @@ def test_depthwise_conv2d_float64_path():
 
 def test_drop_path_only_in_training():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano(drop_path_rate=0.5)
+    model = _nano(drop_path_rate=0.5)
     x = torch.randn(4, 1, 28, 28)
     model.train()
     assert not torch.allclose(model(x), model(x))
@@ -320,15 +325,15 @@ def test_checkpoint_filter_fn_map():
 
 def test_other_kernel_in_global_blocks():
     torch.manual_seed(0)
-    model = l2vit.l2vit_nano(kernel="relu").eval()
+    model = _nano(kernel="relu").eval()
     assert model.kernel == "relu"
     assert not any(n.endswith("temperature") for n, _ in model.named_parameters())
     assert torch.isfinite(model(torch.randn(1, 1, 28, 28))).all()
-    default = l2vit.l2vit_nano()
+    default = _nano()
     temps = [p for n, p in default.named_parameters() if n.endswith("attn.kernel.temperature")]
     assert len(temps) == 4 and all(torch.allclose(t, torch.full_like(t, 32 ** -0.5)) for t in temps)
     with pytest.raises(ValueError, match="unknown attention kernel"):
-        l2vit.l2vit_nano(kernel="nope")
+        _nano(kernel="nope")
 
 
 def test_kernel_options_reach_the_global_blocks_and_stay_json_friendly():
@@ -348,7 +353,7 @@ def test_fuse_takes_the_common_signature_and_inference_form_copies():
     from qtvit.models.inference import inference_form
 
     torch.manual_seed(0)
-    model = _filled(l2vit.l2vit_nano()).eval()
+    model = _filled(_nano()).eval()
     x = torch.randn(2, 1, 28, 28)
     fused = inference_form(model, (28, 28))
     assert fused is not model and isinstance(model.stem.bn1, nn.BatchNorm2d)  # the original keeps its BatchNorms
@@ -364,7 +369,7 @@ def test_fuse_takes_the_common_signature_and_inference_form_copies():
 @pytest.mark.parametrize("hw", [(28, 28), (37, 23)])
 def test_fuse_matches_eager(hw):
     torch.manual_seed(0)
-    model = _filled(l2vit.l2vit_nano()).eval()
+    model = _filled(_nano()).eval()
     x = torch.randn(2, 1, *hw)
     with torch.no_grad():
         ref = model(x)

@@ -8,7 +8,17 @@ import signal
 import threading
 from typing import Iterable, Iterator, Sequence
 
-__all__ = ["did_you_mean", "interrupts_kept", "parse_kv", "parse_model_spec", "parse_size"]
+__all__ = ["did_you_mean", "interrupts_kept", "parse_kv", "parse_model_spec", "parse_size", "progress_bar"]
+
+
+def progress_bar(iterable, total: int | None = None, desc: str = "", enabled: bool = True):
+    """`iterable` with a tqdm bar on stderr (removed when done) when `enabled`, else unchanged."""
+    if not enabled:
+        return iterable
+    import sys
+
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

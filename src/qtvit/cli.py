@@ -24,6 +24,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("qtvit.export", "add_export_parser"),
     ("qtvit.viz", "add_figure_parser"),
     ("qtvit.study", "add_study_parser"),
+    ("qtvit.cli_tools", "add_list_models_parser"),
+    ("qtvit.cli_tools", "add_build_ext_parser"),
 ]
 
 _HELP = {
@@ -53,7 +55,7 @@ _HELP = {
     "rrc_scale": "random resized crop area range (image folders)",
     "scale_range": "segmentation: random rescale ratio range before the crop (mmseg: 0.5 2.0)",
     "scene_items": "segmentation on the embedded scenes: fewest and most items per training scene (the test scenes "
-                   "keep 3-7; seg-scenes uses 12 20, docs/segmentation_recipe.md)",
+                   "keep 3-7; seg-scenes uses 12 20, docs/segmentation.md)",
     "eval_size": "segmentation: evaluate with the images' short side resized to this (the labels keep their size; "
     "default: the dataset's protocol)",
     "padding": "random-crop padding (Fashion-MNIST)",
@@ -64,14 +66,25 @@ _HELP = {
     "bn_reestimate_batch": "batch for the BN re-estimation", "amp": "mixed precision: none, bf16 or fp16",
     "channels_last": "channels-last memory format", "sync_bn": "SyncBatchNorm across processes (CUDA)",
     "fused_optimizer": "torch's fused AdamW kernel (one pass over all parameters; same update up to rounding)",
-    "device": "auto, cpu, cuda or cuda:N", "threads": "torch threads per process",
+    "device": "auto, cpu, cuda or cuda:N",
     "workers": "data loader workers (image folders)", "seed": "random seed",
     "checkpoint_every_steps": "also checkpoint every N steps (0: per epoch only)",
-    "keep_checkpoints": "checkpoints to keep", "resume": "continue the run in this run or checkpoint folder",
-    "eval_every_epochs": "evaluate every N epochs", "limit_train": "use only the first N training images",
-    "limit_eval": "use only the first N eval images", "max_steps": "stop after N steps (smoke runs)",
+    "keep_checkpoints": "checkpoints to keep",
+    "eval_every_epochs": "evaluate every N epochs",
     "progress": "progress bar", "model_kwargs": "extra model constructor arguments, KEY=VALUE (JSON values)",
+    "pretrained": "fine-tune: start from the model's official weights (downloaded once; `qtvit list-models "
+    "--pretrained` lists the models that have them); a classifier of another class count starts fresh",
+    "initial_checkpoint": "fine-tune: start from these weights (a run or checkpoint folder, .safetensors, or an "
+    "official .pt/.pth); a classifier of another class count starts fresh (default: none)",
+    "seg_jitter": "segmentation: photometric jitter of the training crops",
+    "threads": "torch threads per process (default: the cores divided by the processes on this machine)",
+    "resume": "continue the run in this run or checkpoint folder (default: start a new run)",
+    "limit_train": "use only the first N training images (default: all)",
+    "limit_eval": "use only the first N eval images (default: all)",
+    "max_steps": "stop after N steps, e.g. for a smoke run (default: no limit)",
 }
+_METAVAR = {"initial_checkpoint": "PATH", "resume": "PATH", "output": "DIR", "data": "DATA", "model": "NAME",
+            "name": "NAME"}
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -162,9 +175,12 @@ def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (Fashion-MNIST by default; --task segmentation: the scenes)",
         description="Train a model. Options left out take the --recipe's values, then the defaults shown. "
-                    "Many processes: torchrun --nproc_per_node=N -m qtvit train ...")
+                    "The run folder (weights, metrics.csv, summary.json) is <--output>/<--name>. Fine-tune with "
+                    "--pretrained or --initial-checkpoint. Many processes: torchrun --nproc_per_node=N -m qtvit "
+                    "train ... Guide: docs/training.md")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="preset of the official recipes (see qtvit.train.recipes)")
+                   help="a preset of options: the official recipes, fashion-mnist (the main job's) and seg-scenes "
+                        "(docs/training.md) (default: none, the defaults below)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         if f.name == "recipe":
@@ -174,7 +190,7 @@ def add_train_parser(subparsers) -> None:
         kw = dict(dest=f.name, default=None, help=text if "default" in text else f"{text} (default: {default})")
         if isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
-            kw["help"] = _HELP.get(f.name, "")
+            kw["help"] = f"{_HELP.get(f.name, '')} (default: {'on' if default else 'off'})"
         elif isinstance(default, tuple):  # pairs of numbers, whole numbers where the default's are
             kind = int if all(isinstance(v, int) for v in default) else float
             kw.update(nargs=2, type=bounded(kind, BOUNDS.get(f.name)), metavar=("A", "B"))
@@ -183,6 +199,8 @@ def add_train_parser(subparsers) -> None:
         elif f.name in BOUNDS:
             kw["type"] = _field_type(f.name, default)
         kw.update(_SPECIAL.get(f.name, {}))
+        if f.name in _METAVAR:
+            kw["metavar"] = _METAVAR[f.name]
         names = [flag] + (["-b"] if f.name == "batch_size" else []) + (["--data-dir"] if f.name == "data" else [])
         p.add_argument(*names, **kw)
     p.set_defaults(func=run_train)
@@ -230,9 +248,12 @@ def _saved_model_flags(p) -> None:
     p.add_argument("--img-size", type=image_size, help="input size (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=fraction_in(0, 1), help="centre-crop ratio in (0, 1] (default: the "
                                                                "checkpoint's)")
-    p.add_argument("--model", help="model name (default: the checkpoint's)")
-    p.add_argument("--checkpoint", required=True, help="weights file (.safetensors, .pt), checkpoint folder or run "
-                                                       "folder")
+    p.add_argument("--model", metavar="NAME", help="model name (default: the checkpoint's)")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", metavar="PATH", help="weights file (.safetensors, .pt), checkpoint folder or "
+                                                              "run folder")
+    weights.add_argument("--pretrained", action="store_true", help="the official weights of --model (qtvit "
+                                                                   "list-models --pretrained)")
 
 
 def add_validate_parser(subparsers) -> None:
@@ -248,9 +269,9 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("-b", "--batch-size", type=positive_int, default=None,
                    help="images per batch (default 256 for a classifier, 8 for a segmentation model)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
-    p.add_argument("--workers", type=nonneg_int, default=4)
+    p.add_argument("--workers", type=nonneg_int, default=4, help="data loader workers (image folders)")
     p.add_argument("--flip", action="store_true", help="segmentation: average each image's logits with its mirror "
                                                       "image's (flip test; twice the time)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="R",
@@ -331,7 +352,29 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     if unavailable:
         parser.epilog = "unavailable here: " + "; ".join(unavailable) + ". Install qtvit[all] for every command."
+    _show_defaults(parser)
     return parser
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it or there is none to say."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or not action.option_strings or default in (None, False, argparse.SUPPRESS) \
+                or text == argparse.SUPPRESS or isinstance(action, argparse._VersionAction):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _DefaultsFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

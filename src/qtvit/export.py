@@ -36,7 +36,7 @@ A traced attention layer is channel-major (``LiteMLA``, ``AttentionKernel.forwar
 slices of the qkv map, so onnxruntime's optimised graph has no Transpose (1.18-1.21x faster for qtvit_1,
 1.05-1.11x for efficientvit_b1 at 224-1024 px).
 
-Which CPU path to use, measured (README, "Fastest CPU path"): this ONNX graph in onnxruntime for deployment at any
+Which CPU path to use, measured (docs/deployment.md): this ONNX graph in onnxruntime for deployment at any
 size (the fastest at 224-1024 px; ``onnx_session(path, spinning=False)`` on a CPU shared with other jobs); in
 PyTorch, ``qtvit.bench.paths.jit_form(model, example)`` (the traced, frozen inference form; any size) or
 ``inference_form(model, (h, w))`` for one size; ``--quantize int8`` for a smaller file, not for speed here.
@@ -348,8 +348,9 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[torch.
 def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple]:
     """{name: (top-1 in %, images, seconds in onnxruntime)} of classifier sessions over (images, labels) batches;
     the sessions take each batch in turn, so load drifts hit them alike."""
+    from ._utils import progress_bar
     correct, seconds, total = dict.fromkeys(sessions, 0), dict.fromkeys(sessions, 0.0), 0
-    for x, y in batches:
+    for x, y in progress_bar(batches, desc="evaluating in onnxruntime"):
         for name, sess in sessions.items():
             t0 = time.perf_counter()
             out = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
@@ -370,7 +371,9 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     from .train.recipes import Bound
 
     p = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description="Export a model (with --checkpoint or --pretrained weights) to ONNX with "
+                                          "free batch, height and width; --check compares onnxruntime with PyTorch, "
+                                          "--quantize int8 quantizes it. Guide: docs/deployment.md")
     p.add_argument("model", help="a name from qtvit.list_models()")
     p.add_argument("--format", default="onnx", help="export format (only 'onnx')")
     p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (any format create_model reads)")
@@ -388,8 +391,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic axes")
     p.add_argument("--fuse", action="store_true", help="export the inference form (BatchNorms folded)")
     p.add_argument("--opset", type=bounded(int, Bound(11, MAX_OPSET_DYNAMO)), default=DEFAULT_OPSET,
-                   help=f"ONNX opset: 11-{MAX_OPSET} (--dynamo: 18-{MAX_OPSET_DYNAMO}, lower values give 18) "
-                        f"(default {DEFAULT_OPSET})")
+                   help=f"ONNX opset: 11-{MAX_OPSET} (--dynamo: 18-{MAX_OPSET_DYNAMO}, lower values give 18)")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="write an INT8 graph (onnxruntime static quantization of the convs and the classifier; "

@@ -105,9 +105,15 @@ def model_tokens(model: torch.nn.Module, image: Tensor, layer: int = -1,
     """q and k at the input of attention layer ``layer`` (index among the model's attention kernels).
 
     Returns q, k of shape (1, heads, N, d) (``head`` selects one, None keeps all) and the token grid (h, w),
-    inferred from the layer's input map when it is square-compatible with the image's aspect ratio.
+    inferred from the layer's input map when it is square-compatible with the image's aspect ratio. The RGB image
+    in [0, 1] is fed as the model expects it: grey for a one-channel model, normalised with its mean and std.
     """
     from .attention import AttentionKernel
+    from .data.transforms import normalize, resolve_data_config
+
+    cfg = resolve_data_config(model)
+    grey = cfg.input_size[0] == 1 and image.shape[0] == 3
+    x = normalize((image.mean(0, keepdim=True) if grey else image)[None], cfg.mean, cfg.std)
 
     kernels = [m for m in model.modules() if isinstance(m, AttentionKernel)]
     if not kernels:
@@ -125,7 +131,7 @@ def model_tokens(model: torch.nn.Module, image: Tensor, layer: int = -1,
     handle = target.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
-            model.eval()(image[None])
+            model.eval()(x)
     finally:
         handle.remove()
     q, k = got["q"][:1], got["k"][:1]
@@ -286,24 +292,26 @@ def write_pareto_csv(rows: Sequence[dict], path: str | Path, comment: str) -> Pa
 # --------------------------------------------------------------------------------------------------------------------
 def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit figure {attention,pareto,segmentation}``."""
-    p = subparsers.add_parser("figure", help="attention-map and Pareto figures (PNG)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("figure", help="attention-map, Pareto and segmentation figures (PNG)",
+                              description="Figures as PNG files (--out): attention maps of several kernels, "
+                                          "top-1 against latency, segmentation predictions. Examples: "
+                                          "docs/benchmarks.md")
     sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto,segmentation}")
 
     a = sub.add_parser("attention", help="one query token's attention under several kernels (QT-ViT Fig. 2)")
     a.add_argument("--image", type=Path, default=None, help="image file (default: matplotlib's sample photo)")
-    a.add_argument("--img-size", type=int, default=224)
-    a.add_argument("--kernels", nargs="+", default=list(PAPER_KERNELS))
+    a.add_argument("--img-size", type=int, default=224, help="the image is resized to this side")
+    a.add_argument("--kernels", nargs="+", default=list(PAPER_KERNELS), metavar="NAME", help="kernels, one panel each")
     a.add_argument("--query", type=int, nargs=2, default=None, metavar=("ROW", "COL"),
                    help="query token on the token grid (default: the grid's centre)")
     a.add_argument("--patch", type=int, default=16, help="patch size of the default patch tokens")
     a.add_argument("--dim", type=int, default=16, help="head dim of the default patch tokens")
     a.add_argument("--model", default=None, help="take q, k from this model's attention layer instead")
-    a.add_argument("--checkpoint", type=Path, default=None)
-    a.add_argument("--pretrained", action="store_true")
+    a.add_argument("--checkpoint", type=Path, default=None, help="weights for --model (default: none, random weights)")
+    a.add_argument("--pretrained", action="store_true", help="the official weights for --model")
     a.add_argument("--layer", type=int, default=-1, help="attention layer index (with --model)")
     a.add_argument("--head", type=int, default=0, help="head (with --model)")
-    a.add_argument("--out", type=Path, default=Path("results/attention_maps.png"))
+    a.add_argument("--out", type=Path, default=Path("results/attention_maps.png"), help="the PNG written")
     a.set_defaults(func=_attention_cli)
 
     r = sub.add_parser("pareto", help="top-1 against latency, Pareto fronts per family (QT-ViT Fig. 1)")
@@ -313,7 +321,7 @@ def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--mode", default="eager", help="with --benchmark: which mode's latency")
     r.add_argument("--size", default="224", help="with --benchmark: which input size")
     r.add_argument("--batch", type=int, default=1, help="with --benchmark: which batch size")
-    r.add_argument("--out", type=Path, default=Path("results/pareto.png"))
+    r.add_argument("--out", type=Path, default=Path("results/pareto.png"), help="the PNG written")
     r.set_defaults(func=_pareto_cli)
 
     from .viz_seg import add_segmentation_figure_parser  # its imports (training, data) only when figures are asked
@@ -327,10 +335,13 @@ def _attention_cli(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"unknown kernel(s) {', '.join(bad)}; known: {', '.join(list_kernels())}")
     image = load_image(args.image, args.img_size)
-    if args.model:
+    if args.model or args.checkpoint or args.pretrained:  # a checkpoint names its model
+        if args.pretrained and not args.model:
+            raise ValueError("--pretrained needs --model <name> (qtvit list-models --pretrained)")
         model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
         q, k, grid = model_tokens(model, image, layer=args.layer, head=args.head)
-        source = f"{args.model} attention layer {args.layer}, head {args.head}"
+        arch = model.pretrained_cfg.get("architecture", args.model)
+        source = f"{arch} attention layer {args.layer}, head {args.head}"
     else:
         q, grid = patch_tokens(image, args.patch, args.dim)
         k = q

@@ -87,7 +87,7 @@ def add_segmentation_figure_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", default=None, help="the dataset (default: the Fashion-MNIST scenes)")
     s.add_argument("--images", type=int, default=6, help="how many evaluation images")
     s.add_argument("--first", type=int, default=0, help="index of the first evaluation image shown")
-    s.add_argument("--out", type=Path, default=Path("results/segmentation_predictions.png"))
+    s.add_argument("--out", type=Path, default=Path("results/segmentation_predictions.png"), help="the PNG written")
     s.set_defaults(func=_segmentation_cli)
 
 

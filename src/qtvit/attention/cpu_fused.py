@@ -8,9 +8,13 @@ token is squared, normalised and added to the state (S += f vᵀ, z += f) while 
 token is squared, normalised and read against the state in the same way. The maths is ``linear_attention``'s shifted
 read (``core._shift_state`` / ``core._read_shifted``), which the tests compare it against.
 
-The extension is compiled on first use with torch.utils.cpp_extension (a C++ compiler and ninja; ~30 s once, then
-cached per machine). Where that is impossible, ``available()`` is False and qt runs its eager path, after one
-warning. Set QTVIT_NO_CPP=1 to never build it. Inference only: inputs that need gradients take the eager path.
+The extension is compiled with torch.utils.cpp_extension (a C++ compiler and ninja; 20-45 s once, then cached in
+$TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), ahead of time by ``build()`` (``qtvit build-ext``, which
+the install scripts run) or else on the first qt forward at MIN_TOKENS keys or more, with one line on stderr before
+the build and its time after. The build's name covers everything the binary depends on (source, flags, compiler,
+include paths, torch and Python, the CPU), so environments never overwrite each other's builds. Where a build is
+impossible, ``available()`` is False and qt runs its eager path, after one warning. Set QTVIT_NO_CPP=1 to never
+build or use it. Inference only: inputs that need gradients take the eager path.
 """
 from __future__ import annotations
 
@@ -18,13 +22,21 @@ import contextlib
 import hashlib
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
 import threading
+import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "usable", "qt_attention", "disabled"]
+__all__ = ["available", "build", "usable", "qt_attention", "disabled", "NO_BUILD_ENV"]
+
+NO_BUILD_ENV = "QTVIT_NO_CPP"  # "1": never build or use the extension
 
 MAX_HEAD_DIM = 64  # per-token scratch lives on the stack
 # Below this many keys the torch ops cost about the same (a 7x7 map has 49 tokens), and a small job (a 28 px
@@ -195,15 +207,59 @@ def disabled():
         _off.on = before
 
 
-def _build_name() -> str:
-    """One build per source and CPU: -march=native code must not be reused on another processor."""
+def _flags() -> list[str]:
+    # -fopenmp: at::parallel_for splits the rows over torch's threads (the process already holds torch's libgomp.so.1,
+    # which the extension then shares); without it the rows run on one thread
+    return ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+
+
+def _compiler_id() -> str:
+    """The C++ compiler torch would use ($CXX, else c++) and its version line."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return f"{shutil.which(cxx) or cxx} {out.splitlines()[0] if out else ''}"
+
+
+def _build_name(include_paths: list[str] | None = None) -> str:
+    """One build per everything the binary depends on: the source and flags, the compiler, the include paths (two
+    environments with the same torch version have different headers' paths), torch, Python and the CPU
+    (-march=native code must not be reused on another processor)."""
+    from torch.utils.cpp_extension import include_paths as torch_includes
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            cpu = next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        flags = ""
-    key = "\n".join([_SOURCE, platform.machine(), flags, torch.__version__])
+        cpu = ""
+    includes = include_paths if include_paths is not None else torch_includes()
+    key = "\n".join([_SOURCE, " ".join(_flags()), _compiler_id(), *includes, sysconfig.get_paths()["include"],
+                     torch.__version__, sys.version, platform.machine(), cpu])
     return "qtvit_qt_cpu_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _build_dir(name: str) -> Path:
+    from torch.utils.cpp_extension import get_default_build_root
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
+def _compile() -> object:
+    """Load the extension, compiling it first when its build folder has no binary yet (said on stderr, timed)."""
+    from torch.utils.cpp_extension import load_inline
+    name = _build_name()
+    folder = _build_dir(name)
+    fresh = not any(folder.glob(f"{name}*.so")) and not any(folder.glob(f"{name}*.pyd"))
+    if fresh:
+        print(f"qtvit: building the fused CPU kernel for qt once into {folder} (20-45 s; `qtvit build-ext` does it "
+              f"ahead of time, {NO_BUILD_ENV}=1 skips it)", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    module = load_inline(name, cpp_sources=[_SOURCE], functions=["qt_forward"], extra_cflags=_flags(),
+                         extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
+    if fresh:
+        print(f"qtvit: fused CPU kernel built in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return module
 
 
 def _load() -> object | None:
@@ -213,22 +269,16 @@ def _load() -> object | None:
     with _lock:
         if _module is not None or _failed:
             return _module
-        if os.environ.get("QTVIT_NO_CPP") == "1":
+        if os.environ.get(NO_BUILD_ENV) == "1":
             _failed = True
             return None
         try:
-            from torch.utils.cpp_extension import load_inline
-
-            # -fopenmp: at::parallel_for splits the rows over torch's threads (the process already holds torch's
-            # libgomp.so.1, which the extension then shares); without it the rows run on one thread
-            flags = ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
-            _module = load_inline(_build_name(), cpp_sources=[_SOURCE], functions=["qt_forward"],
-                                  extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+            _module = _compile()
         except Exception as e:  # no compiler, no ninja, a read-only cache: the eager path stays correct
             _failed = True
             warnings.warn(f"qtvit: the fused CPU kernel for qt could not be built ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200] if str(e) else ''}); qt runs its eager path. Install a C++ "
-                          "compiler and ninja (pip install ninja) for the fast path, or set QTVIT_NO_CPP=1 to "
+                          f"compiler and ninja (pip install ninja) for the fast path, or set {NO_BUILD_ENV}=1 to "
                           "silence this.", RuntimeWarning, stacklevel=3)
     return _module
 
@@ -255,6 +305,9 @@ def usable(q: Tensor, k: Tensor, v: Tensor, scale: Tensor) -> bool:
 def available() -> bool:
     """True once the extension is built (builds it on the first call)."""
     return _load() is not None
+
+
+build = available  # the warm-up's name: build (or load) now, so that no forward pass waits for it
 
 
 def qt_attention(q: Tensor, k: Tensor, v: Tensor, scale: Tensor, eps: float) -> Tensor:

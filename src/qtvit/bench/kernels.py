@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..attention import cpu_fused, create_kernel, list_kernels
 from .args import check_device, check_outputs
 from .measure import (  # noqa: F401
+    build_extensions,
     device_line,
     failure_note,
     median_time,
@@ -164,6 +165,7 @@ def benchmark_kernels(
     ``compiled``: each kernel also under ``torch.compile`` (rows with ``path`` "compile"; one compilation per
     kernel and mode, then a second one with dynamic N when N changes, so later sizes reuse it)."""
     device = torch.device(device)
+    build_extensions(device)
     kernels, modes = list(kernels), list(modes)  # iterated once per head dim and per N
     rows: list[dict] = []
     if compiled:
@@ -293,15 +295,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("kernels", help="time and memory of each attention kernel against N",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kernels", nargs="+", default=list_kernels(), choices=list_kernels(), metavar="NAME")
-    p.add_argument("--ns", nargs="+", type=positive_int, default=DEFAULT_NS)
-    p.add_argument("--head-dims", nargs="+", type=positive_int, default=[16, 32])
-    p.add_argument("--heads", type=positive_int, default=4)
-    p.add_argument("--batch", type=positive_int, default=1)
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"])
+                              description="Time and peak memory of each attention kernel against the token count N; "
+                                          "writes a CSV and a PNG (--out). Method and results: docs/benchmarks.md")
+    p.add_argument("--kernels", nargs="+", default=list_kernels(), choices=list_kernels(), metavar="NAME",
+                   help="kernels to time (default: all)")
+    p.add_argument("--ns", nargs="+", type=positive_int, default=DEFAULT_NS, metavar="N", help="token counts")
+    p.add_argument("--head-dims", nargs="+", type=positive_int, default=[16, 32], metavar="D", help="head dims")
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="inputs' dtype (float16/bfloat16 on CUDA)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] (default: cuda where there is one, else cpu)")
+    p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"],
+                   help="forward only, and/or forward and backward")
     p.add_argument("--repeats", type=positive_int, default=5, help="runs per point; the median is reported")
     p.add_argument("--budget", type=seconds, default=5.0, help="seconds per point after which fewer runs are taken")
     p.add_argument("--max-call", type=seconds, default=20.0, help="a kernel slower than this per call skips larger N")
@@ -312,7 +319,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "against the minimal ReLU attention with both compiled")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
-    p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"))
+    p.add_argument("--out", type=Path, default=Path("results/kernels_cpu.csv"), help="the CSV written")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
     p.set_defaults(func=run_cli)
 
@@ -338,7 +345,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     line = device_line(device)
-    print(f"# {line}")
+    print(f"# {line}\n# one row per point as it is measured; the table goes to {args.out} and a plot beside it")
     print(f"{'kernel':<16}{'N':>7}{'d':>4} {'mode':<8}{'path':<8}{'time ms':>11}{'peak MiB':>10}")
 
     def show(r: dict) -> None:

@@ -46,7 +46,8 @@ import torch
 
 from .._utils import did_you_mean, parse_model_spec, parse_size
 from ..models import inference_form, list_models
-from .measure import device_line, failure_note, median_time, peak_memory_bytes, read_csv, save_figure  # noqa: F401
+from .measure import (build_extensions, device_line, failure_note, median_time, peak_memory_bytes,  # noqa: F401
+                      read_csv, save_figure)
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
 from .args import check_device, check_model_args, check_outputs, size_arg
@@ -189,6 +190,7 @@ def benchmark_models(
         raise ValueError("need at least one size and positive batch sizes")
     compile_set = set(size_list) if compile_sizes is None else {parse_size(s) for s in compile_sizes}
     device = torch.device(device)
+    build_extensions(device)
     if device.type == "cpu" and dtype != torch.float32:
         # reduced precision on CPU runs through slow generic kernels: a number nobody deploys
         raise ValueError(f"{dtype} on the CPU is not a deployment path; benchmark float32 there "
@@ -227,6 +229,7 @@ def benchmark_interleaved(models: Sequence[str], size: str | int | Sequence[int]
     comparison on a noisy machine; rows in the ``FIELDS`` format (mode ``eager``), e.g. for the Pareto plot."""
 
     h, w = parse_size(size)
+    build_extensions(torch.device("cpu"))
     built = {}
     for name in models:
         torch.manual_seed(0)
@@ -362,13 +365,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description="Latency, throughput, MACs and peak memory of models against input size, "
+                                          "in each inference mode (--modes); writes a CSV and a PNG (--out). Modes, "
+                                          "method and results: docs/benchmarks.md")
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME[:KEY=VALUE]",
                    help="model names, each optionally with constructor arguments, "
                         "e.g. qtvit_seg_1_cityscapes:kernel=softmax")
     p.add_argument("--sizes", nargs="+", type=size_arg, default=DEFAULT_SIZES, metavar="S",
                    help="sides or HxW, e.g. 224 512x1024")
-    p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 32])
+    p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 32], metavar="B", help="batch sizes")
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,
                    help="default: eager fused onnxruntime (on CUDA: eager fused cudagraph); add compile for "
                         "torch.compile (slow to compile); the modes are described in qtvit.bench.paths")
@@ -380,23 +385,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                                              "taken (at least 3)")
     p.add_argument("--max-call", type=seconds, default=4.0,
                    help="seconds per call above which larger sizes are skipped (and batch points estimated above it)")
-    p.add_argument("--no-flops", action="store_true")
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-flops", action="store_true", help="do not count MACs (counting takes a forward pass)")
+    p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="weights and inputs (float16/bfloat16 on CUDA only)")
-    p.add_argument("--out", type=Path, default=Path("results/models_cpu.csv"))
+    p.add_argument("--out", type=Path, default=Path("results/models_cpu.csv"), help="the CSV written")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
-    p.add_argument("--goals", action="store_true",
-                   help="only the speed goals: qtvit_1 vs efficientvit_b1 at 224 and 1024, fused vs eager at 512")
-    p.add_argument("--goal-repeats", type=positive_int, default=9)
-    p.add_argument("--side-by-side", action="store_true",
-                   help="only qtvit_1's paths (--modes; default fused-dynamic onnxruntime) against efficientvit_b1 "
-                        "in onnxruntime, the official code (--official) and the sgemm floor at --sizes, interleaved, "
-                        "--goal-repeats each; prints and saves the ratios (qtvit.bench.compare)")
-    p.add_argument("--official", type=Path, default=None, metavar="DIR",
-                   help="a checkout of AMD-AIG-AIMA/AMD_QTViT, for --side-by-side's official QT-ViT-1")
+    # The project's own speed checks (qtvit_1 against efficientvit_b1, interleaved; docs/benchmarks.md), not options
+    # a user needs: hidden from --help.
+    p.add_argument("--goals", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--goal-repeats", type=positive_int, default=9, help=argparse.SUPPRESS)
+    p.add_argument("--side-by-side", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--official", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--interleaved", action="store_true",
                    help="only batch-1 eager latency of --models at the first of --sizes, measured in turns "
                         "(--repeats each); for the Pareto plot")
@@ -440,6 +442,7 @@ def run_cli(args: argparse.Namespace) -> int:
         write_csv(rows, out, line, fields=list(rows[0]))
         print(f"wrote {out}")
         return 0
+    print(f"# one row per point as it is measured; the table goes to {args.out} and a plot beside it")
     print(f"{'model':<17} {'size':>9} {'B':>3} {'mode':<12}{'ms':>10} {'img/s':>9} {'GMACs':>8} {'MiB':>8}  note")
     if args.interleaved:
         rows = benchmark_interleaved(args.models, sizes[0], repeats=args.repeats)

@@ -13,14 +13,14 @@ from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_M
                             load_fashion_mnist, read_idx, write_idx)
 from .folder import ImageFolder, open_image
 from .loaders import FolderBatches, TensorBatches, epoch_order
-from .transforms import (BatchAugment, DataConfig, EvalTransform, TrainTransform, mixup_cutmix, normalize,
-                         resolve_data_config)
+from .transforms import (BatchAugment, DataConfig, EvalTransform, TrainTransform, create_transform, mixup_cutmix,
+                         normalize, resolve_data_config)
 
 __all__ = [
     "DatasetInfo", "open_dataset", "build_batches", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD", "find_fashion_mnist", "load_fashion_mnist", "read_idx", "write_idx", "ImageFolder",
     "open_image", "TensorBatches", "FolderBatches", "epoch_order", "BatchAugment", "DataConfig", "EvalTransform",
-    "TrainTransform", "mixup_cutmix", "normalize", "resolve_data_config",
+    "TrainTransform", "create_transform", "mixup_cutmix", "normalize", "resolve_data_config",
 ]
 
 FASHION_MNIST = "fashion-mnist"

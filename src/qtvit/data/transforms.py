@@ -6,6 +6,7 @@ so a run is reproducible, resumable and independent of the number of workers.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from .images import to_8bit
 
 __all__ = [
-    "DataConfig", "resolve_data_config", "EvalTransform", "TrainTransform", "pil_to_uint8",
+    "DataConfig", "resolve_data_config", "create_transform", "EvalTransform", "TrainTransform", "pil_to_uint8",
     "normalize", "tensor_eval_images", "tensor_train_images", "mixup_cutmix", "BatchAugment",
 ]
 
@@ -36,11 +38,54 @@ class DataConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
+    # A mapping too, so that timm's `create_transform(**resolve_data_config(model=model))` works.
+    def keys(self):
+        return [f.name for f in dataclasses.fields(self)]
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+class ImageTransform:
+    """A PIL image in (any mode), the model's normalised float32 (C, H, W) tensor out: 8 bits by the rules of
+    ``data.images``, the crop of `crop` (EvalTransform or TrainTransform), then (x / 255 - mean) / std."""
+
+    def __init__(self, crop, mean, std, mode: str):
+        self.crop, self.mean, self.std, self.mode = crop, tuple(mean), tuple(std), mode
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"create_transform's transform takes a PIL image, got {type(image).__name__}; open files "
+                            "with qtvit.data.open_image(path) or PIL.Image.open")
+        return normalize(self.crop(to_8bit(image).convert(self.mode)).unsqueeze(0), self.mean, self.std)[0]
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.crop.__class__.__name__}, mean={self.mean}, std={self.std}, mode={self.mode})"
+
+
+def create_transform(input_size=(3, 224, 224), is_training: bool = False, interpolation: str = "bicubic",
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.875,
+                     scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5) -> ImageTransform:
+    """timm's ``create_transform``: ``create_transform(**resolve_data_config(model=model))`` gives the model's eval
+    preprocessing (resize the short side to size / crop_pct, centre crop, normalise); ``is_training=True`` a random
+    resized crop (`scale`) and flip instead. The batched augmentations of training (RandAugment, mixup) are not part
+    of it. An int `input_size` is a square side."""
+    size = input_size if isinstance(input_size, int) else input_size[-1]
+    channels = len(mean) if isinstance(input_size, int) else input_size[0]
+    if interpolation not in _PIL_INTERP:
+        raise ValueError(f"unknown interpolation {interpolation!r}; use one of {', '.join(_PIL_INTERP)}")
+    crop = TrainTransform(size, scale=scale, hflip=hflip, interpolation=interpolation) if is_training else \
+        EvalTransform(size, crop_pct, interpolation)
+    return ImageTransform(crop, mean, std, "L" if channels == 1 else "RGB")
+
 
 def resolve_data_config(model: nn.Module | None = None, in_chans: int | None = None, img_size: int | None = None,
                         crop_pct: float | None = None, mean=None, std=None,
                         dataset_mean=None, dataset_std=None) -> DataConfig:
-    """The DataConfig from the model's ``pretrained_cfg``, overridden by explicit arguments.
+    """The DataConfig from the model's ``pretrained_cfg``, overridden by explicit arguments: timm's
+    ``resolve_data_config(model=model)``, and a mapping, so ``create_transform(**cfg)`` takes it.
 
     When the model's mean/std do not have one value per input channel (e.g. ImageNet RGB stats on a 1-channel
     Fashion-MNIST model), the dataset's own statistics (`dataset_mean`/`dataset_std`) are used instead.

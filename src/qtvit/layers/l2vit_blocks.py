@@ -316,7 +316,9 @@ class ConvStem(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
-        """Fold both BatchNorms (eval statistics) into the convs, in place."""
+        """Fold both BatchNorms (eval statistics) into the convs, in place; a second call changes nothing."""
+        if isinstance(self.bn1, nn.Identity):  # folded already
+            return
         self.conv1 = fuse_conv_bn(self.conv1, self.bn1)
         self.conv2 = fuse_conv_bn(self.conv2, self.bn2)
         self.bn1, self.bn2 = nn.Identity(), nn.Identity()

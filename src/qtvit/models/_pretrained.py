@@ -53,8 +53,12 @@ def pretrained_file(name: str, cfg: dict, progress: bool = True) -> str:
     cached = hub.get_cache_dir() / file if file else None
     if cached is not None and cached.is_file():
         return str(cached)
+    own = (f"create_model({name!r}, checkpoint_path=<file>) (--checkpoint, or --initial-checkpoint to fine-tune, on "
+           "the command line), or use pretrained=False")
+    if cached is None:  # neither a url nor a file: no official weights exist
+        raise ValueError(f"{name} has no downloadable pretrained weights: none were released for it (`qtvit "
+                         f"list-models --pretrained` lists the models that have them). Pass your own with {own}.")
     origin = cfg.get("origin_url")
-    where = f" They are published at {origin}." if origin else ""
-    put = f" put the file at {cached}," if cached is not None else ""
-    raise ValueError(f"{name} has no downloadable pretrained weights.{where} Download them by hand and{put} or pass "
-                     f"create_model({name!r}, checkpoint_path=<file>); or use pretrained=False.")
+    where = f"; they are published at {origin}" if origin else ""
+    raise ValueError(f"{name} has no downloadable pretrained weights{where}: download the file by hand and put the "
+                     f"file at {cached}, or pass {own}.")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch.nn as nn
 
 from .._utils import did_you_mean
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
+_with_weights: set[str] = set()  # models whose default pretrained_cfg names official weights (a url or a file)
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -20,9 +21,16 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted (e.g. ``list_models("qtvit_*")``)."""
-    return sorted(n for n in _model_entrypoints if fnmatch.fnmatch(n, pattern))
+def register_pretrained(cfgs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Record which of these models' default pretrained_cfgs name official weights, for list_models(pretrained=True)."""
+    _with_weights.update(name for name, cfg in cfgs.items() if cfg.get("url") or cfg.get("file"))
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted (e.g. ``list_models("qtvit_*")``); with
+    ``pretrained=True`` only those with official weights (``create_model(name, pretrained=True)``)."""
+    return sorted(n for n in _model_entrypoints
+                  if fnmatch.fnmatch(n, pattern) and (not pretrained or n in _with_weights))
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:

@@ -56,7 +56,7 @@ from ..layers.weight_init import trunc_normal_init_, zero_init_last_
 from ._builder import build_model_with_cfg
 from ._efficientvit_keys import checkpoint_filter_fn
 from ._features import feature_take_indices
-from ._registry import register_model
+from ._registry import register_model, register_pretrained
 
 __all__ = ["EfficientViT", "StageSpec", "B_STAGES", "L_STAGES", "checkpoint_filter_fn"]
 
@@ -336,6 +336,7 @@ _PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
     **{f"qtvit_{i}": _qt_cfg(i) for i in range(1, 7)},  # QT-ViT-4 has no released weights
     **{f"{family}_{arch}": _SMALL_CFG for family in ("efficientvit", "qtvit") for arch in _SMALL},
 }
+register_pretrained(_PRETRAINED_CFGS)
 
 
 def _input_cfg(variant: str, in_chans: int, pos_embed_size: int) -> dict[str, Any]:

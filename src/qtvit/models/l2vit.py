@@ -12,8 +12,8 @@ Any input size works: like the official code, the stem zero-pads the image to a 
 odd maps by one row/column, and window attention pads maps to a multiple of the window (no masking).
 
 Registered: ``l2vit_tiny``, ``l2vit_small``, ``l2vit_base`` (224 px, window 7), ``l2vit_base_384`` (384 px,
-window 12), and ``l2vit_nano`` (ours, no official weights: a 2.35 M-parameter model for 28 x 28 single-channel
-Fashion-MNIST on CPU, defaults ``num_classes=10, in_chans=1``).
+window 12), and ``l2vit_nano`` (ours, no official weights: a 2.35 M-parameter model at 10 classes for 28 x 28
+images such as Fashion-MNIST on a CPU; ``num_classes=10, in_chans=1`` for grey images).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ..layers.l2vit_blocks import ConvStem, Downsample, LGABlock, LocalConcentra
 from ..layers.weight_init import trunc_normal_init_
 from ._builder import build_model_with_cfg
 from ._features import feature_take_indices
-from ._registry import register_model
+from ._registry import register_model, register_pretrained
 
 __all__ = ["L2Vit", "L2VitStage"]
 
@@ -383,14 +383,19 @@ default_cfgs: dict[str, dict[str, Any]] = {
         input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, crop_mode="squash",
     ),
     "l2vit_nano": _cfg(
-        url=None, num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0,
-        mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, license="apache-2.0", paper_ids=None, origin_url=None,
+        url=None, input_size=(3, 28, 28), pool_size=(1, 1), crop_pct=1.0,
+        mean=FASHION_MNIST_MEAN * 3, std=FASHION_MNIST_STD * 3, license="apache-2.0", paper_ids=None, origin_url=None,
     ),
 }
 
 
+register_pretrained(default_cfgs)
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> L2Vit:
-    return build_model_with_cfg(L2Vit, variant, pretrained, pretrained_cfg=default_cfgs[variant], **kwargs)
+    cfg = dict(default_cfgs[variant])  # its input size has the model's channels
+    cfg["input_size"] = (kwargs.get("in_chans", 3), *cfg["input_size"][1:])
+    return build_model_with_cfg(L2Vit, variant, pretrained, pretrained_cfg=cfg, **kwargs)
 
 
 @register_model
@@ -424,7 +429,7 @@ def l2vit_base_384(pretrained: bool = False, **kwargs: Any) -> L2Vit:
 @register_model
 def l2vit_nano(pretrained: bool = False, **kwargs: Any) -> L2Vit:
     """Ours, no official counterpart or weights: L2ViT at widths 32-256, one LWA+LGA pair per stage, for quick
-    CPU training on 28 x 28 grey images (Fashion-MNIST; maps 7, 4, 2, 1). Defaults: 10 classes, 1 channel."""
-    model_args = dict(dims=(32, 64, 128, 256), depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), num_classes=10,
-                      in_chans=1)
+    CPU training on 28 x 28 images (Fashion-MNIST; maps 7, 4, 2, 1). Defaults as every model's: 1000 classes,
+    3 channels (``num_classes=10, in_chans=1`` for Fashion-MNIST; ``qtvit train`` passes the data's)."""
+    model_args = dict(dims=(32, 64, 128, 256), depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
     return _create("l2vit_nano", pretrained, **dict(model_args, **kwargs))

@@ -46,7 +46,7 @@ from ..layers.seg_heads import FCNHead, SegHead, UperHead
 from ..layers.weight_init import zero_init_last_
 from ._builder import build_model_with_cfg
 from ._features import feature_take_indices
-from ._registry import model_entrypoint, register_model
+from ._registry import model_entrypoint, register_model, register_pretrained
 from ._segmentation_keys import checkpoint_filter_fn
 from .seg_inference import predict_full
 from .efficientvit import EfficientViT
@@ -212,9 +212,16 @@ def _create(variant: str, pretrained: bool, cfg: dict, defaults: dict, aux_chann
     return build_model_with_cfg(SegmentationModel, variant, pretrained, pretrained_cfg=cfg, **dict(defaults, **kwargs))
 
 
+def _efficientvit_seg_cfg(arch: str, dataset: str) -> dict[str, Any]:
+    return _cfg(None if (arch, dataset) == ("b0", "ade20k") else f"{_HF}efficientvit_seg_{arch}_{dataset}.pt", dataset)
+
+
+register_pretrained({f"efficientvit_seg_{a}_{d}": _efficientvit_seg_cfg(a, d) for a, d in _HEADS})
+
+
 def _efficientvit_seg(arch: str, dataset: str, pretrained: bool, **kwargs: Any) -> SegmentationModel:
     variant = f"efficientvit_seg_{arch}_{dataset}"
-    cfg = _cfg(None if (arch, dataset) == ("b0", "ade20k") else f"{_HF}{variant}.pt", dataset)
+    cfg = _efficientvit_seg_cfg(arch, dataset)
     return _create(variant, pretrained, cfg, dict(_seg_head_args(arch, dataset), backbone=f"efficientvit_{arch}"),
                    **kwargs)
 

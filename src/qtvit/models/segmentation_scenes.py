@@ -1,6 +1,6 @@
 """Small QT-ViT-Seg models for the embedded Fashion-MNIST scenes (``qtvit.data.scenes``: 11 classes, 256 x 256).
 
-They train from scratch in minutes on a few CPU cores (docs/segmentation_recipe.md records the runs). The backbones
+They train from scratch in minutes on a few CPU cores (docs/segmentation.md). The backbones
 are qtvit_nano / qtvit_micro with B-series strides (2, 2, 2, 2, 2: features at 1/8, 1/16, 1/32, attention on the
 1/16 and 1/32 maps) and positional embeddings stored for the 256 px canvas; the head is the B0 / B1 SegHead (width
 32 / 64, one MBConv block).

@@ -16,7 +16,9 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="study", required=True, metavar="{kernels}")
     k = sub.add_parser("kernels", help="every kernel in one architecture, several seeds, against an attention-free "
                                        "control; fidelity of each kernel's map to softmax's",
-                       description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description="Train one small network per attention kernel (several seeds) on a synthetic "
+                                   "task and write CSVs and PNGs into --out. The study and its results: "
+                                   "docs/kernel_study.md")
     k.add_argument("--small", action="store_true", help="tiny data and recipe: a smoke run of the whole pipeline")
     k.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: 5, --small 2)")
     k.add_argument("--kernels", nargs="+", default=list(study.STUDY_KERNELS),

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._utils import progress_bar
 from ..data import DataConfig, build_batches, open_image, resolve_data_config
 from ..data.segmentation import build_segmentation_batches
 from ..data.seg_transforms import check_scales
@@ -34,13 +35,14 @@ __all__ = ["autocast", "model_input", "evaluate", "reestimate_bn_on", "load_mode
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_classes: int,
-             amp: str = "none", channels_last: bool = False) -> dict:
-    """Top-1 / top-5 (micro, percent), mean cross-entropy and image count over `batches` (all processes)."""
+             amp: str = "none", channels_last: bool = False, progress: bool = False) -> dict:
+    """Top-1 / top-5 (micro, percent), mean cross-entropy and image count over `batches` (all processes);
+    `progress`: a bar of the batches on stderr."""
     was_training = model.training
     model.eval()
     acc = TopKAccuracy(num_classes, device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
-    for x, y in batches.iterate(0):
+    for x, y in progress_bar(batches.iterate(0), len(batches), "evaluating", progress):
         y = y.to(device)
         with autocast(device, amp):
             logits = model(model_input(x, data_cfg, device, channels_last)).float()
@@ -79,11 +81,16 @@ def _classes_and_channels(net: nn.Module) -> tuple[int, int]:
     return int(num_classes), int(in_chans)
 
 
-def load_model(checkpoint: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
+def load_model(checkpoint: str | os.PathLike | None, model: str | None = None, num_classes: int | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a saved model in eval mode: ``create_model(checkpoint_path=...)`` on a weights file (any format),
     checkpoint folder or run folder (its best weights, else its latest checkpoint). `model` and `num_classes`,
-    when given, must match what was saved; a file without a saved config needs `model`."""
+    when given, must match what was saved; a file without a saved config needs `model`. Without a checkpoint,
+    `model` with its official weights (``--pretrained``)."""
+    if checkpoint is None:
+        if model is None:
+            raise ValueError("pass --checkpoint <weights>, or --pretrained with --model <name> for official weights")
+        return create_model(model, pretrained=True).to(resolve_device(device)).eval()
     path = resolve_weights(checkpoint)
     saved = read_config(path)
     arch = saved.get("architecture") if saved else None
@@ -185,7 +192,8 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
             data_cfg, batches = segmentation_eval_batches(net, info, batch_size=batch_size or 8, workers=workers,
                                                           limit=limit, img_size=img_size, rank=d.rank, world=d.world,
                                                           scales=scales)
-            r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp, flip=flip)
+            r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp, flip=flip,
+                                      progress=d.is_main)
             names = class_names(net, num_classes)
             r.update({k: dict(zip(names, v)) for k, v in r.items() if k.startswith("per_class_")})
         else:
@@ -195,12 +203,12 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
             data_cfg = _preprocessing(net, img_size, crop_pct, info.mean, info.std)
             batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size or 256, rank=d.rank,
                                     world=d.world, workers=workers, limit=limit)
-            r = evaluate(net, batches, data_cfg, d.device, num_classes, amp)
+            r = evaluate(net, batches, data_cfg, d.device, num_classes, amp, progress=d.is_main)
         r["skipped_images"] = batches.num_skipped
         if task == "segmentation":
             r["flip"], r["scales"] = flip, list(check_scales(scales))
         return {**r, "task": task, "model": net.pretrained_cfg["architecture"],
-                "checkpoint": str(resolve_weights(checkpoint))}
+                "checkpoint": "official weights" if checkpoint is None else str(resolve_weights(checkpoint))}
     finally:
         cleanup_distributed()
 

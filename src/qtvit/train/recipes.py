@@ -92,6 +92,8 @@ class TrainConfig:
     progress: bool = True
     recipe: str | None = None
     model_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False           # fine-tune: start from the model's official weights (timm's --pretrained)
+    initial_checkpoint: str | None = None  # fine-tune: start from these weights (any format create_model reads)
     seg_jitter: bool = True            # segmentation: photometric jitter of the training images (off: the scenes'
                                        # colours are already random, and the test scenes come from the same renderer)
 
@@ -124,7 +126,7 @@ RECIPES: dict[str, dict] = {
     # images and 90.7 % on the test set), so augmentation only slowed its learning. Test top-1 after 8 epochs in
     # scripts/main_job.sh's set-up (2 processes x 1 thread x batch 64, one run each): crop + flip with stage 1 at 7x7
     # (the recipe before) 90.72 %, crop + flip at 14x14 91.25, no augmentation at 7x7 91.53, this recipe 92.41
-    # (docs/main_job_recipe.md). The 14x14 stage costs ~10 % more time per step.
+    # (docs/training.md, "The main job"). The 14x14 stage costs ~10 % more time per step.
     "fashion-mnist": dict(model="qtvit_pico", model_kwargs=dict(strides=(2, 1, 2, 1, 2)), epochs=8,
                           warmup_epochs=0.5, batch_size=128, lr=3e-3, weight_decay=0.05, smoothing=0.1, padding=0,
                           hflip=False, eval_batch_size=500,
@@ -136,7 +138,7 @@ RECIPES: dict[str, dict] = {
     # labelled garment pixels per scene), 6000 of them x 3 epochs, batch 8, fused AdamW with a short warm-up and poly
     # decay, the loss over the hard pixels (OHEM 0.7), no photometric jitter (the scenes' colours are already
     # random), an auxiliary FCN head on the stride-16 features (weight 0.4; another model keeps it with
-    # --model-kwargs aux_channels=64). Measured (docs/segmentation_recipe.md): 47.2 % test mIoU with 3-7 items and
+    # --model-kwargs aux_channels=64). Measured (docs/segmentation.md): 47.2 % test mIoU with 3-7 items and
     # no OHEM, 51.3 with 9-15, 52.7 with 12-20, 52.6 with 9-15 and OHEM, 53.1 with both, 54.1 with the auxiliary
     # head (2 epochs x 6500, one thread each); scripts/seg_job.sh (this recipe, two 1-thread processes): 55.9
     # single-scale, 60.2 with the multi-scale flip test.
@@ -267,3 +269,5 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--amp {cfg.amp!r}: use none, bf16 or fp16")
     if not isinstance(cfg.model_kwargs, dict):
         raise ValueError(f"model_kwargs must be a dict of constructor arguments, got {cfg.model_kwargs!r}")
+    if cfg.pretrained and cfg.initial_checkpoint:
+        raise ValueError("--pretrained and --initial-checkpoint both name the starting weights: give one of them")

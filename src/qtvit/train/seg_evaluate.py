@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .._io import atomic_write, check_output
+from .._utils import progress_bar
 from ..data import DataConfig, open_dataset, open_image
 from ..data.segmentation import SCENES, open_segmentation
 from ..data.seg_transforms import SegEvalTransform
@@ -100,7 +101,7 @@ def _view_logits(model: nn.Module, x: torch.Tensor, size, amp: str, flip: bool) 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_classes: int,
                           amp: str = "none", channels_last: bool = False, ignore_index: int = 255,
-                          flip: bool = False) -> dict:
+                          flip: bool = False, progress: bool = False) -> dict:
     """mIoU, mAcc, aAcc (percent), per-class IoU and accuracy (percent, None where undefined), the mean
     cross-entropy per labelled pixel and the image count over `batches` (all processes). `flip` averages the
     logits of each image and its mirror image (mmsegmentation's flip test; twice the model's time). Batches whose
@@ -111,7 +112,7 @@ def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, devic
     model.eval()
     metric = SegmentationMetrics(num_classes, device, ignore_index)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
-    for x, y in batches.iterate(0):
+    for x, y in progress_bar(batches.iterate(0), len(batches), "evaluating", progress):
         y = y.to(device)
         views = [_view_logits(model, model_input(v, data_cfg, device, channels_last), y.shape[-2:], amp, flip)
                  for v in (x if isinstance(x, (list, tuple)) else [x])]

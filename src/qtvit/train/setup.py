@@ -110,7 +110,12 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     if num_classes < len(info.classes):
         raise ValueError(f"--num-classes {num_classes} is below the dataset's {len(info.classes)} classes; leave it "
                          "out to use the dataset's")
-    model = build_model(cfg.model, num_classes, info.in_chans, cfg.drop_path, **cfg.model_kwargs)
+    # Fine-tuning: the starting weights (a classifier of another class count is dropped, said in one line); a resumed
+    # run takes its own weights from its checkpoint instead.
+    start = {} if cfg.resume else dict(pretrained=cfg.pretrained, checkpoint_path=cfg.initial_checkpoint)
+    model = build_model(cfg.model, num_classes, info.in_chans, cfg.drop_path, **start, **cfg.model_kwargs)
+    if start.get("pretrained") or start.get("checkpoint_path"):
+        log(f"fine-tuning {cfg.model} from {'its official weights' if cfg.pretrained else cfg.initial_checkpoint}")
     data_cfg = resolve_data_config(model, info.in_chans, cfg.img_size, cfg.crop_pct, dataset_mean=info.mean,
                                    dataset_std=info.std)
     # The positional embedding is stored for one size; another data size resizes it at every step.
@@ -178,6 +183,9 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
     info = open_task_data(cfg.task, cfg.data, cfg.num_classes)
     model, data_cfg, num_classes = _model_and_data(cfg, info, log)
     train, evals, bn = _batches(cfg, info, data_cfg, d)
+    if cfg.warmup_epochs >= cfg.epochs:
+        log(f"note: --warmup-epochs {cfg.warmup_epochs} covers all {cfg.epochs} epochs: the learning rate only rises "
+            f"and never reaches its decay; lower --warmup-epochs or raise --epochs")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
