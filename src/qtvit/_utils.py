@@ -1,11 +1,28 @@
-"""Small helpers every layer of the package shares: name suggestions and image-size parsing."""
+"""Small helpers every layer of the package shares: name suggestions, image-size parsing, strict JSON."""
 from __future__ import annotations
 
 import difflib
 import json
+import math
 from typing import Iterable, Sequence
 
-__all__ = ["did_you_mean", "parse_kv", "parse_model_spec", "parse_size"]
+__all__ = ["did_you_mean", "parse_kv", "parse_model_spec", "parse_size", "to_json"]
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_json(obj, **kwargs) -> str:
+    """``json.dumps`` that writes strict JSON: NaN and infinities (an undefined mIoU, say) become null, which every
+    JSON reader accepts; Python's default would write the bare ``NaN`` that strict readers refuse."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

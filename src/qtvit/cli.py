@@ -13,7 +13,7 @@ import importlib
 import json
 import sys
 
-from ._utils import parse_kv
+from ._utils import parse_kv, to_json
 
 # (module, function) of every subcommand, in the order `qtvit --help` lists them.
 COMMANDS: list[tuple[str, str]] = [
@@ -250,7 +250,7 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
-    p.add_argument("--workers", type=nonneg_int, default=4)
+    p.add_argument("--workers", type=_field_type("workers", 4), default=4, help="data loader workers")
     p.add_argument("--flip", action="store_true", help="segmentation: average each image's logits with its mirror "
                                                       "image's (flip test; twice the time)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="R",
@@ -267,7 +267,7 @@ def run_validate(args: argparse.Namespace) -> int:
                  crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers,
                  flip=args.flip, scales=tuple(args.scales))
     if args.json:
-        print(json.dumps(r))
+        print(to_json(r))
         return 0
     scores = (f"mIoU {r['miou']:.2f}%  mAcc {r['macc']:.2f}%  aAcc {r['aacc']:.2f}%" if r["task"] == "segmentation"
               else f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%")
