@@ -243,7 +243,7 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor) -> f
         for m, p in run.drop_paths:
             m.drop_prob = p * min(1.0, state.global_step / max(1, run.total_steps))
     x, target = run.task.batch(x, y, run.device, run.aug_gen)
-    torch._foreach_copy_(run.norm_saved, run.norm_stats)  # a skipped step leaves the BN statistics as they were
+    _copy_all(run.norm_saved, run.norm_stats)  # so that a skipped step can leave the BN statistics as they were
     out = _forward(run, x)
     loss = run.task.loss(out, target)
     run.optimizer.zero_grad(set_to_none=True)
@@ -256,7 +256,7 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor) -> f
             run.ema.update(model, state.global_step + 1)
     else:  # the gradients are all-reduced, so every rank skips the same steps
         state.skipped_steps += 1
-        torch._foreach_copy_(run.norm_stats, run.norm_saved)
+        _copy_all(run.norm_stats, run.norm_saved)
     run.scaler.update()
     state.global_step += 1
     state.step_in_epoch += 1
@@ -266,6 +266,11 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor) -> f
     state.loss_steps += 1
     state.images += len(x) * run.dist.world
     return value
+
+
+def _copy_all(dst: list, src: list) -> None:
+    if src:  # a model without BatchNorm has none
+        torch._foreach_copy_(dst, src)
 
 
 def _forward(run: Run, x: torch.Tensor):

@@ -28,7 +28,8 @@ from .metrics import TopKAccuracy
 from .recipes import TASKS
 from .seg_evaluate import eval_batch_size, evaluate_segmentation, open_task_data, segment_images
 
-__all__ = ["autocast", "model_input", "evaluate", "check_evaluated", "reestimate_bn_on", "load_model", "task_of", "validate", "predict",
+__all__ = ["autocast", "model_input", "evaluate", "check_evaluated", "reestimate_bn_on", "load_model", "task_of",
+           "validate", "predict",
            "iter_predictions", "eval_short_side", "segmentation_eval_batches"]
 
 

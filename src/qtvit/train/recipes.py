@@ -209,7 +209,8 @@ BOUNDS: dict[str, Bound] = {
     "epochs": _POSITIVE, "warmup_epochs": Bound(0, 1e6), "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE,
     # learning rates past 10 (AdamW's are below 1) and the like are typos, and overflow the optimiser's float32
     "lr": Bound(0, _TYPO, lo_open=True), "min_lr": Bound(0, _TYPO), "warmup_lr": Bound(0, _TYPO),
-    "weight_decay": Bound(0, 1000), "opt_eps": Bound(0, 1, lo_open=True), "clip_grad": Bound(0, lo_open=True), "smoothing": Bound(0, 1, hi_open=True),
+    "weight_decay": Bound(0, 1000), "opt_eps": Bound(0, 1, lo_open=True), "clip_grad": Bound(0, lo_open=True),
+    "smoothing": Bound(0, 1, hi_open=True),
     "mixup": _NONNEG, "cutmix": _NONNEG, "randaug_n": Bound(0, 16), "randaug_m": Bound(0, 30), "reprob": _FRACTION,
     "padding": Bound(0, 64), "drop_path": Bound(0, 1, hi_open=True), "model_ema_decay": _FRACTION,
     "model_ema_warmup_steps": _NONNEG, "bn_reestimate_images": _NONNEG, "bn_reestimate_batch": _POSITIVE,
