@@ -38,7 +38,8 @@ _HELP = {
     "(default: the model's); a positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
     "crop_pct": "eval crop ratio (default: the model's)",
     "epochs": "total epochs, warm-up included", "warmup_epochs": "linear warm-up epochs (fractions allowed)",
-    "batch_size": "batch per process", "eval_batch_size": "eval batch per process", "lr": "peak learning rate",
+    "batch_size": "batch per process", "eval_batch_size": "eval batch per process (segmentation images of "
+    "their own sizes, ADE20K's or a folder's: one at a time, as the official evaluation)", "lr": "peak learning rate",
     "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
     "min_lr": "final learning rate of the schedule", "schedule": "learning-rate decay after the warm-up: cosine, or "
     "poly (power 0.9) (default: cosine)", "aux_weight": "segmentation: weight of the auxiliary head's loss",
@@ -246,7 +247,8 @@ def add_validate_parser(subparsers) -> None:
                                                              "folder (its val/); segmentation: 'fashion-mnist-scenes' "
                                                              "(default), ADE20K, Cityscapes or image/mask folder")
     p.add_argument("-b", "--batch-size", type=positive_int, default=None,
-                   help="images per batch (default 256 for a classifier, 8 for a segmentation model)")
+                   help="images per batch (default 256 for a classifier, 8 for a segmentation model; segmentation "
+                        "images of their own sizes, ADE20K's or a folder's, go one at a time)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--limit", type=positive_int, help="only the first N images")

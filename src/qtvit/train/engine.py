@@ -1,17 +1,22 @@
 """The training loop, in parts that read top to bottom as one run:
 
-    train          set up (setup.py), maybe resume, then epochs until done; summary
-    resume         model, optimiser, scaler, EMA, run state and random generators from a checkpoint
+    train          set up (setup.py), lock the run folder (run_lock.py), maybe resume, then epochs until done;
+                   summary
+    resume         model, optimiser, scaler, EMA, run state and random generators from a checkpoint (options that
+                   would build another model are refused first)
     train_epoch    the steps of one epoch (or what is left of it), with periodic checkpoints
     train_step     learning rate, drop-path rate, the task's batch and loss, backward, clip, skip a non-finite
-                   step, optimiser, EMA
-    end_epoch      the epoch's metrics row, evaluation, metrics file, checkpoint
+                   step (its BatchNorm statistics restored), optimiser, EMA
+    end_epoch      the epoch's metrics row; when it is evaluated, a checkpoint first (a resume after an error in the
+                   evaluation redoes it), then the evaluation; metrics file, checkpoint
     evaluate_run   the model (and its EMA), BN re-estimated when asked, scored by the task (tasks.py); the best
                    weights by the task's metric; per-class scores (segmentation) to per_class.csv
-    save           a checkpoint: weights, EMA, optimiser, run state, every process's random generators
+    save           a checkpoint: weights, EMA, optimiser, run state, every process's random generators; args.json
+                   with the first. Weights that are no longer finite are never saved: the run stops with an error
 
 A run stops after its epochs, at --max-steps (then it ends like a finished run: evaluation, final checkpoint,
-summary), or on Ctrl-C (single process: after the current step, with a checkpoint to resume from).
+summary), or on Ctrl-C (single process: after the current step, with a checkpoint to resume from). The run
+folder's files change only once training has something to keep: a run refused at its start leaves it as it was.
 """
 from __future__ import annotations
 
@@ -191,7 +196,7 @@ def _check_same_model(run: Run, ckpt: Path, saved: dict) -> None:
         return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
     differ = [f"--{k.replace('_', '-')} {getattr(run.cfg, k)} (the run's: {saved[k]})" for k in _MODEL_OPTIONS
               if k in saved and not same(getattr(run.cfg, k), saved[k])]
-    classes = read_config(ckpt / "model.safetensors").get("model_args", {}).get("num_classes")
+    classes = (read_config(ckpt / "model.safetensors") or {}).get("model_args", {}).get("num_classes")
     if classes is not None and classes != run.num_classes:
         differ.append(f"--num-classes {run.num_classes} (the run's: {classes})")
     if differ:
