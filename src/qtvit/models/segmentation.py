@@ -212,8 +212,9 @@ def _create(variant: str, pretrained: bool, cfg: dict, defaults: dict, aux_chann
                          "(0: no auxiliary head)")
     unset = [k for k, v in kwargs.items() if v is None and defaults.get(k) is not None]
     if unset:
-        raise ValueError(f"{unset[0]}=None would remove {variant}'s {unset[0]} (its default: {defaults[unset[0]]!r}); "
-                         f"leave {unset[0]} out to keep it, or give a value of that kind")
+        kind = type(defaults[unset[0]]).__name__
+        raise ValueError(f"{unset[0]}=None would remove {variant}'s {unset[0]} (a {kind}); leave {unset[0]} out to "
+                         f"keep the default, or give a {kind}")
     if aux_channels:
         defaults = dict(defaults, aux_layer=FCNHead, aux_args=dict(channels=int(aux_channels), num_convs=1,
                                                                   drop_rate=0.1))

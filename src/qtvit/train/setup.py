@@ -54,6 +54,8 @@ def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0
                              "--model-kwargs or check its spelling") from e
         if not given:
             raise
+        if isinstance(e, ValueError):  # the model's own check: it names the argument and the fix
+            raise ValueError(f"model {name!r}, --model-kwargs {given}: {e}") from e
         # a value of the wrong kind (strides=null, a negative width) fails deep in the constructor
         raise ValueError(f"model {name!r} cannot be built with --model-kwargs {given}: {type(e).__name__}: {e}; "
                          "give each argument a value of its default's kind (leave it out for the default)") from e
