@@ -68,8 +68,9 @@ def open_task_data(task: str, data: str | os.PathLike | None):
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"--task segmentation: {e}") from None
     if data is not None and (str(data).lower() in _SEGMENTATION_NAMES or _looks_like_segmentation(data)):
-        raise ValueError(f"--data {data} is a segmentation dataset; pass --task segmentation, or a classification "
-                         "dataset (fashion-mnist, an idx folder, an ImageNet-style folder)")
+        raise ValueError(f"--data {data} is a segmentation dataset; pass --task segmentation (to train on it; "
+                         "`qtvit validate` takes the task from the checkpoint: give it a segmentation model's), or a "
+                         "classification dataset (fashion-mnist, an idx folder, an ImageNet-style folder)")
     return open_dataset(data)
 
 
