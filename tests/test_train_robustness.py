@@ -49,6 +49,10 @@ def test_a_failed_resume_override_changes_nothing_and_a_plain_resume_works(tmp_p
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--num-classes 12" in err and "10" in err
     assert _snapshot(run) == before  # args.json included
+    assert main(["train", "--resume", str(run), "--model", "train_tiny_gn", "--model-kwargs", "width=8"]) == 1
+    err = capsys.readouterr().err
+    assert "--model train_tiny_gn (the run's: train_tiny); --model-kwargs width=8 (the run's: none)" in err
+    assert _snapshot(run) == before
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert json.loads((run / "args.json").read_text())["num_classes"] is None
     assert latest_checkpoint(run).name == "step_00000010"
@@ -80,6 +84,8 @@ def test_ade20k_with_mixed_image_sizes_trains_through_its_evaluation(tmp_path, a
     r = train(seg_config(tmp_path, data=str(ade), epochs=1, eval_batch_size=8, limit_train=None, limit_eval=None,
                          batch_size=2, img_size=32))
     assert r["history"][0]["eval_images"] == 2 and r["miou"] is not None
+    v = validate(latest_checkpoint(tmp_path / "run"), data=str(ade), device="cpu", workers=0)  # default -b 8
+    assert v["images"] == 2 and v["miou"] == pytest.approx(r["miou"], abs=1e-3)
 
 
 def test_a_bad_validation_mask_is_named_and_the_run_resumes(tmp_path):
@@ -132,7 +138,7 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, capsys):
 def test_two_trainings_started_at_once_one_refused(tmp_path):
     code = ("import sys; sys.path.insert(0, {tests!r}); import conftest; conftest.register_tiny_models(); "
             "from qtvit.cli import main; sys.exit(main({argv!r}))")
-    argv = _TRAIN + ["--output", str(tmp_path), "--name", "same", "--epochs", "3"]
+    argv = _TRAIN + ["--output", str(tmp_path), "--name", "same", "--epochs", "6"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, "-c", code.format(tests=str(Path(__file__).parent), argv=argv)],
@@ -142,7 +148,7 @@ def test_two_trainings_started_at_once_one_refused(tmp_path):
     refused = next(err for rc, err in results if rc == 1)
     # locked out while the other trains, or (when it started that late) refused by the finished run's checkpoints
     assert ("is already training into" in refused or "already holds a run" in refused) and "Traceback" not in refused
-    assert latest_checkpoint(tmp_path / "same").name == "step_00000030"
+    assert latest_checkpoint(tmp_path / "same").name == "step_00000060"
 
 
 # ----------------------------------------------------------------------------------------------- item 7

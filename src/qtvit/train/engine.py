@@ -194,8 +194,10 @@ def _check_same_model(run: Run, ckpt: Path, saved: dict) -> None:
     anything is loaded or written."""
     def same(a, b) -> bool:  # args.json and the recipes differ in lists and tuples only
         return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-    differ = [f"--{k.replace('_', '-')} {getattr(run.cfg, k)} (the run's: {saved[k]})" for k in _MODEL_OPTIONS
-              if k in saved and not same(getattr(run.cfg, k), saved[k])]
+    def show(v) -> str:  # as given on the command line: KEY=VALUE pairs for --model-kwargs
+        return (" ".join(f"{k}={json.dumps(x)}" for k, x in v.items()) or "none") if isinstance(v, dict) else str(v)
+    differ = [f"--{k.replace('_', '-')} {show(getattr(run.cfg, k))} (the run's: {show(saved[k])})"
+              for k in _MODEL_OPTIONS if k in saved and not same(getattr(run.cfg, k), saved[k])]
     classes = (read_config(ckpt / "model.safetensors") or {}).get("model_args", {}).get("num_classes")
     if classes is not None and classes != run.num_classes:
         differ.append(f"--num-classes {run.num_classes} (the run's: {classes})")
