@@ -1,14 +1,15 @@
-"""Small helpers every layer of the package shares: name suggestions and image-size parsing."""
+"""Small helpers every layer of the package shares: name suggestions, image-size parsing, strict JSON."""
 from __future__ import annotations
 
 import contextlib
 import difflib
 import json
+import math
 import signal
 import threading
 from typing import Iterable, Iterator, Sequence
 
-__all__ = ["did_you_mean", "interrupts_kept", "parse_kv", "parse_model_spec", "parse_size", "progress_bar"]
+__all__ = ["did_you_mean", "interrupts_kept", "parse_kv", "parse_model_spec", "parse_size", "progress_bar", "to_json"]
 
 
 def progress_bar(iterable, total: int | None = None, desc: str = "", enabled: bool = True):
@@ -19,6 +20,22 @@ def progress_bar(iterable, total: int | None = None, desc: str = "", enabled: bo
 
     from tqdm import tqdm
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_json(obj, **kwargs) -> str:
+    """``json.dumps`` that writes strict JSON: NaN and infinities (an undefined mIoU, say) become null, which every
+    JSON reader accepts; Python's default would write the bare ``NaN`` that strict readers refuse."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

@@ -13,7 +13,7 @@ import importlib
 import json
 import sys
 
-from ._utils import parse_kv
+from ._utils import parse_kv, to_json
 
 # (module, function) of every subcommand, in the order `qtvit --help` lists them.
 COMMANDS: list[tuple[str, str]] = [
@@ -40,7 +40,8 @@ _HELP = {
     "(default: the model's); a positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
     "crop_pct": "eval crop ratio (default: the model's)",
     "epochs": "total epochs, warm-up included", "warmup_epochs": "linear warm-up epochs (fractions allowed)",
-    "batch_size": "batch per process", "eval_batch_size": "eval batch per process", "lr": "peak learning rate",
+    "batch_size": "batch per process", "eval_batch_size": "eval batch per process (segmentation images of "
+    "their own sizes, ADE20K's or a folder's: one at a time, as the official evaluation)", "lr": "peak learning rate",
     "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
     "min_lr": "final learning rate of the schedule", "schedule": "learning-rate decay after the warm-up: cosine, or "
     "poly (power 0.9) (default: cosine)", "aux_weight": "segmentation: weight of the auxiliary head's loss",
@@ -119,10 +120,6 @@ def _bound(lo=None, hi=None, lo_open=False, hi_open=False):
 
 def positive_int(text: str) -> int:
     return bounded(int, _bound(1))(text)
-
-
-def nonneg_int(text: str) -> int:
-    return bounded(int, _bound(0))(text)
 
 
 def fraction_in(lo: float, hi: float, lo_open: bool = True, hi_open: bool = False, allow_none: bool = False):
@@ -267,11 +264,12 @@ def add_validate_parser(subparsers) -> None:
                                                              "folder (its val/); segmentation: 'fashion-mnist-scenes' "
                                                              "(default), ADE20K, Cityscapes or image/mask folder")
     p.add_argument("-b", "--batch-size", type=positive_int, default=None,
-                   help="images per batch (default 256 for a classifier, 8 for a segmentation model)")
+                   help="images per batch (default 256 for a classifier, 8 for a segmentation model; segmentation "
+                        "images of their own sizes, ADE20K's or a folder's, go one at a time)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
-    p.add_argument("--workers", type=nonneg_int, default=4, help="data loader workers (image folders)")
+    p.add_argument("--workers", type=_field_type("workers", 4), default=4, help="data loader workers (image folders)")
     p.add_argument("--flip", action="store_true", help="segmentation: average each image's logits with its mirror "
                                                       "image's (flip test; twice the time)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="R",
@@ -288,7 +286,7 @@ def run_validate(args: argparse.Namespace) -> int:
                  crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers,
                  flip=args.flip, scales=tuple(args.scales))
     if args.json:
-        print(json.dumps(r))
+        print(to_json(r))
         return 0
     scores = (f"mIoU {r['miou']:.2f}%  mAcc {r['macc']:.2f}%  aAcc {r['aacc']:.2f}%" if r["task"] == "segmentation"
               else f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%")

@@ -186,8 +186,13 @@ def _adapt(model: nn.Module, sd: dict, target: dict, report: LoadReport, name: s
         if any(k not in target or target[k].shape != sd[k].shape for k in keys):
             old = sd[keys[0]].shape[0]
             new = target[keys[0]].shape[0] if keys[0] in target else 0
-            _logger.warning("%s: dropped the checkpoint's classifier '%s' (%d classes) because the model has %d; "
-                            "it keeps its random initialisation, so train it before use.", name, head, old, new)
+            if old == new and keys[0] in target:  # same classes, another input width (e.g. aux_channels)
+                why = (f"its input width differs: checkpoint {tuple(sd[keys[0]].shape)}, model "
+                       f"{tuple(target[keys[0]].shape)}")
+            else:
+                why = f"the model has {new} classes" if new else "the model has no such classifier"
+            _logger.warning("%s: dropped the checkpoint's classifier '%s' (%d classes) because %s; it keeps its "
+                            "random initialisation, so train it before use.", name, head, old, why)
             for k in keys:
                 del sd[k]
             report.dropped.extend(keys)

@@ -187,6 +187,7 @@ def _cfg(url: Optional[str] = None, dataset: str = "ade20k", first_conv: str = "
         url=url, num_classes=_CLASSES[dataset], input_size=_INPUT[dataset], interpolation="bicubic",
         mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv=first_conv, classifier="head.classifier",
         license="apache-2.0", paper_ids="arXiv:2205.14756", origin_url="https://github.com/mit-han-lab/efficientvit",
+        task="segmentation",  # what the model is for: validate and predict take it from here (train/evaluate.py)
     )
     cfg.update(kwargs)
     cfg["origin_url"] = cfg["origin_url"] if url else None  # without weights, no "published at <origin>"
@@ -206,6 +207,14 @@ def _create(variant: str, pretrained: bool, cfg: dict, defaults: dict, aux_chann
             **kwargs: Any) -> SegmentationModel:
     # aux_channels > 0 adds an auxiliary FCNHead of that width on the second deepest head input (deep supervision
     # of the stride-16 features in training, as UperNet's; the official EfficientViT-Seg models have none)
+    if isinstance(aux_channels, bool) or not isinstance(aux_channels, int) or aux_channels < 0:
+        raise ValueError(f"aux_channels={aux_channels!r}: give the auxiliary head's width, a whole number of channels "
+                         "(0: no auxiliary head)")
+    unset = [k for k, v in kwargs.items() if v is None and defaults.get(k) is not None]
+    if unset:
+        kind = type(defaults[unset[0]]).__name__
+        raise ValueError(f"{unset[0]}=None would remove {variant}'s {unset[0]} (a {kind}); leave {unset[0]} out to "
+                         f"keep the default, or give a {kind}")
     if aux_channels:
         defaults = dict(defaults, aux_layer=FCNHead, aux_args=dict(channels=int(aux_channels), num_convs=1,
                                                                   drop_rate=0.1))

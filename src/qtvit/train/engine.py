@@ -1,17 +1,22 @@
 """The training loop, in parts that read top to bottom as one run:
 
-    train          set up (setup.py), maybe resume, then epochs until done; summary
-    resume         model, optimiser, scaler, EMA, run state and random generators from a checkpoint
+    train          set up (setup.py), lock the run folder (run_lock.py), maybe resume, then epochs until done;
+                   summary
+    resume         model, optimiser, scaler, EMA, run state and random generators from a checkpoint (options that
+                   would build another model are refused first)
     train_epoch    the steps of one epoch (or what is left of it), with periodic checkpoints
     train_step     learning rate, drop-path rate, the task's batch and loss, backward, clip, skip a non-finite
-                   step, optimiser, EMA
-    end_epoch      the epoch's metrics row, evaluation, metrics file, checkpoint
+                   step (its BatchNorm statistics restored), optimiser, EMA
+    end_epoch      the epoch's metrics row; when it is evaluated, a checkpoint first (a resume after an error in the
+                   evaluation redoes it), then the evaluation; metrics file, checkpoint
     evaluate_run   the model (and its EMA), BN re-estimated when asked, scored by the task (tasks.py); the best
                    weights by the task's metric; per-class scores (segmentation) to per_class.csv
-    save           a checkpoint: weights, EMA, optimiser, run state, every process's random generators
+    save           a checkpoint: weights, EMA, optimiser, run state, every process's random generators; args.json
+                   with the first. Weights that are no longer finite are never saved: the run stops with an error
 
 A run stops after its epochs, at --max-steps (then it ends like a finished run: evaluation, final checkpoint,
-summary), or on Ctrl-C (single process: after the current step, with a checkpoint to resume from).
+summary), or on Ctrl-C (single process: after the current step, with a checkpoint to resume from). The run
+folder's files change only once training has something to keep: a run refused at its start leaves it as it was.
 """
 from __future__ import annotations
 
@@ -29,14 +34,16 @@ import torch
 import torch.nn as nn
 
 from .._io import write_text
+from .._utils import to_json
 from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
-                          save_checkpoint, save_weights)
-from .distributed import all_reduce_mean, cleanup_distributed, setup_distributed
-from .evaluate import class_names, reestimate_bn_on
+                          read_config, save_checkpoint, save_weights)
+from .distributed import all_reduce_mean, broadcast_object, cleanup_distributed, setup_distributed
+from .evaluate import check_evaluated, class_names, reestimate_bn_on
 from .inputs import autocast
 from .metrics import peak_memory_mb, write_metrics, write_per_class
 from .optim import lr_at
 from .recipes import TrainConfig
+from .run_lock import RunLock
 from .setup import Run, resumed_run_dir, setup_run
 from .state import RunState, rng_state, set_rng_state
 
@@ -82,11 +89,13 @@ def train(cfg: TrainConfig) -> dict:
     history, per-step losses of this process's steps, the final scores (the task's: top1/top5, or miou/macc/aacc
     and per-class IoU) and the best, skipped steps, the model."""
     d = setup_distributed(cfg.device)
-    run = None
+    run, lock = None, None
     try:
         run = setup_run(cfg, d)
+        lock = _claim_run_folder(run)
         state = resume(run) if cfg.resume else RunState()
-        _prepare_run_folder(run)
+        if state.pending is not None:  # the run stopped in an epoch's evaluation: it is redone first
+            _record_epoch(run, state, {**state.pending, **evaluate_run(run, state)})
         run.log(f"run {run.run_dir}: {cfg.model} on {run.info.kind} ({run.train_batches.num_samples} train / "
                 f"{run.eval_batches.num_samples} eval images, {run.num_classes} classes, "
                 f"{run.data_cfg.input_size[-1]} px), {cfg.epochs} epochs x {run.steps_per_epoch} steps, global batch "
@@ -106,6 +115,8 @@ def train(cfg: TrainConfig) -> dict:
         where = run.run_dir if run is not None else None
         raise TrainingInterrupted(where, latest_checkpoint(where) if where is not None else None) from e
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed()
 
 
@@ -113,13 +124,28 @@ def _at_max_steps(cfg: TrainConfig, state: RunState) -> bool:
     return cfg.max_steps is not None and state.global_step >= cfg.max_steps
 
 
-def _prepare_run_folder(run: Run) -> None:
-    if not run.dist.is_main:
-        return
-    if not run.cfg.resume and latest_checkpoint(run.run_dir) is not None:
-        raise ValueError(f"{run.run_dir} already holds a run; continue it with --resume {run.run_dir}, or pick "
-                         "another --name or --output")
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+def _claim_run_folder(run: Run) -> RunLock | None:
+    """Rank 0 locks the run folder (one training at a time) and checks that a new run does not write into an old
+    one; every rank raises what it met. args.json waits for the first checkpoint (``save``): a run that fails
+    before it, a refused resume included, leaves the folder as it was."""
+    lock, error = None, None
+    if run.dist.is_main:
+        try:
+            lock = RunLock(run.run_dir).acquire()
+            if not run.cfg.resume and latest_checkpoint(run.run_dir) is not None:
+                raise ValueError(f"{run.run_dir} already holds a run; continue it with --resume {run.run_dir}, or "
+                                 "pick another --name or --output")
+        except (OSError, ValueError) as e:
+            if lock is not None:
+                lock.release()
+            error = e
+    error = broadcast_object(error)
+    if error is not None:
+        raise error
+    return lock
+
+
+def _write_args(run: Run) -> None:
     args = {**dataclasses.asdict(run.cfg), "world_size": run.dist.world,
             "data_config": dataclasses.asdict(run.data_cfg)}
     write_text(run.run_dir / "args.json", json.dumps(args, indent=2, default=str))
@@ -131,20 +157,22 @@ def resume(run: Run) -> RunState:
     cfg, d = run.cfg, run.dist
     ckpt = resumed_run_dir(cfg.resume)[1]
     try:
-        load_checkpoint(run.model, ckpt / "model.safetensors")
-        if run.ema is not None:
-            if not (ckpt / "ema.safetensors").is_file():
-                raise CheckpointError(f"{ckpt} holds no EMA weights (the run had no EMA); leave --model-ema out")
-            load_checkpoint(run.ema.module, ckpt / "ema.safetensors")
-    except CheckpointError as e:
-        raise CheckpointError(f"--resume {ckpt}: {e}") from e
-    try:
         st = load_train_state(ckpt)
         state = RunState.from_dict(st["run"])
     except (pickle.UnpicklingError, KeyError) as e:
         raise CheckpointError(f"--resume {ckpt}: its train_state.pt was written by an older qtvit (or is damaged) "
                               f"and cannot be loaded safely ({type(e).__name__}); start a new run (its weights still "
                               f"load: qtvit validate --checkpoint {ckpt})") from e
+    _check_same_model(run, ckpt, st.get("config") or {})
+    try:  # exactly the run's model: nothing adapted or dropped
+        load_checkpoint(run.model, ckpt / "model.safetensors", adapt=False)
+        if run.ema is not None:
+            if not (ckpt / "ema.safetensors").is_file():
+                raise CheckpointError(f"{ckpt} holds no EMA weights (the run had no EMA); leave --model-ema out")
+            load_checkpoint(run.ema.module, ckpt / "ema.safetensors", adapt=False)
+    except CheckpointError as e:
+        raise CheckpointError(f"--resume {ckpt}: {e}; resume with the run's --model, --num-classes and "
+                              "--model-kwargs (leave them out to take the run's)") from e
     if st["global_batch"] != cfg.batch_size * d.world or st["seed"] != cfg.seed:
         raise ValueError(f"--resume {ckpt}: the run used global batch {st['global_batch']} and seed {st['seed']}; "
                          f"now {cfg.batch_size * d.world} and {cfg.seed}. Resume with the same --batch-size x "
@@ -156,6 +184,26 @@ def resume(run: Run) -> RunState:
     run.saved_step = state.global_step
     run.log(f"resumed {ckpt} at epoch {state.epoch + 1} step {state.step_in_epoch} (global step {state.global_step})")
     return state
+
+
+_MODEL_OPTIONS = ("task", "model", "model_kwargs")  # with the class count: what shapes the weights
+
+
+def _check_same_model(run: Run, ckpt: Path, saved: dict) -> None:
+    """Options given with --resume that would build another model than the checkpoint's are refused before
+    anything is loaded or written."""
+    def same(a, b) -> bool:  # args.json and the recipes differ in lists and tuples only
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    def show(v) -> str:  # as given on the command line: KEY=VALUE pairs for --model-kwargs
+        return (" ".join(f"{k}={json.dumps(x)}" for k, x in v.items()) or "none") if isinstance(v, dict) else str(v)
+    differ = [f"--{k.replace('_', '-')} {show(getattr(run.cfg, k))} (the run's: {show(saved[k])})"
+              for k in _MODEL_OPTIONS if k in saved and not same(getattr(run.cfg, k), saved[k])]
+    classes = (read_config(ckpt / "model.safetensors") or {}).get("model_args", {}).get("num_classes")
+    if classes is not None and classes != run.num_classes:
+        differ.append(f"--num-classes {run.num_classes} (the run's: {classes})")
+    if differ:
+        raise ValueError(f"--resume {ckpt}: {'; '.join(differ)}: these options make the model, which a resume cannot "
+                         "change; leave them out to continue the run as it was, or start a new run (another --name)")
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -202,8 +250,8 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor) -> f
         for m, p in run.drop_paths:
             m.drop_prob = p * min(1.0, state.global_step / max(1, run.total_steps))
     x, target = run.task.batch(x, y, run.device, run.aug_gen)
-    with autocast(run.device, cfg.amp):
-        out = run.train_model(x)
+    _copy_all(run.norm_saved, run.norm_stats)  # so that a skipped step can leave the BN statistics as they were
+    out = _forward(run, x)
     loss = run.task.loss(out, target)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -215,6 +263,7 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor) -> f
             run.ema.update(model, state.global_step + 1)
     else:  # the gradients are all-reduced, so every rank skips the same steps
         state.skipped_steps += 1
+        _copy_all(run.norm_stats, run.norm_saved)
     run.scaler.update()
     state.global_step += 1
     state.step_in_epoch += 1
@@ -226,10 +275,28 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor) -> f
     return value
 
 
+def _copy_all(dst: list, src: list) -> None:
+    if src:  # a model without BatchNorm has none
+        torch._foreach_copy_(dst, src)
+
+
+def _forward(run: Run, x: torch.Tensor):
+    try:
+        with autocast(run.device, run.cfg.amp):
+            return run.train_model(x)
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise ValueError(f"--batch-size {run.cfg.batch_size}: {run.cfg.model}'s BatchNorm layers need at least 2 "
+                         f"values per channel in training ({e}); pass --batch-size 2 or more (images per "
+                         "process)") from None
+
+
 # ----------------------------------------------------------------------------------------------- epoch end
 def end_epoch(run: Run, state: RunState) -> None:
     """The completed epoch's row (its sums cover the whole epoch, resumed or not), evaluation when due, the
-    metrics file, a checkpoint."""
+    metrics file, a checkpoint. An epoch that is evaluated is saved first, its row pending in the run state: an
+    error in the evaluation (a bad validation file) loses no training, and a resume redoes the evaluation."""
     cfg = run.cfg
     state.epoch += 1
     row = {"epoch": state.epoch, "step": state.global_step, "lr": state.lr,
@@ -237,16 +304,41 @@ def end_epoch(run: Run, state: RunState) -> None:
            "images_per_s": state.images / max(state.time_s, 1e-9), "epoch_time_s": state.time_s,
            "epoch_cpu_s": state.cpu_s, "skipped_steps": state.skipped_steps,
            "skipped_images": run.train_batches.num_skipped}
-    if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
-        row.update(evaluate_run(run, state))
-    row["peak_memory_mb"] = peak_memory_mb(run.device)
-    state.history.append(row)
     state.step_in_epoch = 0
     state.start_epoch_sums()
+    if row["train_loss"] == 0:
+        run.log(f"warning: epoch {state.epoch}'s training loss is exactly 0: its batches gave nothing to learn from "
+                "(segmentation masks with no labelled pixel, only the ignore label 255?); check the training data",
+                file=sys.stderr)
+    if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
+        state.pending = row
+        save(run, state)
+        row = {**row, **evaluate_run(run, state)}
+    _record_epoch(run, state, row)
+
+
+def _record_epoch(run: Run, state: RunState, row: dict) -> None:
+    """The epoch's row into the history, the metrics files and the log; then its checkpoint."""
+    state.pending = None
+    row["peak_memory_mb"] = peak_memory_mb(run.device)
+    state.history.append(row)
     if run.dist.is_main:
         write_metrics(run.run_dir, state.history)
         run.log(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     save(run, state)
+
+
+def _check_finite(run: Run, state: RunState) -> None:
+    """Weights or statistics that are no longer finite are never saved (nor kept as the best): the run stops."""
+    models = [("", run.model)] + ([("EMA ", run.ema.module)] if run.ema is not None else [])
+    for which, m in models:
+        tensors = [(n, t) for n, t in [*m.named_parameters(), *m.named_buffers()] if t.is_floating_point()]
+        if tensors and not bool(torch.stack([t.isfinite().all() for _, t in tensors]).all()):
+            bad = [n for n, t in tensors if not t.isfinite().all()]
+            raise ValueError(f"the model's {which}weights are not finite after step {state.global_step} ({bad[0]} and "
+                             f"{len(bad) - 1} more): training diverged, so nothing of it is saved. Lower --lr (now "
+                             f"{run.lr:g}) or --weight-decay, or clip the gradients (--clip-grad 1), and start again "
+                             "or --resume from the last checkpoint")
 
 
 def evaluate_run(run: Run, state: RunState) -> dict:
@@ -254,12 +346,13 @@ def evaluate_run(run: Run, state: RunState) -> dict:
     so far is saved as the run's best weights. Returns the metrics as row entries: the task's scores, ``eval_loss``
     (``ema_``-prefixed for the EMA) and ``eval_images``; per-class lists go to per_class.csv instead."""
     cfg, task, out = run.cfg, run.task, {}
+    _check_finite(run, state)
     candidates = [("model", run.model)] + ([("ema", run.ema.module)] if run.ema is not None else [])
     for which, m in candidates:
         if cfg.bn_reestimate_images > 0:
             m = copy.deepcopy(m)
             reestimate_bn_on(m, run.bn_batches, run.data_cfg, run.device, cfg.bn_reestimate_images)
-        r = task.evaluate(m, run.eval_batches, run.device)
+        r = check_evaluated(task.evaluate(m, run.eval_batches, run.device), run.eval_batches)
         prefix = "" if which == "model" else "ema_"
         scores = {k: r[k] for k in task.scores}
         out.update({f"{prefix}{k}": v for k, v in scores.items()})
@@ -274,7 +367,7 @@ def evaluate_run(run: Run, state: RunState) -> dict:
             if run.dist.is_main:  # best/ is a save_pretrained folder: weights and config.json
                 save_weights(m, run.run_dir / "best" / "model.safetensors")
                 config = {**model_config(m), **state.best}
-                write_text(run.run_dir / "best" / "config.json", json.dumps(config, indent=2))
+                write_text(run.run_dir / "best" / "config.json", to_json(config, indent=2))
     out["eval_images"] = r["images"]
     if state.per_class and run.dist.is_main:
         write_per_class(run.run_dir, state.per_class, class_names(run.model, run.num_classes))
@@ -284,12 +377,16 @@ def evaluate_run(run: Run, state: RunState) -> dict:
 def save(run: Run, state: RunState) -> None:
     """A checkpoint at the current step (collective: every process contributes its random generators)."""
     d = run.dist
+    _check_finite(run, state)
     rngs = [rng_state(run.aug_gen)]
     if d.enabled:
         gathered = [None] * d.world
         torch.distributed.all_gather_object(gathered, rngs[0])
         rngs = gathered
     if d.is_main:
+        if not run.args_written:  # the run's options, once training has something to keep (see _claim_run_folder)
+            _write_args(run)
+            run.args_written = True
         train_state = {"run": state.to_dict(), "optimizer": run.optimizer.state_dict(),
                        "scaler": run.scaler.state_dict(), "rng": rngs, "seed": run.cfg.seed,
                        "global_batch": run.cfg.batch_size * d.world, "config": dataclasses.asdict(run.cfg)}
@@ -317,7 +414,7 @@ def _finish(run: Run, state: RunState, seconds: float) -> dict:
                **{k: final.get(k) for k in task.scores}, **_last_per_class(run, state), "train_time_s": seconds}
     if run.dist.is_main:
         text = {k: v for k, v in summary.items() if k not in ("history", "step_losses", "model")}
-        write_text(run.run_dir / "summary.json", json.dumps(text, indent=2))
+        write_text(run.run_dir / "summary.json", to_json(text, indent=2))
         run.log(_closing_line(run, state, final, stopped, seconds))
     return summary
 

@@ -27,9 +27,10 @@ from .distributed import all_reduce_mean, cleanup_distributed, resolve_device, s
 from .inputs import autocast, model_input
 from .metrics import TopKAccuracy
 from .recipes import TASKS
-from .seg_evaluate import evaluate_segmentation, open_task_data, segment_images
+from .seg_evaluate import eval_batch_size, evaluate_segmentation, open_task_data, segment_images
 
-__all__ = ["autocast", "model_input", "evaluate", "reestimate_bn_on", "load_model", "task_of", "validate", "predict",
+__all__ = ["autocast", "model_input", "evaluate", "check_evaluated", "reestimate_bn_on", "load_model", "task_of",
+           "validate", "predict",
            "iter_predictions", "eval_short_side", "segmentation_eval_batches"]
 
 
@@ -55,6 +56,15 @@ def evaluate(model: nn.Module, batches, data_cfg: DataConfig, device: torch.devi
     top1, top5 = acc.compute()
     n = int(sums[1])
     return {"top1": round(top1, 4), "top5": round(top5, 4), "loss": float(sums[0] / max(n, 1)), "images": n}
+
+
+def check_evaluated(r: dict, batches) -> dict:
+    """`r`, an evaluation's result, unless it evaluated no image: scores of nothing (0 %, or NaN) are an error."""
+    if r["images"] == 0:
+        skipped = getattr(batches, "num_skipped", 0)
+        raise ValueError(f"no image could be evaluated: the evaluation data held {skipped} unreadable image(s) "
+                         "(skipped) and nothing else; check the dataset's evaluation split")
+    return r
 
 
 def reestimate_bn_on(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_images: int,
@@ -189,7 +199,8 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
             # Segmentation batches are images and per-pixel outputs at full size: a few at a time run faster on a
             # CPU than hundreds (measured on the scenes: 8 took 19.5 s where 32 took 30.5 s, most of it the system's
             # page faults).
-            data_cfg, batches = segmentation_eval_batches(net, info, batch_size=batch_size or 8, workers=workers,
+            data_cfg, batches = segmentation_eval_batches(net, info, batch_size=eval_batch_size(info, batch_size or 8),
+                                                          workers=workers,
                                                           limit=limit, img_size=img_size, rank=d.rank, world=d.world,
                                                           scales=scales)
             r = evaluate_segmentation(net, batches, data_cfg, d.device, num_classes, amp, flip=flip,
@@ -204,6 +215,7 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
             batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size or 256, rank=d.rank,
                                     world=d.world, workers=workers, limit=limit)
             r = evaluate(net, batches, data_cfg, d.device, num_classes, amp, progress=d.is_main)
+        check_evaluated(r, batches)
         r["skipped_images"] = batches.num_skipped
         if task == "segmentation":
             r["flip"], r["scales"] = flip, list(check_scales(scales))

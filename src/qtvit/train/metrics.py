@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import resource
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .._io import write_text
+from .._utils import to_json
 
 __all__ = ["TopKAccuracy", "peak_memory_mb", "write_metrics", "write_per_class"]
 
@@ -54,7 +54,7 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     write_text(run_dir / "metrics.csv", buf.getvalue())
-    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(run_dir / "metrics.jsonl", "".join(to_json(r) + "\n" for r in rows))
 
 
 def write_per_class(run_dir: str | os.PathLike, rows: list[dict], class_names: list[str]) -> None:

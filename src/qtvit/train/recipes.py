@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -186,26 +188,36 @@ class Bound(NamedTuple):
     hi_open: bool = False
 
     def holds(self, v: float) -> bool:
-        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+        # NaN and infinities are never meant: an infinite learning rate trains NaN weights without an error
+        return math.isfinite(v) and ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
                 and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
 
     def describe(self) -> str:
+        def num(v: float) -> str:  # whole numbers in full (a seed's 4294967295, not 4.29497e+09)
+            return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
         if self.hi is None:
-            return f"{'above' if self.lo_open else 'at least'} {self.lo:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{'above' if self.lo_open else 'at least'} {num(self.lo)}"
+        return f"in {'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
 
 
 _POSITIVE, _NONNEG, _FRACTION = Bound(1), Bound(0), Bound(0, 1)
+# Loader workers and torch threads beyond the machine's CPUs only slow it down; a huge number forks until killed.
+# At least 4, the default, so the defaults hold on any machine.
+MAX_WORKERS = max(4, os.cpu_count() or 1)
+_TYPO = 10.0
 # One table for the library (check_config) and the command line (its argparse types): every numeric option.
 BOUNDS: dict[str, Bound] = {
-    "num_classes": _POSITIVE, "img_size": Bound(8, MAX_IMG_SIZE), "crop_pct": Bound(0, 1, lo_open=True),
-    "epochs": _POSITIVE, "warmup_epochs": _NONNEG, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE,
-    "lr": Bound(0, lo_open=True), "min_lr": _NONNEG, "warmup_lr": _NONNEG, "weight_decay": _NONNEG,
-    "opt_eps": Bound(0, lo_open=True), "clip_grad": Bound(0, lo_open=True), "smoothing": Bound(0, 1, hi_open=True),
-    "mixup": _NONNEG, "cutmix": _NONNEG, "randaug_n": _NONNEG, "randaug_m": Bound(0, 30), "reprob": _FRACTION,
+    "num_classes": Bound(1, 1_000_000), "img_size": Bound(8, MAX_IMG_SIZE), "crop_pct": Bound(0, 1, lo_open=True),
+    "epochs": _POSITIVE, "warmup_epochs": Bound(0, 1e6), "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE,
+    # learning rates past 10 (AdamW's are below 1) and the like are typos, and overflow the optimiser's float32
+    "lr": Bound(0, _TYPO, lo_open=True), "min_lr": Bound(0, _TYPO), "warmup_lr": Bound(0, _TYPO),
+    "weight_decay": Bound(0, 1000), "opt_eps": Bound(0, 1, lo_open=True), "clip_grad": Bound(0, lo_open=True),
+    "smoothing": Bound(0, 1, hi_open=True),
+    "mixup": _NONNEG, "cutmix": _NONNEG, "randaug_n": Bound(0, 16), "randaug_m": Bound(0, 30), "reprob": _FRACTION,
     "padding": Bound(0, 64), "drop_path": Bound(0, 1, hi_open=True), "model_ema_decay": _FRACTION,
     "model_ema_warmup_steps": _NONNEG, "bn_reestimate_images": _NONNEG, "bn_reestimate_batch": _POSITIVE,
-    "threads": _POSITIVE, "workers": _NONNEG, "seed": _NONNEG, "checkpoint_every_steps": _NONNEG,
+    "threads": Bound(1, MAX_WORKERS), "workers": Bound(0, MAX_WORKERS), "seed": Bound(0, 2**32 - 1),
+    "checkpoint_every_steps": _NONNEG,
     "keep_checkpoints": _POSITIVE, "eval_every_epochs": _POSITIVE, "limit_train": _POSITIVE,
     "limit_eval": _POSITIVE, "max_steps": _POSITIVE, "betas": Bound(0, 1, hi_open=True),
     "rrc_scale": Bound(0, 1, lo_open=True), "aux_weight": _NONNEG, "ohem": Bound(0, 1),
@@ -213,7 +225,9 @@ BOUNDS: dict[str, Bound] = {
 }
 BOUND_HINTS = {"limit_train": "; leave it out to use all images", "limit_eval": "; leave it out to use all images",
           "crop_pct": " (the fraction of the resized image kept by the centre crop)",
-          "img_size": " (pixels; sizes beyond that cannot be meant)"}
+          "img_size": " (pixels; sizes beyond that cannot be meant)",
+          "workers": f" (this machine has {os.cpu_count()} CPUs)",
+          "threads": f" (this machine has {os.cpu_count()} CPUs)"}
 
 
 def check_value(name: str, value) -> None:

@@ -14,6 +14,7 @@ resized to ``img_size``, multiples of 32, as the ADE20K protocol), and writes fo
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -36,7 +37,10 @@ from .inputs import autocast, model_input
 from .recipes import TASKS
 from .seg_metrics import SegmentationMetrics, upsample_logits
 
-__all__ = ["open_task_data", "main_logits", "evaluate_segmentation", "seg_palette", "segment_images"]
+__all__ = ["open_task_data", "main_logits", "evaluate_segmentation", "seg_palette", "segment_images",
+           "eval_batch_size"]
+
+_logger = logging.getLogger(__name__)
 
 _CLASSIFICATION_NAMES = ("fashion-mnist", "fashion_mnist", "fashionmnist")
 _SEGMENTATION_NAMES = (SCENES, "scenes")
@@ -66,9 +70,18 @@ def open_task_data(task: str, data: str | os.PathLike | None, num_classes: int |
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"--task segmentation: {e}") from None
     if data is not None and (str(data).lower() in _SEGMENTATION_NAMES or _looks_like_segmentation(data)):
-        raise ValueError(f"--data {data} is a segmentation dataset; pass --task segmentation, or a classification "
-                         "dataset (fashion-mnist, an idx folder, an ImageNet-style folder)")
+        raise ValueError(f"--data {data} is a segmentation dataset; pass --task segmentation (to train on it; "
+                         "`qtvit validate` takes the task from the checkpoint: give it a segmentation model's), or a "
+                         "classification dataset (fashion-mnist, an idx folder, an ImageNet-style folder)")
     return open_dataset(data)
+
+
+def eval_batch_size(info, batch_size: int) -> int:
+    """`batch_size`, or 1 where the evaluation images keep sizes of their own (ADE20K's short side at 512 with the
+    aspect kept, folders at their own sizes): such images cannot share a batch, and the official evaluation runs
+    them one at a time too. The scores are the same either way; only the speed differs."""
+    same_size = info.kind == SCENES or info.eval_size is not None
+    return batch_size if same_size else 1
 
 
 def main_logits(output, model_name: str = "the model") -> torch.Tensor:
@@ -128,6 +141,9 @@ def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, devic
         torch.distributed.all_reduce(sums)
     s = metric.compute()  # summed over processes by torchmetrics
     model.train(was_training)
+    if sums[2] > 0 and sums[1] == 0:
+        _logger.warning("the evaluation masks hold no labelled pixel (every pixel is the ignore label %d), so mIoU, "
+                        "mAcc and aAcc are undefined; check the masks (their values are the classes)", ignore_index)
     return {"miou": round(s["mIoU"], 4), "macc": round(s["mAcc"], 4), "aacc": round(s["aAcc"], 4),
             "per_class_iou": _nan_to_none(s["IoU"]), "per_class_acc": _nan_to_none(s["Acc"]),
             "loss": float(sums[0] / sums[1].clamp(min=1)), "images": int(sums[2])}

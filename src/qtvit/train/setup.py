@@ -4,6 +4,7 @@ segmentation), the task, the optimiser and its companions, and the run folder. `
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -23,30 +24,41 @@ from .distributed import DistInfo, broadcast_object
 from .ema import ModelEma
 from .optim import create_optimizer
 from .recipes import MAX_IMG_SIZE, TrainConfig, check_config
-from .seg_evaluate import open_task_data
+from .seg_evaluate import eval_batch_size, open_task_data
 from .tasks import Task, create_task
 
 __all__ = ["Run", "setup_run", "build_model", "run_dir_of", "resumed_run_dir"]
 
 
-def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0.0, **kwargs) -> nn.Module:
+def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0.0, /, **kwargs) -> nn.Module:
     """``qtvit.create_model`` with the class count and channels of the data. Constructor arguments that the model
     does not take, or image sizes no machine could hold, are a ValueError naming the argument."""
+    for k, flag in (("num_classes", "--num-classes N"), ("in_chans", "the data (its images' channels)")):
+        if k in kwargs:
+            raise ValueError(f"--model-kwargs {k}={kwargs[k]}: the run sets {k} from {flag}; remove it from "
+                             "--model-kwargs")
     for k, v in kwargs.items():  # a size of 100000 would try to allocate hundreds of gigabytes
         sides = v if isinstance(v, (list, tuple)) else [v]
         if k.endswith("size") and any(isinstance(s, int) and not 1 <= s <= MAX_IMG_SIZE for s in sides):
             raise ValueError(f"--model-kwargs {k}={v} is not a plausible image size; give sides in "
                              f"[1, {MAX_IMG_SIZE}]")
+    given = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in kwargs.items())
     if drop_path > 0:
         kwargs["drop_path_rate"] = drop_path
     try:
         return create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, KeyError) as e:
         bad = [k for k in kwargs if repr(k) in str(e) or f" {k}" in str(e)]
-        if not bad:
+        if isinstance(e, TypeError) and bad and "argument" in str(e):
+            raise ValueError(f"model {name!r} takes no constructor argument {bad[0]!r} ({e}); remove it from "
+                             "--model-kwargs or check its spelling") from e
+        if not given:
             raise
-        raise ValueError(f"model {name!r} takes no constructor argument {bad[0]!r} ({e}); remove it from "
-                         "--model-kwargs or check its spelling") from e
+        if isinstance(e, ValueError):  # the model's own check: it names the argument and the fix
+            raise ValueError(f"model {name!r}, --model-kwargs {given}: {e}") from e
+        # a value of the wrong kind (strides=null, a negative width) fails deep in the constructor
+        raise ValueError(f"model {name!r} cannot be built with --model-kwargs {given}: {type(e).__name__}: {e}; "
+                         "give each argument a value of its default's kind (leave it out for the default)") from e
 
 
 def resumed_run_dir(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -95,6 +107,15 @@ class Run:
     drop_paths: list = field(default_factory=list)   # (module, base rate) of every drop-path layer
     step_losses: list = field(default_factory=list)  # (global step, loss) of this process's steps, for the summary
     saved_step: int = -1                             # the global step of the last checkpoint written
+    args_written: bool = False                       # args.json, written with this invocation's first checkpoint
+    norm_stats: list = field(default_factory=list)   # BatchNorm running statistics, restored after a skipped step
+    norm_saved: list = field(default_factory=list)   # ... from this copy, taken before each step's forward
+
+    def __post_init__(self):
+        self.norm_stats = [t for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                           and m.track_running_stats for t in (m.running_mean, m.running_var, m.num_batches_tracked)
+                           if t is not None]
+        self.norm_saved = [t.clone() for t in self.norm_stats]
 
     @property
     def device(self) -> torch.device:
@@ -145,7 +166,8 @@ def _seg_batches(cfg: TrainConfig, info: SegDatasetInfo, data_cfg: DataConfig, d
     crops = dict(limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range),
                  scene_items=tuple(cfg.scene_items))
     train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, **crops, **common)
-    evals = build_segmentation_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval,
+    evals = build_segmentation_batches(info, train=False, batch_size=eval_batch_size(info, cfg.eval_batch_size),
+                                       limit=cfg.limit_eval,
                                        eval_short_side=cfg.eval_size, **common)
     bn = None
     if cfg.bn_reestimate_images > 0:  # training crops, as the classification task's re-estimation

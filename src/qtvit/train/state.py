@@ -29,6 +29,8 @@ class RunState:
     best: dict = field(default_factory=lambda: {"epoch": -1, "which": ""})
     # per-class scores of every evaluation (segmentation): {"epoch", "step", "which", "iou": [...], "acc": [...]}
     per_class: list = field(default_factory=list)
+    # the row of an epoch saved before its evaluation (end_epoch); None once the evaluation is in the history
+    pending: dict | None = None
     # Sums over the current epoch's steps so far: a run resumed mid-epoch adds to them, so the epoch's row
     # covers the whole epoch, not only the steps after the resume.
     loss_sum: float = 0.0

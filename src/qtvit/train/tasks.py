@@ -105,6 +105,10 @@ class Segmentation:
     scores = ("miou", "macc", "aacc")
 
     def __init__(self, num_classes: int, data_cfg: DataConfig, cfg, amp: str = "none", ignore_index: int = 255):
+        if num_classes > ignore_index:  # the label that marks unlabelled pixels cannot also be a class
+            raise ValueError(f"--num-classes {num_classes}: segmentation labels 0-{ignore_index - 1} are classes and "
+                             f"{ignore_index} is the ignore label (unlabelled pixels), so at most {ignore_index} "
+                             "classes fit; give fewer")
         self.num_classes, self.data_cfg, self.cfg, self.amp = num_classes, data_cfg, cfg, amp
         self.ignore_index, self.aux_weight = ignore_index, cfg.aux_weight
         self.augment = SegBatchAugment(data_cfg.mean, data_cfg.std, jitter=cfg.seg_jitter)
