@@ -145,7 +145,7 @@ class _SaysA(torch.nn.Module):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_unreadable_eval_images_are_skipped_not_replaced(tmp_path, workers):
     from qtvit.data import DataConfig
-    from qtvit.train.evaluate import evaluate
+    from qtvit.tasks.classification import evaluate_classification as evaluate
     _images(tmp_path / "a", 3)
     _images(tmp_path / "b", 2, seed=1)
     for name in ("a/x.png", "b/y.jpg", "b/z.png"):
@@ -159,7 +159,7 @@ def test_unreadable_eval_images_are_skipped_not_replaced(tmp_path, workers):
         warnings.simplefilter("error")  # no second warning for a file already reported
         r = evaluate(_SaysA(), batches, DataConfig(mean=(0.5,) * 3, std=(0.5,) * 3), torch.device("cpu"), 2)
     # 3 of the 5 readable images are class a: 60 %, on 5 images (the bug: 87.5 % on 8, copies of readable ones)
-    assert r["images"] == 5 and r["top1"] == pytest.approx(60.0) and batches.num_skipped == 3
+    assert r.images == 5 and r.scores["top1"] == pytest.approx(60.0) and batches.num_skipped == 3
 
 
 def test_a_batch_with_no_readable_image(tmp_path):

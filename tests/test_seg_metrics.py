@@ -24,7 +24,7 @@ PREDS = torch.tensor([[0, 0, 1, 1, 2], [2, 0, 2, 1, 1]])
 #   row sums (labelled pixels) 3, 3, 2; column sums (predicted) 3, 3, 2
 #   IoU  = 2 / (3 + 3 - 2) = 1/2,  2 / (3 + 3 - 2) = 1/2,  1 / (2 + 2 - 1) = 1/3  -> mIoU = 4/9
 #   Acc  = 2/3, 2/3, 1/2  -> mAcc = 11/18;  aAcc = (2 + 2 + 1) / 8 = 5/8
-EXPECTED = {"mIoU": 400 / 9, "mAcc": 1100 / 18, "aAcc": 62.5, "IoU": [50, 50, 100 / 3], "Acc": [200 / 3, 200 / 3, 50]}
+EXPECTED = {"miou": 400 / 9, "macc": 1100 / 18, "aacc": 62.5, "iou": [50, 50, 100 / 3], "acc": [200 / 3, 200 / 3, 50]}
 
 
 def _check(scores, expected=EXPECTED):
@@ -49,7 +49,7 @@ def test_batches_accumulate_and_logits_are_argmaxed():
     _check(m.compute())
     m.reset()
     m.update(torch.zeros(1, 3, 2, 3).index_fill_(1, torch.tensor([1]), 1.0), torch.ones(1, 4, 6, dtype=torch.long))
-    assert m.compute()["IoU"][1] == 100  # logits at half resolution, resized to the labels' size
+    assert m.compute()["iou"][1] == 100  # logits at half resolution, resized to the labels' size
     with pytest.raises(ValueError, match="logits have 4 classes, the metric 3"):
         m.update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="ignore_index 1 is one of the 3 classes"):
@@ -59,12 +59,12 @@ def test_batches_accumulate_and_logits_are_argmaxed():
 def test_undefined_classes_are_left_out_of_the_means():
     c = torch.tensor([[2, 1, 0, 0], [0, 2, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0]])  # class 3: no label, no prediction
     s = scores_from_confusion(c)
-    _check({k: s[k] for k in ("mIoU", "mAcc", "aAcc")}, {k: EXPECTED[k] for k in ("mIoU", "mAcc", "aAcc")})
-    _check({"IoU": s["IoU"][:3], "Acc": s["Acc"][:3]}, {"IoU": EXPECTED["IoU"], "Acc": EXPECTED["Acc"]})
-    assert math.isnan(s["IoU"][3]) and math.isnan(s["Acc"][3])
+    _check({k: s[k] for k in ("miou", "macc", "aacc")}, {k: EXPECTED[k] for k in ("miou", "macc", "aacc")})
+    _check({"iou": s["iou"][:3], "acc": s["acc"][:3]}, {"iou": EXPECTED["iou"], "acc": EXPECTED["acc"]})
+    assert math.isnan(s["iou"][3]) and math.isnan(s["acc"][3])
     c[0, 3] = 1  # class 3 predicted once, never labelled: IoU 0 (counts), accuracy undefined
     s = scores_from_confusion(c)
-    assert s["IoU"][3] == 0 and math.isnan(s["Acc"][3]) and s["mIoU"] == pytest.approx((50 + 40 + 100 / 3) / 4)
+    assert s["iou"][3] == 0 and math.isnan(s["acc"][3]) and s["miou"] == pytest.approx((50 + 40 + 100 / 3) / 4)
 
 
 _TWO_RANKS = textwrap.dedent("""

@@ -60,7 +60,7 @@ def test_a_failed_resume_override_changes_nothing_and_a_plain_resume_works(tmp_p
 
 # ----------------------------------------------------------------------------------------------- item 3
 def test_the_epoch_is_saved_before_its_evaluation_and_a_resume_redoes_it(tmp_path, monkeypatch):
-    from qtvit.train.tasks import Classification
+    from qtvit.tasks import Classification
     full = train(tiny_config(tmp_path, name="full"))
     original = Classification.evaluate
 

@@ -21,8 +21,9 @@ from conftest import SMALL_FMNIST, run_two_processes, tiny_config
 from qtvit.checkpoints import latest_checkpoint
 from qtvit.cli import main
 from qtvit.train import load_model, lr_at, make_config, predict, train, validate
-from qtvit.train.seg_evaluate import seg_palette
-from qtvit.train.tasks import Segmentation
+from qtvit.tasks.seg_evaluate import seg_palette
+from qtvit.tasks import EvalResult
+from qtvit.tasks.segmentation import Segmentation
 
 
 class TinySeg(nn.Module):
@@ -140,7 +141,7 @@ def test_loss_resizes_logits_ignores_255_and_adds_the_auxiliary_loss():
 
 def test_ohem_averages_the_loss_over_the_hard_pixels_only():
     from qtvit.data import DataConfig
-    from qtvit.train.tasks import hard_pixels
+    from qtvit.tasks.segmentation import hard_pixels
     # 64 labelled pixels of two classes: p(own class) = sigmoid(margin) from the logits' margin
     margin = torch.linspace(-3, 5, 64).reshape(1, 8, 8)
     logits = torch.stack([margin, torch.zeros_like(margin)], 1)  # class 0's logit is the margin
@@ -259,8 +260,7 @@ def test_best_weights_follow_the_tasks_metric(tmp_path, monkeypatch):
 
     def evaluate(self, model, batches, device):
         miou, aacc = next(scripted)
-        return {"miou": miou, "macc": miou, "aacc": aacc, "per_class_iou": [miou] + [None] * 10, "loss": 1.0,
-                "images": 4}
+        return EvalResult({"miou": miou, "macc": miou, "aacc": aacc}, 1.0, 4, {"iou": [miou] + [None] * 10})
     monkeypatch.setattr(Segmentation, "evaluate", evaluate)
     r = train(seg_config(tmp_path, epochs=3))
     assert r["best"] == {"miou": 30.0, "macc": 30.0, "aacc": 10.0, "epoch": 2, "step": 8, "which": "model",
@@ -319,7 +319,7 @@ def test_flip_test_scores_the_average_of_each_image_and_its_mirror(seg_run, caps
         for x, y in batches.iterate(0):
             metric.update(predict_full(net, model_input(x, data_cfg, torch.device("cpu")), size=y.shape[-2:],
                                        flip=True, mode="bicubic"), y)
-    assert flipped["flip"] is True and flipped["miou"] == pytest.approx(metric.compute()["mIoU"], abs=1e-3)
+    assert flipped["flip"] is True and flipped["miou"] == pytest.approx(metric.compute()["miou"], abs=1e-3)
     assert flipped["per_class_iou"] != plain["per_class_iou"]  # the mirror images changed some predictions
     assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu",
                  "--workers", "0", "--flip", "--json"]) == 0
@@ -351,7 +351,7 @@ def test_multi_scale_test_scores_the_mean_probability_of_the_views(seg_run, caps
                                   mode="bicubic").softmax(1) for v in views]
             metric.update(torch.stack(probs).mean(0), y)
     assert multi["scales"] == [0.5, 1.0, 1.25] and flipped["scales"] == [1.0]
-    assert multi["miou"] == pytest.approx(metric.compute()["mIoU"], abs=1e-3)
+    assert multi["miou"] == pytest.approx(metric.compute()["miou"], abs=1e-3)
     assert multi["per_class_iou"] != flipped["per_class_iou"]  # the other scales changed some predictions
     assert math.isfinite(multi["loss"])
     assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--limit", "4", "--device", "cpu",

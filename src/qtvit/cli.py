@@ -288,8 +288,8 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json(r))
         return 0
-    scores = (f"mIoU {r['miou']:.2f}%  mAcc {r['macc']:.2f}%  aAcc {r['aacc']:.2f}%" if r["task"] == "segmentation"
-              else f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%")
+    from .tasks import get_task
+    scores = get_task(r["task"]).describe(r)
     print(f"{r['model']} ({r['checkpoint']}): {scores}  loss {r['loss']:.4f}  on {r['images']} images"
           + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else ""))
     return 0

@@ -30,7 +30,7 @@ as the official script does for ADE20K.
 The multi-scale test (``scales``, mmsegmentation's ``img_ratios``) gives one view per ratio r, each resized from
 the original image to the protocol's size at r: ``short_side * r`` (the long side rounded up to the multiple as
 above), ``size * r``, or the original size * r (rounded); the evaluation combines the model's outputs on the views
-(``train.seg_evaluate``).
+(``tasks.seg_evaluate``).
 """
 from __future__ import annotations
 

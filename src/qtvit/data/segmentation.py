@@ -11,7 +11,7 @@ resumption at a step, and skipping of unreadable images.
 
 A segmentation task uses them as follows: training batches go through ``SegBatchAugment(info.mean, info.std)``
 (photometric jitter of the images, normalisation) and a cross-entropy with ``ignore_index=255``; evaluation
-batches are normalised (``transforms.normalize``) and the logits scored by ``train.seg_metrics.SegmentationMetrics``
+batches are normalised (``transforms.normalize``) and the logits scored by ``tasks.seg_metrics.SegmentationMetrics``
 (which resizes them to the labels' size). ADE20K and folders of mixed image sizes evaluate with batch size 1.
 
     info = open_segmentation()                      # the Fashion-MNIST scenes: 11 classes, 0 = background
@@ -35,7 +35,7 @@ from .seg_folders import (ADE20K_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, Labe
 from .seg_transforms import SegEvalTransform, SegTrainTransform
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["SCENES", "SegDatasetInfo", "open_segmentation", "build_segmentation_batches", "SegmentationBatches"]
+__all__ = ["SCENES", "SegDatasetInfo", "open_segmentation", "looks_like_segmentation", "build_segmentation_batches", "SegmentationBatches"]
 
 SCENES = "fashion-mnist-scenes"
 
@@ -71,6 +71,17 @@ class SegDatasetInfo:
         if split not in self._arrays:
             self._arrays[split] = load_fashion_mnist(split, self.root)
         return self._arrays[split]
+
+
+def looks_like_segmentation(data: str | os.PathLike) -> bool:
+    """`data` names a segmentation dataset: the scenes, or a folder laid out as ADE20K, Cityscapes or image/mask
+    pairs (which an ImageNet-style reader would take for classes named "images" and "masks")."""
+    if str(data).lower() in (SCENES, "scenes"):
+        return True
+    root = Path(data).expanduser()
+    layouts = (("ADEChallengeData2016",), ("images/training", "annotations/training"), ("leftImg8bit", "gtFine"),
+               ("train/images", "train/masks"), ("val/images", "val/masks"))
+    return root.is_dir() and any(all((root / p).is_dir() for p in layout) for layout in layouts)
 
 
 def open_segmentation(data: str | os.PathLike | None = None, *, num_classes: int | None = None,

@@ -1,6 +1,7 @@
-"""Training, evaluation and inference: the loop (engine.py, set up in setup.py, its state in state.py), the tasks
-(tasks.py), evaluation / validation / prediction (evaluate.py), recipes, EMA, optimiser and schedule, metrics,
-distributed set-up. Needs the `train` extra (kornia, torchmetrics)."""
+"""Training and the use of saved models: the loop (engine.py, set up in setup.py, its state in state.py), validation
+and prediction of a saved model (evaluate.py), recipes, EMA, optimiser and schedule, the run's files, distributed
+set-up. What differs between tasks (data, batches, loss, evaluation) is in ``qtvit.tasks``. Needs the `train` extra
+(kornia, torchmetrics)."""
 from .ema import ModelEma, ema_decay_at
 from .engine import TrainingInterrupted, train
 # `evaluate` stays the module (qtvit.train.evaluate.evaluate): a function of that name would hide it.

@@ -38,8 +38,9 @@ from .._utils import to_json
 from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
                           read_config, save_checkpoint, save_weights)
 from .distributed import all_reduce_mean, broadcast_object, cleanup_distributed, setup_distributed
-from .evaluate import check_evaluated, class_names, reestimate_bn_on
-from .inputs import autocast
+from ..tasks import check_evaluated
+from ..tasks.inputs import autocast
+from .evaluate import reestimate_bn_on
 from .metrics import peak_memory_mb, write_metrics, write_per_class
 from .optim import lr_at
 from .recipes import TrainConfig
@@ -354,12 +355,11 @@ def evaluate_run(run: Run, state: RunState) -> dict:
             reestimate_bn_on(m, run.bn_batches, run.data_cfg, run.device, cfg.bn_reestimate_images)
         r = check_evaluated(task.evaluate(m, run.eval_batches, run.device), run.eval_batches)
         prefix = "" if which == "model" else "ema_"
-        scores = {k: r[k] for k in task.scores}
+        scores = {k: r.scores[k] for k in task.scores}
         out.update({f"{prefix}{k}": v for k, v in scores.items()})
-        out[f"{prefix}eval_loss"] = r["loss"]
-        per_class = {k.removeprefix("per_class_"): v for k, v in r.items() if k.startswith("per_class_")}
-        if per_class:
-            state.per_class.append({"epoch": state.epoch, "step": state.global_step, "which": which, **per_class})
+        out[f"{prefix}eval_loss"] = r.loss
+        if r.per_class:
+            state.per_class.append({"epoch": state.epoch, "step": state.global_step, "which": which, **r.per_class})
         # NaN (no class defined) is never better
         if r[task.metric] > state.best.get(task.metric, float("-inf")):
             state.best = {**scores, "epoch": state.epoch, "step": state.global_step, "which": which,
@@ -368,9 +368,9 @@ def evaluate_run(run: Run, state: RunState) -> dict:
                 save_weights(m, run.run_dir / "best" / "model.safetensors")
                 config = {**model_config(m), **state.best}
                 write_text(run.run_dir / "best" / "config.json", to_json(config, indent=2))
-    out["eval_images"] = r["images"]
+    out["eval_images"] = r.images
     if state.per_class and run.dist.is_main:
-        write_per_class(run.run_dir, state.per_class, class_names(run.model, run.num_classes))
+        write_per_class(run.run_dir, state.per_class, run.class_names)
     return out
 
 
@@ -424,7 +424,7 @@ def _last_per_class(run: Run, state: RunState) -> dict:
     rows = [r for r in state.per_class if r["which"] == "model"]
     if not rows:
         return {}
-    names = class_names(run.model, run.num_classes)
+    names = run.class_names
     return {f"per_class_{k}": dict(zip(names, v)) for k, v in rows[-1].items() if isinstance(v, list)}
 
 

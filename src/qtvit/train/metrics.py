@@ -1,5 +1,4 @@
-"""Top-k accuracy (micro-averaged, i.e. the fraction of images whose label is in the top k: the ImageNet number)
-and the per-epoch metrics files of a run."""
+"""The per-epoch metrics files of a run, and its peak memory."""
 from __future__ import annotations
 
 import csv
@@ -13,26 +12,7 @@ import torch
 from .._io import write_text
 from .._utils import to_json
 
-__all__ = ["TopKAccuracy", "peak_memory_mb", "write_metrics", "write_per_class"]
-
-
-class TopKAccuracy:
-    """Top-1 and top-k accuracy with torchmetrics (``average="micro"``; its default "macro" would average per class),
-    summed over processes when a process group is up."""
-
-    def __init__(self, num_classes: int, device: torch.device, topk: int = 5):
-        from torchmetrics.classification import MulticlassAccuracy
-        self.k = min(topk, num_classes)
-        self.top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro").to(device)
-        self.topk = MulticlassAccuracy(num_classes=num_classes, top_k=self.k, average="micro").to(device)
-
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.top1.update(logits, target)
-        self.topk.update(logits, target)
-
-    def compute(self) -> tuple[float, float]:
-        """(top-1, top-k) in percent."""
-        return 100 * float(self.top1.compute()), 100 * float(self.topk.compute())
+__all__ = ["peak_memory_mb", "write_metrics", "write_per_class"]
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -13,17 +13,19 @@ import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ..tasks import TASKS as _TASK_CLASSES, get_task
+
 __all__ = ["TASKS", "SCHEDULES", "TrainConfig", "RECIPES", "make_config", "list_recipes", "check_config", "check_value",
            "check_run_name", "BOUNDS", "BOUND_HINTS", "MAX_IMG_SIZE"]
 
-TASKS = ("classification", "segmentation")
+TASKS = tuple(_TASK_CLASSES)  # the names --task accepts
 SCHEDULES = ("cosine", "poly")
 
 
 @dataclass
 class TrainConfig:
     # what
-    task: str = "classification"       # or "segmentation" (per-pixel labels; see train/tasks.py)
+    task: str = "classification"       # or "segmentation" (per-pixel labels; see qtvit/tasks/)
     model: str = "qtvit_nano"
     data: str | None = None            # None / "fashion-mnist", a folder of idx files, or an ImageNet-style folder
     output: str = "runs"
@@ -265,18 +267,13 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.scene_items[0] > cfg.scene_items[1] or any(int(n) != n for n in cfg.scene_items):
         raise ValueError(f"--scene-items {cfg.scene_items[0]} {cfg.scene_items[1]}: give two whole numbers, the "
                          "smaller first")
-    if cfg.task not in TASKS:
-        raise ValueError(f"--task {cfg.task!r}: use {' or '.join(TASKS)}")
+    try:
+        task = get_task(cfg.task)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"--schedule {cfg.schedule!r}: use {' or '.join(SCHEDULES)}")
-    if cfg.task == "segmentation":  # image-level mixing and erasing have no per-pixel meaning here
-        used = [f"--{k.replace('_', '-')}" for k in ("mixup", "cutmix", "randaug_n", "reprob", "bce")
-                if getattr(cfg, k)]
-        if used:
-            raise ValueError(f"{', '.join(used)}: classification only; segmentation augments with random scale, crop, "
-                             "flip and photometric jitter: leave them out")
-    if cfg.task == "classification" and cfg.ohem:
-        raise ValueError(f"--ohem {cfg.ohem}: segmentation only (it picks hard pixels); leave it out")
+    task.check_config(cfg)
     if cfg.drop_path_schedule not in ("constant", "linear"):
         raise ValueError(f"--drop-path-schedule {cfg.drop_path_schedule!r}: use constant or linear")
     if cfg.amp not in ("none", "bf16", "fp16"):

@@ -17,17 +17,16 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints import latest_checkpoint
-from ..data import DataConfig, DatasetInfo, build_batches, resolve_data_config
-from ..data.segmentation import SegDatasetInfo, build_segmentation_batches
+from ..data import DataConfig, DatasetInfo, resolve_data_config
+from ..data.segmentation import SegDatasetInfo
 from ..models import create_model, set_pretrained_cfg
+from ..tasks import Task, get_task
 from .distributed import DistInfo, broadcast_object
 from .ema import ModelEma
 from .optim import create_optimizer
 from .recipes import MAX_IMG_SIZE, TrainConfig, check_config
-from .seg_evaluate import eval_batch_size, open_task_data
-from .tasks import Task, create_task
 
-__all__ = ["Run", "setup_run", "build_model", "run_dir_of", "resumed_run_dir"]
+__all__ = ["Run", "setup_run", "class_names", "build_model", "run_dir_of", "resumed_run_dir"]
 
 
 def build_model(name: str, num_classes: int, in_chans: int, drop_path: float = 0.0, /, **kwargs) -> nn.Module:
@@ -80,6 +79,11 @@ def run_dir_of(cfg: TrainConfig) -> Path:
     return Path(cfg.output).expanduser() / name
 
 
+def class_names(info, num_classes: int) -> list[str]:
+    """The dataset's class names, numbered past its own up to `num_classes` (--num-classes may add classes)."""
+    return list(info.classes) + [str(i) for i in range(len(info.classes), num_classes)]
+
+
 @dataclass
 class Run:
     """What a run is made of; built once by setup_run, read by every part of the loop."""
@@ -122,6 +126,10 @@ class Run:
         return self.dist.device
 
     @property
+    def class_names(self) -> list[str]:  # per_class.csv and summary.json name the classes as the dataset does
+        return class_names(self.info, self.num_classes)
+
+    @property
     def steps_per_epoch(self) -> int:
         return len(self.train_batches)
 
@@ -144,12 +152,12 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     stored = stored[-1] if isinstance(stored, (tuple, list)) else stored
     has_pos_embed = any(n.endswith("pos_embed") for n, _ in model.named_parameters())
     if has_pos_embed and stored and stored != data_cfg.input_size[-1]:
-        fix = "" if cfg.task == "segmentation" else (  # segmentation models take no pos_embed_size
+        fix = "" if not get_task(cfg.task).resizes_pos_embed else (
             f"; store it at that size with --model-kwargs pos_embed_size={data_cfg.input_size[-1]}")
         log(f"note: {cfg.model}'s positional embedding is stored for {stored} px and resized to the "
             f"{data_cfg.input_size[-1]} px images at every step{fix}")
     # The saved weights carry the preprocessing and the labels: the file alone rebuilds the model and its input.
-    labels = list(info.classes) + [str(i) for i in range(len(info.classes), num_classes)]
+    labels = class_names(info, num_classes)
     set_pretrained_cfg(model, {**model.pretrained_cfg, "input_size": list(data_cfg.input_size),
                                "crop_pct": data_cfg.crop_pct, "interpolation": data_cfg.interpolation,
                                "mean": list(data_cfg.mean), "std": list(data_cfg.std), "num_classes": num_classes,
@@ -157,37 +165,6 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
                                **({"eval_short_side": cfg.eval_size} if cfg.eval_size else {})},
                        model.pretrained_cfg.get("architecture", cfg.model))
     return model, data_cfg, num_classes
-
-
-def _seg_batches(cfg: TrainConfig, info: SegDatasetInfo, data_cfg: DataConfig, d: DistInfo):
-    # --img-size is the training crop; evaluation follows the dataset's protocol (labels at their own size), its
-    # images resized to --eval-size when given
-    common = dict(crop_size=data_cfg.input_size[-1], seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
-    crops = dict(limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range),
-                 scene_items=tuple(cfg.scene_items))
-    train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, **crops, **common)
-    evals = build_segmentation_batches(info, train=False, batch_size=eval_batch_size(info, cfg.eval_batch_size),
-                                       limit=cfg.limit_eval,
-                                       eval_short_side=cfg.eval_size, **common)
-    bn = None
-    if cfg.bn_reestimate_images > 0:  # training crops, as the classification task's re-estimation
-        bn = build_segmentation_batches(info, train=True, batch_size=min(cfg.bn_reestimate_batch, train.num_samples),
-                                        **crops, **common)
-    return train, evals, bn
-
-
-def _batches(cfg: TrainConfig, info: DatasetInfo, data_cfg: DataConfig, d: DistInfo):
-    if cfg.task == "segmentation":
-        return _seg_batches(cfg, info, data_cfg, d)
-    common = dict(data_cfg=data_cfg, seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)
-    crops = dict(padding=cfg.padding, hflip=cfg.hflip, limit=cfg.limit_train, rrc_scale=tuple(cfg.rrc_scale))
-    train = build_batches(info, train=True, batch_size=cfg.batch_size, **common, **crops)
-    evals = build_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval, **common)
-    bn = None
-    if cfg.bn_reestimate_images > 0:  # training images and crops, in an order of their own
-        bn = build_batches(info, train=True, batch_size=min(cfg.bn_reestimate_batch, train.num_samples), **common,
-                           **crops)
-    return train, evals, bn
 
 
 def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
@@ -202,9 +179,11 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
     log = print if d.is_main else (lambda *a, **k: None)
     # Seeds: the same model init on every rank (DDP also broadcasts it), then per-rank streams for dropout/aug.
     torch.manual_seed(cfg.seed)
-    info = open_task_data(cfg.task, cfg.data, cfg.num_classes)
+    task_cls = get_task(cfg.task)
+    info = task_cls.open_data(cfg.data, cfg.num_classes)
     model, data_cfg, num_classes = _model_and_data(cfg, info, log)
-    train, evals, bn = _batches(cfg, info, data_cfg, d)
+    shard = dict(seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)  # which part of the data is ours
+    train, evals, bn = task_cls.batches(cfg, info, data_cfg, shard)
     if cfg.warmup_epochs >= cfg.epochs:
         log(f"note: --warmup-epochs {cfg.warmup_epochs} covers all {cfg.epochs} epochs: the learning rate only rises "
             f"and never reaches its decay; lower --warmup-epochs or raise --epochs")
@@ -223,7 +202,7 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
     torch.manual_seed(cfg.seed + d.rank)
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
-    task = create_task(cfg, num_classes, data_cfg)
+    task = task_cls(num_classes, data_cfg, cfg, info)
     train_model = task.train_module(model)
     if d.enabled:
         train_model = nn.parallel.DistributedDataParallel(train_model,
