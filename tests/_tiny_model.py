@@ -6,7 +6,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from qtvit.models import _registry
+from qtvit.models import register_model, unregister_model
 
 
 class TinyNet(nn.Module):
@@ -81,11 +81,11 @@ def tinynet_test(pretrained=False, num_classes=1000, in_chans=3, kernel=None, **
 @contextlib.contextmanager
 def registered(fn=tinynet_test):
     """Register ``fn`` for the duration of a test; the registry is left as it was."""
-    _registry.register_model(fn)
+    register_model(fn)
     try:
         yield fn.__name__
     finally:
-        _registry._model_entrypoints.pop(fn.__name__, None)
+        unregister_model(fn.__name__)
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from qtvit.models import list_models, register_model
+from qtvit.models import list_models, register_model, unregister_model
 
 REPO = Path(__file__).resolve().parents[1]
 # CI clones main with the team's shared/ beside the checkout; QTVIT_SHARED_FIXTURES points elsewhere.
@@ -88,11 +88,10 @@ def register_tiny_models(*extra) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_models():
     """The tiny models, registered for a test module only: the zoo's own tests never see them."""
-    from qtvit.models import _registry
     names = register_tiny_models()
     yield
     for n in names:
-        _registry._model_entrypoints.pop(n, None)
+        unregister_model(n)
 
 
 def tiny_config(tmp_path, **kw):

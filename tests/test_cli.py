@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from qtvit.cli import COMMANDS, build_parser, config_from_args, main
@@ -166,35 +167,27 @@ def test_predict_on_cuda_without_cuda_says_so(trained_run, capsys):
     assert "no CUDA device is visible; use --device cpu" in capsys.readouterr().err
 
 
-def test_interrupt_advises_resume_only_when_something_was_saved(tmp_path, monkeypatch, capsys):
+def test_interrupt_advises_resume_only_when_something_was_saved(tmp_path, capsys):
     import signal
 
-    import qtvit.train.engine as engine
-    import qtvit.train.setup as setup
+    from qtvit.train import Callback
 
-    def no_data(*a, **k):
-        raise KeyboardInterrupt
+    class InterruptAtStart(Callback):  # interrupted before the first step
+        def on_run_start(self, run, state):
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(setup, "open_task_data", no_data)  # interrupted while the data is opened
-    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "early"]) == 130
+    class InterruptAfterStep3(Callback):  # Ctrl-C pressed during step 3, as a user would
+        def on_step_end(self, run, state, loss):
+            if state.global_step == 3:
+                signal.raise_signal(signal.SIGINT)
+
+    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "early"], callbacks=[InterruptAtStart()]) == 130
     err = capsys.readouterr().err
     assert "nothing was saved" in err and "--resume" not in err
-    monkeypatch.undo()
-
-    original = engine.train_step
-
-    def step_then_interrupt(run, state, x, y):
-        loss = original(run, state, x, y)
-        if state.global_step == 3:
-            signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(engine, "train_step", step_then_interrupt)
-    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "late"]) == 130
+    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "late"], callbacks=[InterruptAfterStep3()]) == 130
     err = capsys.readouterr().err
     assert f"checkpoint {tmp_path / 'late' / 'checkpoints' / 'step_00000003'} is saved" in err
     assert f"--resume {tmp_path / 'late'}" in err
-    monkeypatch.undo()
     assert main(["train", "--resume", str(tmp_path / "late"), "--no-progress"]) == 0
     rows = (tmp_path / "late" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [10, 20]
@@ -208,8 +201,7 @@ def test_max_steps_is_not_inherited_by_a_resume(tmp_path, capsys):
     assert config_from_args(args).max_steps is None
 
 
-def test_predict_streams_batches_with_overrides(trained_run, tmp_path, monkeypatch, capsys):
-    import qtvit.train.evaluate as ev
+def test_predict_streams_batches_with_overrides(trained_run, tmp_path, capsys):
     x, _ = load_fashion_mnist("test", SMALL_FMNIST)
     paths = []
     for i in range(5):
@@ -218,9 +210,15 @@ def test_predict_streams_batches_with_overrides(trained_run, tmp_path, monkeypat
     assert main(["predict", *paths, "--checkpoint", str(trained_run), "--json"]) == 0
     whole = json.loads(capsys.readouterr().out)
     sizes = []
-    original = ev.model_input
-    monkeypatch.setattr(ev, "model_input", lambda x, *a, **k: sizes.append(len(x)) or original(x, *a, **k))
-    assert main(["predict", *paths, "--checkpoint", str(trained_run), "--json", "-b", "2"]) == 0
+
+    def count(module, inputs):  # the batch sizes the loaded model (the module with a pretrained_cfg) is called with
+        if hasattr(module, "pretrained_cfg"):
+            sizes.append(len(inputs[0]))
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        assert main(["predict", *paths, "--checkpoint", str(trained_run), "--json", "-b", "2"]) == 0
+    finally:
+        hook.remove()
     assert sizes == [2, 2, 1]
     streamed = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in streamed] == paths

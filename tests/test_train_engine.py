@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch.nn as nn
 
 import qtvit
 from qtvit.checkpoints import CheckpointError
-from qtvit.train import load_model, train
+from qtvit.train import Callback, load_model, train
 from qtvit.checkpoints import latest_checkpoint, save_weights
 from conftest import SMALL_FMNIST, TinyNet, tiny_config
 
@@ -36,10 +37,10 @@ def train_tiny_nan(num_classes: int = 10, in_chans: int = 1, pretrained: bool = 
 @pytest.fixture(scope="module", autouse=True)
 def nan_model(request):
     request.getfixturevalue("tiny_models")
-    from qtvit.models import _registry, register_model
+    from qtvit.models import register_model, unregister_model
     register_model(train_tiny_nan)
     yield
-    _registry._model_entrypoints.pop("train_tiny_nan", None)
+    unregister_model("train_tiny_nan")
 
 
 def _params(model):
@@ -166,30 +167,23 @@ def test_mixed_precision_trains_like_fp32(tmp_path, amp):
         assert abs(a - b) < 0.05  # half-precision rounding only
 
 
-def _ctrl_c_at(monkeypatch, step: int):
+class CtrlCAt(Callback):
     """Press Ctrl-C (SIGINT) during training step `step`, as a user would."""
-    import signal
 
-    import qtvit.train.engine as engine
-    original = engine.train_step
+    def __init__(self, step: int):
+        self.step = step
 
-    def step_then_interrupt(run, state, x, y):
-        loss = original(run, state, x, y)
-        if state.global_step == step:
+    def on_step_end(self, run, state, loss):
+        if state.global_step == self.step:
             signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(engine, "train_step", step_then_interrupt)
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_the_same_curve(tmp_path, monkeypatch):
+def test_ctrl_c_saves_a_checkpoint_that_resumes_the_same_curve(tmp_path):
     from qtvit.train import TrainingInterrupted
     full = train(tiny_config(tmp_path, name="full", mixup=0.4))
-    _ctrl_c_at(monkeypatch, 13)
     with pytest.raises(TrainingInterrupted) as e:
-        train(tiny_config(tmp_path, name="cut", mixup=0.4))
+        train(tiny_config(tmp_path, name="cut", mixup=0.4), callbacks=[CtrlCAt(13)])
     assert e.value.checkpoint == tmp_path / "cut" / "checkpoints" / "step_00000013"  # saved after step 13
-    monkeypatch.undo()
     rest = train(tiny_config(tmp_path, name="cut", mixup=0.4, resume=str(tmp_path / "cut")))
     ref = dict(full["step_losses"])
     assert [s for s, _ in rest["step_losses"]] == list(range(14, 21))
@@ -260,3 +254,50 @@ def test_resume_refuses_a_pickled_training_state(tmp_path):
     torch.save({"rng": [{"numpy": np.random.get_state()}]}, ckpt / "train_state.pt")
     with pytest.raises(CheckpointError, match="written by an older qtvit .* cannot be loaded safely"):
         train(tiny_config(tmp_path, resume=str(tmp_path / "run")))
+
+
+def test_callbacks_see_every_step_epoch_and_the_end(tmp_path):
+    class Record(Callback):
+        def __init__(self):
+            self.calls = []
+
+        def on_run_start(self, run, state):
+            self.calls.append(("start", state.global_step))
+
+        def on_step_start(self, run, state):
+            self.calls.append(("step", state.global_step))
+
+        def on_step_end(self, run, state, loss):
+            self.calls.append(("stepped", state.global_step, loss))
+
+        def on_epoch_end(self, run, state, row):
+            self.calls.append(("epoch", row["epoch"], row["top1"]))
+
+        def on_run_end(self, run, summary):
+            self.calls.append(("end", summary["global_step"]))
+    rec = Record()
+    r = train(tiny_config(tmp_path), callbacks=[rec])
+    steps = [c for c in rec.calls if c[0] == "stepped"]
+    assert rec.calls[0] == ("start", 0) and rec.calls[-1] == ("end", 20)
+    assert [(s, loss) for _, s, loss in steps] == r["step_losses"]  # the loss the loop records, after its step
+    assert [c[1] for c in rec.calls if c[0] == "step"] == list(range(20))
+    assert [c[1:] for c in rec.calls if c[0] == "epoch"] == [(h["epoch"], h["top1"]) for h in r["history"]]
+
+
+def test_register_and_unregister_a_model():
+    from qtvit.models import register_model, unregister_model
+
+    def my_tiny_for_registry(pretrained=False, **kw):
+        return TinyNet(**kw)
+    register_model(my_tiny_for_registry)
+    try:
+        assert "my_tiny_for_registry" in qtvit.list_models("my_tiny_*")
+        with pytest.raises(ValueError, match="registered twice; unregister_model"):
+            register_model(my_tiny_for_registry)
+    finally:
+        unregister_model(my_tiny_for_registry)
+    assert qtvit.list_models("my_tiny_*") == []
+    with pytest.raises(ValueError, match="'my_tiny_for_registry' is not registered"):
+        unregister_model("my_tiny_for_registry")
+    with pytest.raises(ValueError, match="unknown model"):
+        qtvit.create_model("my_tiny_for_registry")

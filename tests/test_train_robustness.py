@@ -167,39 +167,38 @@ def test_non_finite_options_are_refused_by_the_library(tmp_path, option):
         train(tiny_config(tmp_path, **{option: float("inf")}))
 
 
-def test_weights_that_are_no_longer_finite_are_never_saved(tmp_path, monkeypatch, capsys):
-    import qtvit.train.engine as engine
-    original = engine.train_step
+def test_weights_that_are_no_longer_finite_are_never_saved(tmp_path, capsys):
+    from qtvit.train import Callback
 
-    def diverge(run, state, x, y):  # what an overflowing update leaves: a weight of inf
-        loss = original(run, state, x, y)
-        if state.global_step == 7:
-            with torch.no_grad():
-                run.model.head.weight[0, 0] = float("inf")
-        return loss
-    monkeypatch.setattr(engine, "train_step", diverge)
+    class Diverge(Callback):  # what an overflowing update leaves: a weight of inf
+        def on_step_end(self, run, state, loss):
+            if state.global_step == 7:
+                with torch.no_grad():
+                    run.model.head.weight[0, 0] = float("inf")
     capsys.readouterr()
-    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "r", "--checkpoint-every-steps", "5"]) == 1
+    assert main(_TRAIN + ["--output", str(tmp_path), "--name", "r", "--checkpoint-every-steps", "5"],
+                callbacks=[Diverge()]) == 1
     err = capsys.readouterr().err
     assert "weights are not finite after step 10 (head.weight and 0 more)" in err and "--lr" in err
     assert not (tmp_path / "r" / "best").exists() and latest_checkpoint(tmp_path / "r").name == "step_00000005"
 
 
-def test_a_skipped_step_leaves_the_batchnorm_statistics_untouched(tmp_path, monkeypatch):
-    import qtvit.train.engine as engine
-    seen = {}
-    original = engine.train_step
+def test_a_skipped_step_leaves_the_batchnorm_statistics_untouched(tmp_path):
+    from qtvit.train import Callback
 
-    def watch(run, state, x, y):
-        before = [b.clone() for b in run.model.buffers()]
-        skipped = state.skipped_steps
-        loss = original(run, state, x, y)
-        if state.skipped_steps > skipped:
-            seen["same"] = all(torch.equal(a, b) for a, b in zip(before, run.model.buffers()))
-        return loss
-    monkeypatch.setattr(engine, "train_step", watch)
-    r = train(tiny_config(tmp_path, model="train_tiny_nan", epochs=1))
-    assert r["skipped_steps"] == 1 and seen == {"same": True}
+    class Watch(Callback):
+        seen = {}
+
+        def on_step_start(self, run, state):
+            self.before = [b.clone() for b in run.model.buffers()]
+            self.skipped = state.skipped_steps
+
+        def on_step_end(self, run, state, loss):
+            if state.skipped_steps > self.skipped:
+                self.seen["same"] = all(torch.equal(a, b) for a, b in zip(self.before, run.model.buffers()))
+    watch = Watch()
+    r = train(tiny_config(tmp_path, model="train_tiny_nan", epochs=1), callbacks=[watch])
+    assert r["skipped_steps"] == 1 and watch.seen == {"same": True}
 
 
 # ----------------------------------------------------------------------------------------------- item 10

@@ -74,12 +74,12 @@ def seg_tiny_fwa(pretrained=False, **kw):
 @pytest.fixture(scope="module", autouse=True)
 def seg_models(request):
     request.getfixturevalue("tiny_models")  # train_tiny (a classifier) too
-    from qtvit.models import _registry, register_model
+    from qtvit.models import register_model, unregister_model
     for fn in (seg_tiny, seg_tiny_aux, seg_tiny_fwa):
         register_model(fn)
     yield
     for fn in (seg_tiny, seg_tiny_aux, seg_tiny_fwa):
-        _registry._model_entrypoints.pop(fn.__name__, None)
+        unregister_model(fn.__name__)
 
 
 def seg_config(tmp_path, **kw):

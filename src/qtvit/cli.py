@@ -236,7 +236,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from .train import train
-    train(config_from_args(args))
+    train(config_from_args(args), callbacks=getattr(args, "callbacks", ()))
     return 0
 
 
@@ -375,11 +375,13 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(sub)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, callbacks=()) -> int:
     """Entry point of the ``qtvit`` console script: exit code 0, 1 for a problem with the input (its message says
-    what to do), 2 for a usage error, 130 when interrupted."""
+    what to do), 2 for a usage error, 130 when interrupted. `callbacks`: ``qtvit.train.Callback`` objects a
+    ``train`` command's run calls (for programs and tests that drive the command line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.callbacks = list(callbacks)
     try:
         return args.func(args)
     except KeyboardInterrupt as e:

@@ -13,12 +13,23 @@ _with_weights: set[str] = set()  # models whose default pretrained_cfg names off
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a constructor under its function name."""
+    """Register a constructor under its function name (a decorator): ``create_model(name)``, ``qtvit train
+    --model name`` and saved weights of it then find it. A name taken is an error (``unregister_model`` frees it)."""
     name = fn.__name__
     if name in _model_entrypoints:
-        raise ValueError(f"model {name!r} is registered twice")
+        raise ValueError(f"model {name!r} is registered twice; unregister_model({name!r}) first to replace it")
     _model_entrypoints[name] = fn
     return fn
+
+
+def unregister_model(name: str | Callable[..., nn.Module]) -> None:
+    """Remove a model registered by ``register_model`` (by name or constructor); a name not registered is an
+    error."""
+    name = name if isinstance(name, str) else name.__name__
+    if name not in _model_entrypoints:
+        raise ValueError(f"model {name!r} is not registered{did_you_mean(name, _model_entrypoints)}")
+    del _model_entrypoints[name]
+    _with_weights.discard(name)
 
 
 def register_pretrained(cfgs: Mapping[str, Mapping[str, Any]]) -> None:

@@ -3,7 +3,7 @@ and prediction of a saved model (evaluate.py), recipes, EMA, optimiser and sched
 set-up. What differs between tasks (data, batches, loss, evaluation) is in ``qtvit.tasks``. Needs the `train` extra
 (kornia, torchmetrics)."""
 from .ema import ModelEma, ema_decay_at
-from .engine import TrainingInterrupted, train
+from .engine import Callback, TrainingInterrupted, train
 # `evaluate` stays the module (qtvit.train.evaluate.evaluate): a function of that name would hide it.
 from .evaluate import iter_predictions, load_model, predict, reestimate_bn_on, validate
 from .optim import create_optimizer, lr_at, param_groups
@@ -12,7 +12,7 @@ from .setup import build_model
 from .state import RunState
 
 __all__ = [
-    "train", "TrainingInterrupted", "validate", "predict", "iter_predictions", "reestimate_bn_on",
+    "train", "TrainingInterrupted", "Callback", "validate", "predict", "iter_predictions", "reestimate_bn_on",
     "build_model", "load_model", "TrainConfig", "RECIPES", "make_config", "list_recipes", "check_config",
     "RunState", "ModelEma", "ema_decay_at", "create_optimizer", "param_groups", "lr_at",
 ]

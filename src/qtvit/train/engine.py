@@ -33,22 +33,21 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .._io import write_text
-from .._utils import to_json
-from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, model_config,
-                          read_config, save_checkpoint, save_weights)
+from ..checkpoints import (CheckpointError, latest_checkpoint, load_checkpoint, load_train_state, read_config,
+                          save_checkpoint)
+from .callbacks import Callback, call as _call
 from .distributed import all_reduce_mean, broadcast_object, cleanup_distributed, setup_distributed
 from ..tasks import check_evaluated
 from ..tasks.inputs import autocast
 from .evaluate import reestimate_bn_on
-from .metrics import peak_memory_mb, write_metrics, write_per_class
+from .records import peak_memory_mb, save_best, write_args, write_metrics, write_per_class, write_summary
 from .optim import lr_at
 from .recipes import TrainConfig
 from .run_lock import RunLock
 from .setup import Run, resumed_run_dir, setup_run
 from .state import RunState, rng_state, set_rng_state
 
-__all__ = ["train", "TrainingInterrupted"]
+__all__ = ["train", "TrainingInterrupted", "Callback"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -85,14 +84,16 @@ class _StopOnCtrlC:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, callbacks=()) -> dict:
     """Train as `cfg` says (one process, or one of torchrun's) and return a summary: run folder, per-epoch
     history, per-step losses of this process's steps, the final scores (the task's: top1/top5, or miou/macc/aacc
-    and per-class IoU) and the best, skipped steps, the model."""
+    and per-class IoU) and the best, skipped steps, the model. `callbacks`: ``Callback`` objects whose hooks the
+    loop calls."""
     d = setup_distributed(cfg.device)
     run, lock = None, None
     try:
         run = setup_run(cfg, d)
+        run.callbacks = list(callbacks)
         lock = _claim_run_folder(run)
         state = resume(run) if cfg.resume else RunState()
         if state.pending is not None:  # the run stopped in an epoch's evaluation: it is redone first
@@ -101,6 +102,7 @@ def train(cfg: TrainConfig) -> dict:
                 f"{run.eval_batches.num_samples} eval images, {run.num_classes} classes, "
                 f"{run.data_cfg.input_size[-1]} px), {cfg.epochs} epochs x {run.steps_per_epoch} steps, global batch "
                 f"{cfg.batch_size * d.world}, {d.world} process(es) on {run.device}")
+        _call(run, "on_run_start", state)
         t0 = time.perf_counter()
         with _StopOnCtrlC(not d.enabled, run.log) as stop:
             while state.epoch < cfg.epochs and not _at_max_steps(cfg, state) and not stop.requested:
@@ -149,7 +151,7 @@ def _claim_run_folder(run: Run) -> RunLock | None:
 def _write_args(run: Run) -> None:
     args = {**dataclasses.asdict(run.cfg), "world_size": run.dist.world,
             "data_config": dataclasses.asdict(run.data_cfg)}
-    write_text(run.run_dir / "args.json", json.dumps(args, indent=2, default=str))
+    write_args(run.run_dir, args)
 
 
 # ----------------------------------------------------------------------------------------------- resume
@@ -219,7 +221,9 @@ def train_epoch(run: Run, state: RunState, stop: _StopOnCtrlC) -> None:
                disable=not (run.dist.is_main and cfg.progress), mininterval=1.0, dynamic_ncols=True, file=sys.stderr)
     try:
         for x, y in run.train_batches.iterate(state.epoch, state.step_in_epoch):
+            _call(run, "on_step_start", state)
             loss = train_step(run, state, x, y)
+            _call(run, "on_step_end", state, loss)
             bar.update(1)
             if state.global_step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.lr:.2e}", refresh=False)
@@ -327,6 +331,7 @@ def _record_epoch(run: Run, state: RunState, row: dict) -> None:
         write_metrics(run.run_dir, state.history)
         run.log(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     save(run, state)
+    _call(run, "on_epoch_end", state, row)
 
 
 def _check_finite(run: Run, state: RunState) -> None:
@@ -364,10 +369,8 @@ def evaluate_run(run: Run, state: RunState) -> dict:
         if r[task.metric] > state.best.get(task.metric, float("-inf")):
             state.best = {**scores, "epoch": state.epoch, "step": state.global_step, "which": which,
                           "metric": task.metric}
-            if run.dist.is_main:  # best/ is a save_pretrained folder: weights and config.json
-                save_weights(m, run.run_dir / "best" / "model.safetensors")
-                config = {**model_config(m), **state.best}
-                write_text(run.run_dir / "best" / "config.json", to_json(config, indent=2))
+            if run.dist.is_main:
+                save_best(run.run_dir, m, state.best)
     out["eval_images"] = r.images
     if state.per_class and run.dist.is_main:
         write_per_class(run.run_dir, state.per_class, run.class_names)
@@ -413,9 +416,9 @@ def _finish(run: Run, state: RunState, seconds: float) -> dict:
                "stopped": stopped, "model": run.model, "task": cfg.task, "metric": task.metric, "best": state.best,
                **{k: final.get(k) for k in task.scores}, **_last_per_class(run, state), "train_time_s": seconds}
     if run.dist.is_main:
-        text = {k: v for k, v in summary.items() if k not in ("history", "step_losses", "model")}
-        write_text(run.run_dir / "summary.json", to_json(text, indent=2))
+        write_summary(run.run_dir, summary)
         run.log(_closing_line(run, state, final, stopped, seconds))
+    _call(run, "on_run_end", summary)
     return summary
 
 

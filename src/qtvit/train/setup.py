@@ -114,6 +114,7 @@ class Run:
     args_written: bool = False                       # args.json, written with this invocation's first checkpoint
     norm_stats: list = field(default_factory=list)   # BatchNorm running statistics, restored after a skipped step
     norm_saved: list = field(default_factory=list)   # ... from this copy, taken before each step's forward
+    callbacks: list = field(default_factory=list)    # engine.Callback objects whose hooks the loop calls
 
     def __post_init__(self):
         self.norm_stats = [t for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
