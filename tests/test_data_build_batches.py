@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qtvit.data import build_batches, open_dataset, resolve_data_config
+from qtvit.data import Shard, build_batches, open_dataset, resolve_data_config
 from conftest import SMALL_FMNIST
 
 
@@ -44,8 +44,8 @@ def test_a_folder_is_listed_once_for_the_same_transform(tmp_path):
                 Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(tmp_path / split / c / f"{i}.png")
     info = open_dataset(tmp_path)
     cfg = resolve_data_config(None, 3, 8)
-    train = build_batches(info, train=True, data_cfg=cfg, batch_size=2, workers=0)
-    bn = build_batches(info, train=True, data_cfg=cfg, batch_size=3, workers=0)
-    other = build_batches(info, train=True, data_cfg=cfg, batch_size=2, workers=0, seed=1)
+    train = build_batches(info, train=True, data_cfg=cfg, batch_size=2, shard=Shard(workers=0))
+    bn = build_batches(info, train=True, data_cfg=cfg, batch_size=3, shard=Shard(workers=0))
+    other = build_batches(info, train=True, data_cfg=cfg, batch_size=2, shard=Shard(seed=1, workers=0))
     assert train.dataset is bn.dataset and other.dataset is not train.dataset
     assert len(list(bn.iterate(5))) == 2 and len(list(train.iterate(0))) == 3

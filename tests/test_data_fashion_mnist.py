@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from qtvit.data import (FASHION_MNIST_CLASSES, TensorBatches, build_batches, find_fashion_mnist, load_fashion_mnist,
+from qtvit.data import (FASHION_MNIST_CLASSES, Shard, TensorBatches, build_batches, find_fashion_mnist,
+                        load_fashion_mnist,
                         open_dataset, read_idx, resolve_data_config, write_idx)
 from conftest import SMALL_FMNIST
 
@@ -73,8 +74,9 @@ def test_tensor_batches_shard_union_equals_single_process():
     info = open_dataset(SMALL_FMNIST)
     cfg = resolve_data_config(None, 1, 32, dataset_mean=info.mean, dataset_std=info.std)
     assert cfg.mean == (0.2860,) and cfg.input_size == (1, 32, 32)
-    single = build_batches(info, train=True, data_cfg=cfg, batch_size=16, seed=3)
-    halves = [build_batches(info, train=True, data_cfg=cfg, batch_size=8, seed=3, rank=r, world=2) for r in range(2)]
+    single = build_batches(info, train=True, data_cfg=cfg, batch_size=16, shard=Shard(seed=3))
+    halves = [build_batches(info, train=True, data_cfg=cfg, batch_size=8, shard=Shard(seed=3, rank=r, world=2))
+              for r in range(2)]
     assert len(single) == len(halves[0]) == 12  # 200 // 16, last partial batch dropped
     for (x, y), (x0, y0), (x1, y1) in zip(single.iterate(1), halves[0].iterate(1), halves[1].iterate(1)):
         assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))

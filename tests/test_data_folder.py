@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qtvit.data import (BatchAugment, EvalTransform, TrainTransform, build_batches, mixup_cutmix, open_dataset,
+from qtvit.data import (BatchAugment, EvalTransform, Shard, TrainTransform, build_batches, mixup_cutmix, open_dataset,
                         resolve_data_config)
 
 
@@ -33,7 +33,7 @@ def test_folder_classes_and_skipped_images(folder):
     info = open_dataset(folder)
     assert info.kind == "folder" and info.classes == ["cat", "dog", "eel"] and info.eval_dir == "val"
     cfg = resolve_data_config(None, 3, 16, crop_pct=0.875)
-    batches = build_batches(info, train=True, data_cfg=cfg, batch_size=4, seed=1, workers=0)
+    batches = build_batches(info, train=True, data_cfg=cfg, batch_size=4, shard=Shard(seed=1, workers=0))
     assert batches.num_samples == 13  # 12 images + the broken one; the .txt is not listed
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -46,7 +46,7 @@ def test_folder_classes_and_skipped_images(folder):
         warnings.simplefilter("always")
         list(batches.iterate(1))
     assert batches.num_skipped == 1  # counted once, however many epochs meet it
-    ev = build_batches(info, train=False, data_cfg=cfg, batch_size=4, workers=0)
+    ev = build_batches(info, train=False, data_cfg=cfg, batch_size=4, shard=Shard(workers=0))
     labels = torch.cat([y for _, y in ev.iterate(0)])
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -55,8 +55,8 @@ def test_folder_classes_and_skipped_images(folder):
 def test_workers_give_the_same_batches(folder):
     info = open_dataset(folder)
     cfg = resolve_data_config(None, 3, 16)
-    a = [x for x, _ in build_batches(info, train=True, data_cfg=cfg, batch_size=4, seed=2, workers=0).iterate(1)]
-    b = [x for x, _ in build_batches(info, train=True, data_cfg=cfg, batch_size=4, seed=2, workers=2).iterate(1)]
+    a, b = ([x for x, _ in build_batches(info, train=True, data_cfg=cfg, batch_size=4,
+                                         shard=Shard(seed=2, workers=w)).iterate(1)] for w in (0, 2))
     assert all(torch.equal(p, q) for p, q in zip(a, b)) and len(a) == 3
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from qtvit.data.seg_folders import LabelMap, SegmentationFolder, Unreadable, folder_pairs, open_mask
 from qtvit.data.seg_transforms import SegBatchAugment, SegEvalTransform, SegTrainTransform, eval_size
+from qtvit.data import Shard
 from qtvit.data.segmentation import build_segmentation_batches, open_segmentation
 
 
@@ -57,7 +58,7 @@ def test_ade20k_labels_shift_by_one_with_0_ignored(ade):
     assert (info.kind, info.num_classes, info.eval_short_side) == ("ade20k", 150, 512)
     assert info.classes[:3] == ["wall", "building", "sky"] and info.classes[44] == "chest of drawers"
     assert info.classes[-1] == "flag" and len(set(info.classes)) == 150
-    b = build_segmentation_batches(info, train=False, crop_size=64, batch_size=1, workers=0)
+    b = build_segmentation_batches(info, train=False, crop_size=64, batch_size=1, shard=Shard(workers=0))
     assert len(b) == 2
     raw = np.asarray(Image.open(ade / "ADEChallengeData2016/annotations/validation/ADE_validation_0.png"))
     _, labels = next(iter(b.iterate(0)))
@@ -69,12 +70,13 @@ def test_ade20k_labels_shift_by_one_with_0_ignored(ade):
 def test_cityscapes_label_ids_map_to_the_19_train_ids(cityscapes):
     info = open_segmentation(cityscapes)
     assert (info.kind, info.num_classes, info.eval_size) == ("cityscapes", 19, (1024, 2048))
-    b = build_segmentation_batches(info, train=False, crop_size=64, batch_size=1, eval_size=(24, 48), workers=0)
+    b = build_segmentation_batches(info, train=False, crop_size=64, batch_size=1, eval_size=(24, 48),
+                                   shard=Shard(workers=0))
     x, labels = next(iter(b.iterate(0)))
     assert x.shape == (1, 3, 24, 48)
     ids = np.resize(np.arange(34), (24, 48))
     assert np.array_equal(labels[0].numpy(), np.asarray(CITYSCAPES_TABLE)[ids])
-    train = build_segmentation_batches(info, train=True, crop_size=16, batch_size=2, workers=0)
+    train = build_segmentation_batches(info, train=True, crop_size=16, batch_size=2, shard=Shard(workers=0))
     assert [p.split("/")[-2] for p, _ in train.dataset.samples] == ["aachen", "bremen"]
 
 
@@ -95,7 +97,7 @@ def test_folder_of_pairs_reads_palette_indices_and_needs_its_classes(tmp_path):
     with pytest.raises(ValueError, match="lists 3 classes, not num_classes=4"):
         open_segmentation(tmp_path, num_classes=4)
     x, labels = next(iter(build_segmentation_batches(info, train=False, crop_size=8, batch_size=1,
-                                                     workers=0).iterate(0)))
+                                                     shard=Shard(workers=0)).iterate(0)))
     assert labels[0, 0].tolist() == [0, 1, 2, 255, 0, 1, 2, 255, 1, 1]
     with pytest.raises(ValueError, match=r"holds label values \[2\].*classes.txt"):
         SegmentationFolder(folder_pairs(tmp_path / "val"), LabelMap.identity(2))[0]
@@ -242,7 +244,7 @@ def _official_ade20k(image_path, mask_path, crop_size=512):
 
 def test_eval_protocol_matches_the_official_script(ade, cityscapes):
     info = open_segmentation(ade)
-    b = build_segmentation_batches(info, train=False, crop_size=64, batch_size=1, workers=0)
+    b = build_segmentation_batches(info, train=False, crop_size=64, batch_size=1, shard=Shard(workers=0))
     seen = 0
     for (x, labels), (image_path, mask_path) in zip(b.iterate(0), b.dataset.samples):
         ref_image, ref_mask = _official_ade20k(image_path, mask_path)
@@ -253,7 +255,8 @@ def test_eval_protocol_matches_the_official_script(ade, cityscapes):
     assert seen == 2 and eval_size(40, 60, 512) == (512, 768) and eval_size(50, 30, 512) == (864, 512)
     # Cityscapes: the official Resize((crop, 2 crop)) then the labelId table; crop 1024 is the full 1024 x 2048.
     cs = open_segmentation(cityscapes)
-    b = build_segmentation_batches(cs, train=False, crop_size=64, batch_size=1, eval_size=(16, 32), workers=0)
+    b = build_segmentation_batches(cs, train=False, crop_size=64, batch_size=1, eval_size=(16, 32),
+                                   shard=Shard(workers=0))
     x, labels = next(iter(b.iterate(0)))
     image_path, mask_path = b.dataset.samples[0]
     ref = _keys_cubic_resize(np.array(Image.open(image_path).convert("RGB")), 16, 32)
@@ -263,13 +266,15 @@ def test_eval_protocol_matches_the_official_script(ade, cityscapes):
 
 def test_batches_share_the_loader_order_sharding_and_resume(ade):
     info = open_segmentation(ade)
-    kw = dict(train=True, crop_size=32, seed=5, workers=0)
-    one = list(build_segmentation_batches(info, batch_size=2, **kw).iterate(3))
+    kw = dict(train=True, crop_size=32)
+    one = list(build_segmentation_batches(info, batch_size=2, shard=Shard(seed=5, workers=0), **kw).iterate(3))
     assert len(one) == 1 and one[0][0].shape == (2, 3, 32, 32) and one[0][1].shape == (2, 32, 32)
-    ranks = [list(build_segmentation_batches(info, batch_size=1, rank=r, world=2, **kw).iterate(3)) for r in (0, 1)]
+    ranks = [list(build_segmentation_batches(info, batch_size=1, shard=Shard(5, r, 2, 0), **kw).iterate(3))
+             for r in (0, 1)]
     assert torch.equal(torch.cat([ranks[0][0][1], ranks[1][0][1]]), one[0][1])
-    assert list(build_segmentation_batches(info, batch_size=2, **kw).iterate(3, start_step=1)) == []
-    ev = build_segmentation_batches(info, train=False, crop_size=32, batch_size=2, workers=0)
+    assert list(build_segmentation_batches(info, batch_size=2, shard=Shard(seed=5, workers=0),
+                                           **kw).iterate(3, start_step=1)) == []
+    ev = build_segmentation_batches(info, train=False, crop_size=32, batch_size=2, shard=Shard(workers=0))
     with pytest.raises(ValueError, match="evaluate with batch size 1"):
         list(ev.iterate(0))
     with pytest.raises(ValueError, match="batch size 0"):

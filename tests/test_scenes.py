@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qtvit.data import load_fashion_mnist
+from qtvit.data import Shard, load_fashion_mnist
 from qtvit.data.scenes import SCENE_CLASSES, FashionMNISTScenes, SceneSpec
 from qtvit.data.segmentation import SCENES, build_segmentation_batches, open_segmentation
 from conftest import SMALL_FMNIST
@@ -110,10 +110,10 @@ def test_default_dataset_batches():
     info = open_segmentation(SMALL_FMNIST)
     assert (info.kind, info.num_classes, info.eval_split) == (SCENES, 11, "test")
     info.scenes = (6, 4)
-    train = build_segmentation_batches(info, train=True, crop_size=128, batch_size=3, workers=0)
+    train = build_segmentation_batches(info, train=True, crop_size=128, batch_size=3, shard=Shard(workers=0))
     batches = list(train.iterate(0))
     assert len(batches) == 2 and batches[0][0].shape == (3, 3, 128, 128) and batches[0][1].shape == (3, 128, 128)
-    ev = build_segmentation_batches(info, train=False, crop_size=128, batch_size=4, workers=0)
+    ev = build_segmentation_batches(info, train=False, crop_size=128, batch_size=4, shard=Shard(workers=0))
     (x, y), = list(ev.iterate(0))
     assert x.shape == (4, 3, 256, 256) and y.shape == (4, 256, 256) and int(y.max()) <= 10
     assert Path(info.root) == Path(SMALL_FMNIST)
@@ -121,15 +121,16 @@ def test_default_dataset_batches():
 
 def test_denser_training_scenes_leave_the_test_scenes_alone():
     info = open_segmentation(SMALL_FMNIST)
-    dense = build_segmentation_batches(info, train=True, crop_size=64, batch_size=2, workers=0, limit=20,
-                                       scene_items=(6, 10))
-    test = build_segmentation_batches(info, train=False, crop_size=64, batch_size=2, workers=0, limit=20,
-                                      scene_items=(6, 10))
+    dense = build_segmentation_batches(info, train=True, crop_size=64, batch_size=2, limit=20,
+                                       scene_items=(6, 10), shard=Shard(workers=0))
+    test = build_segmentation_batches(info, train=False, crop_size=64, batch_size=2, limit=20,
+                                      scene_items=(6, 10), shard=Shard(workers=0))
     counts = [len(dense.dataset.layout(i).items) for i in range(20)]
     assert min(counts) >= 6 and max(counts) <= 10 and dense.dataset.spec.items == (6, 10)
     assert test.dataset.spec == info.scene_spec  # the test split keeps the generator's 3-7
     with pytest.raises(ValueError, match="items need 2 <= low <= high"):
-        build_segmentation_batches(info, train=True, crop_size=64, batch_size=2, workers=0, scene_items=(5, 4))
+        build_segmentation_batches(info, train=True, crop_size=64, batch_size=2, scene_items=(5, 4),
+                                   shard=Shard(workers=0))
 
 
 def test_scene_items_from_the_command_line():

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from qtvit.data.seg_folders import folder_pairs, open_mask
+from qtvit.data import Shard
 from qtvit.data.segmentation import build_segmentation_batches, open_segmentation
 
 
@@ -41,7 +42,7 @@ def test_symlinked_sub_folders_are_followed(tmp_path):
 def test_a_bad_mask_in_a_loader_worker_is_one_clean_error(tmp_path):
     _pairs(tmp_path / "val", ["a", "b"], value=7)  # 7 is outside the 3 classes
     info = open_segmentation(tmp_path, num_classes=3)
-    batches = build_segmentation_batches(info, train=False, crop_size=8, batch_size=1, workers=1)
+    batches = build_segmentation_batches(info, train=False, crop_size=8, batch_size=1, shard=Shard(workers=1))
     with pytest.raises(ValueError) as e:
         next(iter(batches.iterate(0)))
     message = str(e.value)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from conftest import SMALL_FMNIST, run_two_processes, tiny_config
 from qtvit.checkpoints import latest_checkpoint
+from qtvit.data import Shard
 from qtvit.cli import main
 from qtvit.train import load_model, lr_at, make_config, predict, train, validate
 from qtvit.tasks.seg_evaluate import seg_palette
@@ -313,7 +314,7 @@ def test_flip_test_scores_the_average_of_each_image_and_its_mirror(seg_run, caps
     # (bicubic, as the evaluation upsamples)
     net = load_model(run, device="cpu").eval()
     data_cfg, batches = segmentation_eval_batches(net, open_task_data("segmentation", SMALL_FMNIST), batch_size=2,
-                                                  workers=0, limit=4)
+                                                  limit=4, shard=Shard(workers=0))
     metric = SegmentationMetrics(len(flipped["per_class_iou"]), torch.device("cpu"))
     with torch.no_grad():
         for x, y in batches.iterate(0):
@@ -340,8 +341,9 @@ def test_multi_scale_test_scores_the_mean_probability_of_the_views(seg_run, caps
     flipped = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0, flip=True)
     net = load_model(run, device="cpu").eval()
     info = open_task_data("segmentation", SMALL_FMNIST)
-    data_cfg, batches = segmentation_eval_batches(net, info, batch_size=2, workers=0, limit=4, scales=scales)
-    _, single = segmentation_eval_batches(net, info, batch_size=2, workers=0, limit=4)
+    data_cfg, batches = segmentation_eval_batches(net, info, batch_size=2, limit=4, scales=scales,
+                                                  shard=Shard(workers=0))
+    _, single = segmentation_eval_batches(net, info, batch_size=2, limit=4, shard=Shard(workers=0))
     metric = SegmentationMetrics(len(multi["per_class_iou"]), torch.device("cpu"))
     with torch.no_grad():
         for (views, y), (x, _) in zip(batches.iterate(0), single.iterate(0)):

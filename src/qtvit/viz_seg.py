@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ._io import check_output
+from .data import Shard
 from .bench.measure import save_figure
 from .train.evaluate import _check_classes, _classes_and_channels, class_names, load_model, segmentation_eval_batches
 from .train.inputs import model_input
@@ -38,7 +39,8 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
     num_classes = _classes_and_channels(net)[0]
     info = open_task_data("segmentation", data, num_classes)
     _check_classes(net, info.classes, num_classes)  # as validate does
-    data_cfg, batches = segmentation_eval_batches(net, info, batch_size=1, workers=0, limit=first + images)
+    data_cfg, batches = segmentation_eval_batches(net, info, batch_size=1, shard=Shard(workers=0),
+                                                  limit=first + images)
     if batches.num_samples <= first:
         raise ValueError(f"--first {first}: the evaluation split has only {batches.num_samples} images")
     shown, truths, preds = [], [], []

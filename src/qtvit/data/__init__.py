@@ -12,12 +12,12 @@ from pathlib import Path
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, find_fashion_mnist,
                             load_fashion_mnist, read_idx, write_idx)
 from .folder import ImageFolder, open_image
-from .loaders import FolderBatches, TensorBatches, epoch_order
+from .loaders import FolderBatches, Shard, TensorBatches, epoch_order
 from .transforms import (BatchAugment, DataConfig, EvalTransform, TrainTransform, create_transform, mixup_cutmix,
                          normalize, resolve_data_config)
 
 __all__ = [
-    "DatasetInfo", "open_dataset", "build_batches", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
+    "DatasetInfo", "open_dataset", "build_batches", "Shard", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD", "find_fashion_mnist", "load_fashion_mnist", "read_idx", "write_idx", "ImageFolder",
     "open_image", "TensorBatches", "FolderBatches", "epoch_order", "BatchAugment", "DataConfig", "EvalTransform",
     "TrainTransform", "create_transform", "mixup_cutmix", "normalize", "resolve_data_config",
@@ -77,15 +77,17 @@ def open_dataset(data: str | os.PathLike | None = None, download: bool = True) -
     return DatasetInfo("folder", root, classes, 3, None, None, "train", eval_dir or "val")
 
 
-def build_batches(info: DatasetInfo, *, train: bool, data_cfg: DataConfig, batch_size: int, seed: int = 0,
-                  rank: int = 0, world: int = 1, workers: int = 4, padding: int = 2, hflip: bool = True,
-                  limit: int | None = None, rrc_scale: tuple[float, float] = (0.08, 1.0)):
+def build_batches(info: DatasetInfo, *, train: bool, data_cfg: DataConfig, batch_size: int, shard: Shard = Shard(),
+                  padding: int = 2, hflip: bool = True, limit: int | None = None,
+                  rrc_scale: tuple[float, float] = (0.08, 1.0)):
     """The training iterator (train=True) or the evaluation iterator of `info`, yielding uint8 image batches.
 
     Fashion-MNIST trains on a random crop of the image zero-padded by `padding` and a horizontal flip; folders on
     a random resized crop (`rrc_scale`) and a flip; both evaluate with the model's eval protocol (`data_cfg`).
-    `limit` keeps only the first `limit` images (quick runs and tests); None keeps all.
+    `limit` keeps only the first `limit` images (quick runs and tests); None keeps all. `shard`: this process's
+    part and the epochs' seed.
     """
+    seed, rank, world, workers = shard
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size} is not a positive number of images; pass --batch-size 1 or more")
     if limit is not None and limit < 1:

@@ -15,7 +15,16 @@ import torch
 from .folder import Unreadable
 from .transforms import tensor_eval_images, tensor_train_images
 
-__all__ = ["epoch_order", "TensorBatches", "FolderBatches", "collate_readable"]
+__all__ = ["Shard", "epoch_order", "TensorBatches", "FolderBatches", "collate_readable"]
+
+
+class Shard(NamedTuple):
+    """Which part of a dataset this process reads, and how: the seed of every epoch's order (and of the training
+    transforms), this process's rank among `world` processes, and its loader's worker processes."""
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    workers: int = 4
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

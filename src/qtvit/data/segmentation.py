@@ -15,7 +15,7 @@ batches are normalised (``transforms.normalize``) and the logits scored by ``tas
 (which resizes them to the labels' size). ADE20K and folders of mixed image sizes evaluate with batch size 1.
 
     info = open_segmentation()                      # the Fashion-MNIST scenes: 11 classes, 0 = background
-    train = build_segmentation_batches(info, train=True, crop_size=256, batch_size=16, seed=0)
+    train = build_segmentation_batches(info, train=True, crop_size=256, batch_size=16, shard=Shard(seed=0))
     val = build_segmentation_batches(info, train=False, crop_size=256, batch_size=16)
     for images, labels in train.iterate(epoch):     # uint8 (B, 3, 256, 256), int64 (B, 256, 256)
         ...
@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fashion_mnist import find_fashion_mnist, load_fashion_mnist
-from .loaders import FolderBatches
+from .loaders import FolderBatches, Shard
 from .scenes import SCENE_CLASSES, FashionMNISTScenes, SceneSpec
 from .seg_folders import (ADE20K_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, LabelMap, SegmentationFolder,
                           ade20k_pairs, cityscapes_pairs, folder_pairs, read_classes_file)
 from .seg_transforms import SegEvalTransform, SegTrainTransform
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["SCENES", "SegDatasetInfo", "open_segmentation", "looks_like_segmentation", "build_segmentation_batches", "SegmentationBatches"]
+__all__ = ["SCENES", "SegDatasetInfo", "open_segmentation", "looks_like_segmentation", "build_segmentation_batches",
+           "SegmentationBatches"]
 
 SCENES = "fashion-mnist-scenes"
 
@@ -147,8 +148,8 @@ class SegmentationBatches(FolderBatches):
                              f"({e}); evaluate with batch size 1, as the official protocol does") from None
 
 
-def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: int, batch_size: int, seed: int = 0,
-                               rank: int = 0, world: int = 1, workers: int = 4, limit: int | None = None,
+def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: int, batch_size: int,
+                               shard: Shard = Shard(), limit: int | None = None,
                                ratio_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True,
                                eval_short_side: int | None = None, eval_size: tuple[int, int] | None = None,
                                cache_dir: str | os.PathLike | None = None,
@@ -158,7 +159,9 @@ def build_segmentation_batches(info: SegDatasetInfo, *, train: bool, crop_size: 
     iterator (the dataset's official protocol, or `eval_short_side` / `eval_size` when given) of `info`.
     `limit` keeps the first `limit` samples; `cache_dir` caches generated scenes; `scene_items` (training on the
     embedded scenes only) sets the fewest and most items per scene (denser scenes: more labelled garment pixels);
-    several `eval_scales` make each evaluation image a tuple of views (the multi-scale test, ``SegEvalTransform``)."""
+    several `eval_scales` make each evaluation image a tuple of views (the multi-scale test, ``SegEvalTransform``);
+    `shard`: this process's part and the epochs' seed."""
+    seed, rank, world, workers = shard
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size} is not a positive number of images; pass --batch-size 1 or more")
     if limit is not None and limit < 1:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._utils import progress_bar
-from ..data import DataConfig, build_batches, mixup_cutmix, open_dataset, open_image
+from ..data import DataConfig, Shard, build_batches, mixup_cutmix, open_dataset, open_image
 from ..data.segmentation import looks_like_segmentation
 from ..data.transforms import BatchAugment, EvalTransform
 from .common import EvalResult, preprocessing
@@ -92,9 +92,9 @@ class Classification:
             raise ValueError(f"--ohem {cfg.ohem}: segmentation only (it picks hard pixels); leave it out")
 
     @staticmethod
-    def batches(cfg, info, data_cfg: DataConfig, shard: dict):
-        """(training, evaluation, BN re-estimation or None) batches of a run; `shard`: seed, rank, world, workers."""
-        common = dict(data_cfg=data_cfg, **shard)
+    def batches(cfg, info, data_cfg: DataConfig, shard: Shard):
+        """(training, evaluation, BN re-estimation or None) batches of a run; `shard`: this process's part."""
+        common = dict(data_cfg=data_cfg, shard=shard)
         crops = dict(padding=cfg.padding, hflip=cfg.hflip, limit=cfg.limit_train, rrc_scale=tuple(cfg.rrc_scale))
         train = build_batches(info, train=True, batch_size=cfg.batch_size, **common, **crops)
         evals = build_batches(info, train=False, batch_size=cfg.eval_batch_size, limit=cfg.limit_eval, **common)
@@ -141,8 +141,8 @@ class Classification:
             raise ValueError("--flip and --scales are for segmentation checkpoints (flip and multi-scale tests of "
                              "the label maps); leave them out for a classifier")
         data_cfg = preprocessing(net, img_size, crop_pct, info.mean, info.std)
-        batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size or 256, rank=dist.rank,
-                                world=dist.world, workers=workers, limit=limit)
+        batches = build_batches(info, train=False, data_cfg=data_cfg, batch_size=batch_size or 256, limit=limit,
+                                shard=Shard(rank=dist.rank, world=dist.world, workers=workers))
         return evaluate_classification(net, batches, data_cfg, dist.device, num_classes, amp,
                                        progress=dist.is_main), batches, {}
 

@@ -28,6 +28,7 @@ from PIL import Image
 from .._io import atomic_write, check_output
 from .._utils import progress_bar
 from ..data import DataConfig, open_image
+from ..data.seg_folders import IGNORE_INDEX
 from ..data.seg_transforms import SegEvalTransform
 from ..data.transforms import pil_to_uint8
 from ..models.seg_inference import flip_average
@@ -68,7 +69,7 @@ def _view_logits(model: nn.Module, x: torch.Tensor, size, amp: str, flip: bool) 
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_classes: int,
-                          amp: str = "none", channels_last: bool = False, ignore_index: int = 255,
+                          amp: str = "none", channels_last: bool = False, ignore_index: int = IGNORE_INDEX,
                           flip: bool = False, progress: bool = False) -> EvalResult:
     """mIoU, mAcc, aAcc (percent), per-class IoU and accuracy (percent, None where undefined), the mean
     cross-entropy per labelled pixel and the image count over `batches` (all processes). `flip` averages the

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import torch
 
+from ..data.seg_folders import IGNORE_INDEX
 from ..layers.resize import resize_to
 
 __all__ = ["SegmentationMetrics", "upsample_logits", "scores_from_confusion"]
 
 
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Logits (B, K, h, w) resized to the labels' (H, W) before the argmax, bicubic as EfficientViT's evaluation
-    (``efficientvit.models.utils.resize``)."""
-    return resize_to(logits.float(), size, "bicubic")
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Logits (B, K, h, w) in float32 resized to the labels' (H, W) (unchanged when they have that size): the one
+    resize of logits for the metric, the evaluation loss and prediction (bicubic, as EfficientViT's evaluation,
+    ``efficientvit.models.utils.resize``) and for the training loss (bilinear, as mmseg and EfficientViT train)."""
+    return resize_to(logits.float(), size, mode)
 
 
 def scores_from_confusion(confusion: torch.Tensor) -> dict:
@@ -48,12 +50,13 @@ class SegmentationMetrics:
     out; ``update`` takes logits (B, K, h, w), resized to the labels' size when they differ, or class indices
     (B, H, W). ``compute`` returns ``scores_from_confusion`` over every batch of every process."""
 
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = 255):
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = IGNORE_INDEX):
         from torchmetrics.classification import MulticlassConfusionMatrix
         if num_classes < 1:
             raise ValueError(f"{num_classes} classes: pass a positive number of classes")
         if 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} is one of the {num_classes} classes; use 255 (or -1)")
+            raise ValueError(f"ignore_index {ignore_index} is one of the {num_classes} classes; use {IGNORE_INDEX} "
+                             "(or -1)")
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index).to(device)
 

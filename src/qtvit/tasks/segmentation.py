@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import DataConfig
+from ..data import DataConfig, Shard
 from ..data.segmentation import IGNORE_INDEX, SCENES, build_segmentation_batches, open_segmentation
 from ..data.seg_transforms import SegBatchAugment, check_scales
 from .common import EvalResult, preprocessing
 from .seg_evaluate import evaluate_segmentation, main_logits, segment_images
+from .seg_metrics import upsample_logits
 
 __all__ = ["Segmentation", "hard_pixels", "eval_batch_size", "eval_short_side", "segmentation_eval_batches"]
 
@@ -70,17 +71,18 @@ class Segmentation:
     @staticmethod
     def check_config(cfg) -> None:
         # image-level mixing and erasing have no per-pixel meaning here
-        used = [f"--{k.replace('_', '-')}" for k in ("mixup", "cutmix", "randaug_n", "reprob", "bce") if getattr(cfg, k)]
+        used = [f"--{k.replace('_', '-')}" for k in ("mixup", "cutmix", "randaug_n", "reprob", "bce") if getattr(cfg,
+                                                                                                                 k)]
         if used:
             raise ValueError(f"{', '.join(used)}: classification only; segmentation augments with random scale, crop, "
                              "flip and photometric jitter: leave them out")
 
     @staticmethod
-    def batches(cfg, info, data_cfg: DataConfig, shard: dict):
+    def batches(cfg, info, data_cfg: DataConfig, shard: Shard):
         """(training, evaluation, BN re-estimation or None) batches of a run: --img-size is the training crop;
         evaluation follows the dataset's protocol (labels at their own size), its images resized to --eval-size
-        when given. `shard`: seed, rank, world, workers."""
-        common = dict(crop_size=data_cfg.input_size[-1], **shard)
+        when given. `shard`: this process's part."""
+        common = dict(crop_size=data_cfg.input_size[-1], shard=shard)
         crops = dict(limit=cfg.limit_train, hflip=cfg.hflip, ratio_range=tuple(cfg.scale_range),
                      scene_items=tuple(cfg.scene_items))
         train = build_segmentation_batches(info, train=True, batch_size=cfg.batch_size, **crops, **common)
@@ -107,7 +109,7 @@ class Segmentation:
     def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # The head's stride (4, 8, 16) is undone on the logits, bilinearly as mmseg and EfficientViT train, so the
         # loss sees every labelled pixel of the crop.
-        logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        logits = upsample_logits(logits, target.shape[-2:], "bilinear")
         loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
         kept = target != self.ignore_index
         if self.cfg.ohem > 0:
@@ -138,8 +140,8 @@ class Segmentation:
         # than hundreds (measured on the scenes: 8 took 19.5 s where 32 took 30.5 s, most of it the system's page
         # faults).
         data_cfg, batches = segmentation_eval_batches(net, info, batch_size=eval_batch_size(info, batch_size or 8),
-                                                      workers=workers, limit=limit, img_size=img_size,
-                                                      rank=dist.rank, world=dist.world, scales=scales)
+                                                      limit=limit, img_size=img_size, scales=scales,
+                                                      shard=Shard(rank=dist.rank, world=dist.world, workers=workers))
         r = evaluate_segmentation(net, batches, data_cfg, dist.device, num_classes, amp, ignore_index=info.ignore_index,
                                   flip=flip, progress=dist.is_main)
         return r, batches, {"flip": flip, "scales": list(check_scales(scales))}
@@ -181,16 +183,16 @@ def eval_short_side(net: nn.Module, img_size: int | None = None) -> int | None:
     return img_size or net.pretrained_cfg.get("eval_short_side")
 
 
-def segmentation_eval_batches(net: nn.Module, info, *, batch_size: int, workers: int, limit: int | None = None,
-                              img_size: int | None = None, rank: int = 0, world: int = 1,
+def segmentation_eval_batches(net: nn.Module, info, *, batch_size: int, shard: Shard = Shard(),
+                              limit: int | None = None, img_size: int | None = None,
                               scales: tuple[float, ...] = (1.0,)):
     """(DataConfig, evaluation batches) of a segmentation model on the dataset `info`, as `validate` scores it: the
     saved preprocessing with the dataset's mean and std, the images resized to ``eval_short_side`` (times each of
     `scales`: one view per scale)."""
     data_cfg = preprocessing(net, None, None, info.mean, info.std)
     batches = build_segmentation_batches(info, train=False, crop_size=data_cfg.input_size[-1], batch_size=batch_size,
-                                         rank=rank, world=world, workers=workers, limit=limit,
-                                         eval_short_side=eval_short_side(net, img_size), eval_scales=scales)
+                                         shard=shard, limit=limit, eval_short_side=eval_short_side(net, img_size),
+                                         eval_scales=scales)
     return data_cfg, batches
 
 

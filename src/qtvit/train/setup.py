@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints import latest_checkpoint
-from ..data import DataConfig, DatasetInfo, resolve_data_config
+from ..data import DataConfig, DatasetInfo, Shard, resolve_data_config
 from ..data.segmentation import SegDatasetInfo
 from ..models import create_model, set_pretrained_cfg
 from ..tasks import Task, get_task
@@ -183,7 +183,7 @@ def setup_run(cfg: TrainConfig, d: DistInfo) -> Run:
     task_cls = get_task(cfg.task)
     info = task_cls.open_data(cfg.data, cfg.num_classes)
     model, data_cfg, num_classes = _model_and_data(cfg, info, log)
-    shard = dict(seed=cfg.seed, rank=d.rank, world=d.world, workers=cfg.workers)  # which part of the data is ours
+    shard = Shard(cfg.seed, d.rank, d.world, cfg.workers)
     train, evals, bn = task_cls.batches(cfg, info, data_cfg, shard)
     if cfg.warmup_epochs >= cfg.epochs:
         log(f"note: --warmup-epochs {cfg.warmup_epochs} covers all {cfg.epochs} epochs: the learning rate only rises "
