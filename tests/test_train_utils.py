@@ -64,3 +64,21 @@ def test_recipes_layer_defaults_preset_and_overrides():
         make_config("imagenet")
     with pytest.raises(ValueError, match="unknown training options"):
         make_config(None, epochz=3)
+
+
+def test_peak_memory_is_measured_one_way():
+    """The training row's peak and the benchmarks' peak of one call read the same high-water mark: a call that
+    holds 64 MiB shows at least that much extra, and the process's peak covers it."""
+    import numpy as np
+
+    from qtvit._memory import peak_memory_mb, peak_memory_of
+    cpu = torch.device("cpu")
+
+    def hold():
+        a = np.ones(64 * 2**20, np.uint8)  # touched, so resident
+        return int(a[::4096].sum())
+    extra = peak_memory_of(hold, cpu)
+    if extra is None:
+        pytest.skip("no /proc/self/clear_refs here: the peak of one call cannot be measured")
+    assert 64 * 2**20 * 0.9 <= extra <= 64 * 2**20 * 2
+    assert peak_memory_mb(cpu) >= 64

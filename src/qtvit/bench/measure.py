@@ -8,7 +8,6 @@ handed back to the OS first (malloc_trim) so that the call cannot hide its alloc
 from __future__ import annotations
 
 import csv
-import ctypes
 import platform
 import statistics
 from pathlib import Path
@@ -18,14 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .._io import atomic_write
-
-
-def _release_free_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc malloc_trim), so the next peak is measured from a clean base."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the peak may then be under-counted by reused heap
-        pass
+from .._memory import peak_memory_of
 
 
 def build_extensions(device: torch.device) -> None:
@@ -67,38 +59,10 @@ def failure_note(error: BaseException, device: torch.device, width: int = 160) -
     return f"failed: {type(error).__name__}: {' '.join(str(error).split())[:width]}"
 
 
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Extra memory at the peak of one call of ``fn`` over what was in use before it; None where unmeasurable."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    _release_free_heap()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        return None
-    before = _proc_status_kb("VmRSS")
-    fn()
-    after = _proc_status_kb("VmHWM")
-    if before is None or after is None:
-        return None
-    return max(0, after - before) * 1024
+    """Extra memory at the peak of one call of ``fn`` over what was in use before it; None where unmeasurable
+    (the project's one measurement: ``qtvit._memory.peak_memory_of``)."""
+    return peak_memory_of(fn, device)
 
 
 def device_line(device: torch.device) -> str:

@@ -13,14 +13,12 @@ import csv
 import io
 import json
 import os
-import resource
 from pathlib import Path
-
-import torch
 
 import torch.nn as nn
 
 from .._io import write_text
+from .._memory import peak_memory_mb
 from .._utils import to_json
 from ..checkpoints import model_config, save_weights
 
@@ -29,13 +27,6 @@ __all__ = ["peak_memory_mb", "write_args", "write_metrics", "write_per_class", "
 
 def write_args(run_dir: str | os.PathLike, args: dict) -> None:
     write_text(Path(run_dir) / "args.json", json.dumps(args, indent=2, default=str))
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on a GPU, else the resident-set high-water mark."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
