@@ -23,7 +23,7 @@ def test_arguments_are_keywords_and_checked():
 
 
 def test_idx_files_are_read_once_and_shared(monkeypatch):
-    import qtvit.data as data
+    import qtvit.data.info as data  # where DatasetInfo.arrays reads the idx files
     reads = []
     original = data.load_fashion_mnist
     monkeypatch.setattr(data, "load_fashion_mnist",

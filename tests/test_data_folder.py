@@ -31,7 +31,7 @@ def folder(tmp_path):
 
 def test_folder_classes_and_skipped_images(folder):
     info = open_dataset(folder)
-    assert info.kind == "folder" and info.classes == ["cat", "dog", "eel"] and info.eval_dir == "val"
+    assert info.kind == "folder" and info.classes == ["cat", "dog", "eel"] and info.eval_split == "val"
     cfg = resolve_data_config(None, 3, 16, crop_pct=0.875)
     batches = build_batches(info, train=True, data_cfg=cfg, batch_size=4, shard=Shard(seed=1, workers=0))
     assert batches.num_samples == 13  # 12 images + the broken one; the .txt is not listed

@@ -207,7 +207,7 @@ def test_max_steps_ends_like_a_finished_run(tmp_path, capsys):
 
 
 def test_the_dataset_is_read_once_per_split(tmp_path, monkeypatch):
-    import qtvit.data as data
+    import qtvit.data.info as data  # where DatasetInfo.arrays reads the idx files
     reads = []
     original = data.load_fashion_mnist
     monkeypatch.setattr(data, "load_fashion_mnist",

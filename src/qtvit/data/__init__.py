@@ -6,12 +6,12 @@ iterator for a model's data config.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, find_fashion_mnist,
                             load_fashion_mnist, read_idx, write_idx)
 from .folder import ImageFolder, open_image
+from .info import DatasetInfo
 from .loaders import FolderBatches, Shard, TensorBatches, epoch_order
 from .transforms import (BatchAugment, DataConfig, EvalTransform, TrainTransform, create_transform, mixup_cutmix,
                          normalize, resolve_data_config)
@@ -24,32 +24,6 @@ __all__ = [
 ]
 
 FASHION_MNIST = "fashion-mnist"
-
-
-@dataclass
-class DatasetInfo:
-    """What a --data value names: kind ("fashion-mnist" or "folder"), where, its classes and channels.
-
-    ``arrays(split)`` reads Fashion-MNIST's idx files once per split and keeps them, so the training, evaluation and
-    BN re-estimation batches of a run share one copy in memory; an image folder is likewise listed once for the
-    same transform (see build_batches).
-    """
-    kind: str
-    root: Path | None
-    classes: list[str]
-    in_chans: int
-    mean: tuple[float, ...] | None = None  # the dataset's own statistics, when known
-    std: tuple[float, ...] | None = None
-    train_dir: str = "train"
-    eval_dir: str = "val"
-    _arrays: dict = field(default_factory=dict, repr=False, compare=False)
-    _folders: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def arrays(self, split: str):
-        """(uint8 images, int64 labels) of Fashion-MNIST's "train" or "test" split, read on first use."""
-        if split not in self._arrays:
-            self._arrays[split] = load_fashion_mnist(split, self.root)
-        return self._arrays[split]
 
 
 def open_dataset(data: str | os.PathLike | None = None, download: bool = True) -> DatasetInfo:
@@ -110,10 +84,10 @@ def build_batches(info: DatasetInfo, *, train: bool, data_cfg: DataConfig, batch
     if ds is None:
         if train:
             tf = TrainTransform(size, scale=rrc_scale, hflip=0.5 if hflip else 0.0, seed=seed)
-            ds = ImageFolder(info.root / info.train_dir, tf, mode, classes=info.classes)
+            ds = ImageFolder(info.root / info.train_split, tf, mode, classes=info.classes)
         else:
             tf = EvalTransform(size, data_cfg.crop_pct, data_cfg.interpolation)
-            ds = ImageFolder(info.root / info.eval_dir, tf, mode, classes=info.classes)
+            ds = ImageFolder(info.root / info.eval_split, tf, mode, classes=info.classes)
         if limit:
             ds.samples = ds.samples[:limit]
         info._folders[key] = ds

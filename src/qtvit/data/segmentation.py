@@ -27,7 +27,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from .fashion_mnist import find_fashion_mnist
+from .info import DatasetInfo
 from .loaders import FolderBatches, Shard
 from .scenes import SCENE_CLASSES, FashionMNISTScenes, SceneSpec
 from .seg_folders import (ADE20K_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, LabelMap, SegmentationFolder,
@@ -42,36 +43,19 @@ SCENES = "fashion-mnist-scenes"
 
 
 @dataclass
-class SegDatasetInfo:
-    """What a segmentation --data value names: kind ("fashion-mnist-scenes", "ade20k", "cityscapes", "folder"),
-    where, the class names (label i = classes[i]; 255 is ignore), the split folders and the official sizes:
-    ``base_scale`` of the training rescale (None: relative to the image), ``eval_short_side`` or ``eval_size``."""
-    kind: str
-    root: Path | None
-    classes: list[str]
-    train_split: str = "train"
-    eval_split: str = "val"
-    base_scale: tuple[int, int] | None = None
-    eval_short_side: int | None = None
-    eval_size: tuple[int, int] | None = None
+class SegDatasetInfo(DatasetInfo):
+    """A segmentation dataset (``DatasetInfo``: label i = classes[i], `ignore_index` 255 unlabelled) and its official
+    sizes: ``base_scale`` of the training rescale (None: relative to the image), ``eval_short_side`` or
+    ``eval_size``; for the Fashion-MNIST scenes, how many and which."""
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     ignore_index: int = IGNORE_INDEX
-    in_chans: int = 3
+    base_scale: tuple[int, int] | None = None
+    eval_short_side: int | None = None
+    eval_size: tuple[int, int] | None = None
     scenes: tuple[int, int] = (10_000, 1_000)  # training and evaluation scenes (fashion-mnist-scenes)
     scene_seed: int = 0  # the scenes' generator seed: the same dataset whatever the run's seed
     scene_spec: SceneSpec = field(default_factory=SceneSpec)
-    _arrays: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def arrays(self, split: str):
-        """Fashion-MNIST's (images, labels) of "train" or "test" (scenes), read on first use."""
-        if split not in self._arrays:
-            self._arrays[split] = load_fashion_mnist(split, self.root)
-        return self._arrays[split]
 
 
 def looks_like_segmentation(data: str | os.PathLike) -> bool:
@@ -104,10 +88,10 @@ def open_segmentation(data: str | os.PathLike | None = None, *, num_classes: int
         return SegDatasetInfo(SCENES, find_fashion_mnist(root), list(SCENE_CLASSES), train_split="train",
                               eval_split="test")
     if (root / "ADEChallengeData2016").is_dir() or (root / "images" / "training").is_dir():
-        return SegDatasetInfo("ade20k", root, list(ADE20K_CLASSES), "training",
-                              "validation", base_scale=(2048, 512), eval_short_side=512)
+        return SegDatasetInfo("ade20k", root, list(ADE20K_CLASSES), train_split="training",
+                              eval_split="validation", base_scale=(2048, 512), eval_short_side=512)
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
-        return SegDatasetInfo("cityscapes", root, list(CITYSCAPES_CLASSES), "train", "val",
+        return SegDatasetInfo("cityscapes", root, list(CITYSCAPES_CLASSES), train_split="train", eval_split="val",
                               base_scale=(2048, 1024), eval_size=(1024, 2048))
     eval_split = next((d for d in ("val", "validation", "test") if (root / d / "images").is_dir()), None)
     if not (root / "train" / "images").is_dir() and eval_split is None:
@@ -124,7 +108,7 @@ def open_segmentation(data: str | os.PathLike | None = None, *, num_classes: int
         raise ValueError(f"{root} does not say how many classes its masks hold: add {root / 'classes.txt'} (one "
                          "class name a line, line i = mask value i) or pass --num-classes N (num_classes=N)")
     LabelMap.identity(len(classes))  # checks the count
-    return SegDatasetInfo("folder", root, classes, "train", eval_split or "val")
+    return SegDatasetInfo("folder", root, classes, train_split="train", eval_split=eval_split or "val")
 
 
 def _pairs(info: SegDatasetInfo, split: str) -> tuple[list[tuple[str, str]], LabelMap]:

@@ -18,7 +18,6 @@ import torch.nn as nn
 
 from ..checkpoints import latest_checkpoint
 from ..data import DataConfig, DatasetInfo, Shard, resolve_data_config
-from ..data.segmentation import SegDatasetInfo
 from ..models import create_model, set_pretrained_cfg
 from ..tasks import Task, get_task
 from .distributed import DistInfo, broadcast_object
@@ -89,7 +88,7 @@ class Run:
     """What a run is made of; built once by setup_run, read by every part of the loop."""
     cfg: TrainConfig
     dist: DistInfo
-    info: DatasetInfo | SegDatasetInfo
+    info: DatasetInfo                 # the dataset description (a SegDatasetInfo for segmentation)
     data_cfg: DataConfig
     num_classes: int
     model: nn.Module          # the model itself; train_model is what training calls: the task's view of it
