@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import qtvit
-from qtvit.train.seg_metrics import SegmentationMetrics, scores_from_confusion
+from qtvit.tasks.seg_metrics import SegmentationMetrics, scores_from_confusion
 
 # 10 pixels, classes 0..2, two ignored (255):
 #   (true, predicted): (0,0) (0,0) (0,1) (1,1) (1,2) (2,2) (2,0) [ignored] [ignored] (1,1)
@@ -70,7 +70,7 @@ def test_undefined_classes_are_left_out_of_the_means():
 _TWO_RANKS = textwrap.dedent("""
     import json, sys
     import torch
-    from qtvit.train.seg_metrics import SegmentationMetrics
+    from qtvit.tasks.seg_metrics import SegmentationMetrics
     torch.set_num_threads(1)
     labels, preds = torch.tensor({labels}), torch.tensor({preds})
 

@@ -22,7 +22,7 @@ from qtvit.checkpoints import latest_checkpoint
 from qtvit.data import Shard
 from qtvit.cli import main
 from qtvit.train import load_model, lr_at, make_config, predict, train, validate
-from qtvit.tasks.seg_evaluate import seg_palette
+from qtvit.tasks.seg_predict import seg_palette
 from qtvit.tasks import EvalResult
 from qtvit.tasks.segmentation import Segmentation
 
@@ -303,17 +303,16 @@ def test_validate_reports_the_runs_evaluation(seg_run, capsys):
 
 def test_flip_test_scores_the_average_of_each_image_and_its_mirror(seg_run, capsys):
     from qtvit.models.segmentation import predict_full
-    from qtvit.train.evaluate import segmentation_eval_batches
-    from qtvit.train.inputs import model_input
-    from qtvit.train.seg_evaluate import open_task_data
-    from qtvit.train.seg_metrics import SegmentationMetrics
+    from qtvit.tasks.segmentation import segmentation_eval_batches
+    from qtvit.tasks.inputs import model_input
+    from qtvit.tasks.seg_metrics import SegmentationMetrics
     run, _ = seg_run
     flipped = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0, flip=True)
     plain = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0)
     # the same score by hand: predict_full's flip averages the upsampled logits of the image and its mirror
     # (bicubic, as the evaluation upsamples)
     net = load_model(run, device="cpu").eval()
-    data_cfg, batches = segmentation_eval_batches(net, open_task_data("segmentation", SMALL_FMNIST), batch_size=2,
+    data_cfg, batches = segmentation_eval_batches(net, Segmentation.open_data(SMALL_FMNIST), batch_size=2,
                                                   limit=4, shard=Shard(workers=0))
     metric = SegmentationMetrics(len(flipped["per_class_iou"]), torch.device("cpu"))
     with torch.no_grad():
@@ -331,16 +330,15 @@ def test_multi_scale_test_scores_the_mean_probability_of_the_views(seg_run, caps
     """validate(scales=...) averages, at the labels' size, the class probabilities of the image at each ratio of
     the evaluation size (each view's logits flip-averaged with --flip): the same score by hand with predict_full."""
     from qtvit.models.segmentation import predict_full
-    from qtvit.train.evaluate import segmentation_eval_batches
-    from qtvit.train.inputs import model_input
-    from qtvit.train.seg_evaluate import open_task_data
-    from qtvit.train.seg_metrics import SegmentationMetrics
+    from qtvit.tasks.segmentation import segmentation_eval_batches
+    from qtvit.tasks.inputs import model_input
+    from qtvit.tasks.seg_metrics import SegmentationMetrics
     run, _ = seg_run
     scales = (0.5, 1.0, 1.25)
     multi = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0, flip=True, scales=scales)
     flipped = validate(run, data=SMALL_FMNIST, limit=4, batch_size=2, device="cpu", workers=0, flip=True)
     net = load_model(run, device="cpu").eval()
-    info = open_task_data("segmentation", SMALL_FMNIST)
+    info = Segmentation.open_data(SMALL_FMNIST)
     data_cfg, batches = segmentation_eval_batches(net, info, batch_size=2, limit=4, scales=scales,
                                                   shard=Shard(workers=0))
     _, single = segmentation_eval_batches(net, info, batch_size=2, limit=4, shard=Shard(workers=0))

@@ -20,7 +20,18 @@ import torch
 from ..data.seg_folders import IGNORE_INDEX
 from ..layers.resize import resize_to
 
-__all__ = ["SegmentationMetrics", "upsample_logits", "scores_from_confusion"]
+__all__ = ["SegmentationMetrics", "main_logits", "upsample_logits", "scores_from_confusion"]
+
+
+def main_logits(output, model_name: str = "the model") -> torch.Tensor:
+    """The per-pixel logits (B, K, h, w) of a model's output: its first element when it is (logits, aux_logits)."""
+    logits = output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{model_name} returned {shape}, not per-pixel logits (B, classes, h, w): segmentation "
+                         "needs a segmentation model (efficientvit_seg_*, qtvit_seg_*, upernet_*), or train it "
+                         "with --task classification")
+    return logits
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Semantic segmentation: its data (the Fashion-MNIST scenes, ADE20K, Cityscapes, folders of image/mask pairs),
 photometric jitter of the images (masks untouched), per-pixel cross-entropy with the dataset's ignored pixels left
 out plus UperNet's auxiliary loss, mIoU; a saved model's validation (flip and multi-scale tests) and its masks of
-image files (seg_evaluate.py)."""
+image files (seg_evaluate.py, seg_predict.py)."""
 from __future__ import annotations
 
 import math
@@ -15,8 +15,9 @@ from ..data import DataConfig, Shard
 from ..data.segmentation import IGNORE_INDEX, SCENES, build_segmentation_batches, open_segmentation
 from ..data.seg_transforms import SegBatchAugment, check_scales
 from .common import EvalResult, preprocessing
-from .seg_evaluate import evaluate_segmentation, main_logits, segment_images
-from .seg_metrics import upsample_logits
+from .seg_evaluate import evaluate_segmentation
+from .seg_metrics import main_logits, upsample_logits
+from .seg_predict import segment_images
 
 __all__ = ["Segmentation", "hard_pixels", "eval_batch_size", "eval_short_side", "segmentation_eval_batches"]
 
@@ -154,7 +155,7 @@ class Segmentation:
     @staticmethod
     def predict(net: nn.Module, images: list, names: list[str], *, topk: int = 5, batch_size: int = 64,
                 img_size=None, crop_pct=None, output_dir=None, overwrite: bool = False):
-        """Each image's colour mask and overlay written into `output_dir` (see seg_evaluate.segment_images)."""
+        """Each image's colour mask and overlay written into `output_dir` (see seg_predict.segment_images)."""
         if output_dir is None:
             raise ValueError("a segmentation checkpoint predicts masks: pass --output-dir, the folder to write "
                              "each image's <name>_mask.png and <name>_overlay.png to")

@@ -1,6 +1,8 @@
 """Kept importable (viz_seg.py imports from here): segmentation's evaluation and masks moved to qtvit.tasks."""
 from ..tasks import get_task
-from ..tasks.seg_evaluate import evaluate_segmentation, main_logits, seg_palette, segment_images  # noqa: F401
+from ..tasks.seg_evaluate import evaluate_segmentation  # noqa: F401
+from ..tasks.seg_metrics import main_logits  # noqa: F401
+from ..tasks.seg_predict import seg_palette, segment_images  # noqa: F401
 from ..tasks.segmentation import eval_batch_size  # noqa: F401
 
 
