@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qtvit._utils import parse_kv, parse_model_spec, parse_size
-from qtvit.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table, plot,
+from qtvit.tools.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table, plot,
                                 read_csv, write_csv)
 
 
@@ -31,7 +31,7 @@ def test_model_specs_carry_constructor_arguments():
     rows = benchmark_models(["qtvit_nano:kernel=softmax"], ["32"], batch_sizes=[1], modes=["eager"], repeats=1,
                             flops=False, memory=False)
     assert [r["model"] for r in rows] == ["qtvit_nano:kernel=softmax"]
-    from qtvit.bench.paths import build_model
+    from qtvit.tools.bench.paths import build_model
     kernels = {type(m).__name__ for m in build_model("qtvit_nano:kernel=softmax").modules() if hasattr(m, "chunk_size")}
     assert kernels and all("Softmax" in k for k in kernels), kernels
 
@@ -116,7 +116,7 @@ def test_compile_only_at_compile_sizes():
 
 
 def test_interleaved_rows():
-    from qtvit.bench.models import benchmark_interleaved
+    from qtvit.tools.bench.models import benchmark_interleaved
 
     rows = benchmark_interleaved(["qtvit_nano", "efficientvit_nano"], "32", repeats=2, num_classes=10)
     assert [r["model"] for r in rows] == ["qtvit_nano", "efficientvit_nano"]
@@ -125,7 +125,7 @@ def test_interleaved_rows():
 
 
 def test_measure_writers_fail_cleanly(tmp_path, monkeypatch):
-    from qtvit.bench import measure
+    from qtvit.tools import measure
 
     path = tmp_path / "r.csv"
     measure.write_csv([{"a": 1}], path, "first", ["a"])
@@ -137,7 +137,7 @@ def test_measure_writers_fail_cleanly(tmp_path, monkeypatch):
 
 
 def test_kernel_benchmark_takes_one_shot_iterables():
-    from qtvit.bench.kernels import benchmark_kernels
+    from qtvit.tools.bench.kernels import benchmark_kernels
 
     rows = benchmark_kernels(iter(["qt", "relu"]), [64, 128], head_dims=(8, 16), modes=iter(["fwd"]), repeats=1)
     # every kernel at every head dim and N: the iterables are not used up by the first head dim

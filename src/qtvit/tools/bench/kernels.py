@@ -27,9 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..attention import cpu_fused, create_kernel, list_kernels
+from ...attention import cpu_fused, create_kernel, list_kernels
 from .args import check_device, check_outputs
-from .measure import (  # noqa: F401
+from ..measure import (  # noqa: F401
     build_extensions,
     device_line,
     failure_note,
@@ -290,8 +290,8 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
-    from ..train.recipes import Bound
+    from ...cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
+    from ...train.recipes import Bound
 
     seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("kernels", help="time and memory of each attention kernel against N",

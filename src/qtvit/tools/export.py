@@ -62,10 +62,10 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from ._io import atomic_write, check_output, private_temp
-from ._utils import did_you_mean, interrupts_kept, parse_size
-from .layers.norm import reestimate_bn
-from .models.inference import inference_form  # re-exported: the inference form lives with the models
+from .._io import atomic_write, check_output, private_temp
+from .._utils import did_you_mean, interrupts_kept, parse_size
+from ..layers.norm import reestimate_bn
+from ..models.inference import inference_form  # re-exported: the inference form lives with the models
 
 __all__ = ["export_onnx", "quantize_onnx", "calibration_batches", "onnx_top1", "check_onnx", "calibrate_batchnorm",
            "onnx_session", "onnxruntime_latency", "inference_form",
@@ -109,7 +109,7 @@ def _pos_embed_matches(model: nn.Module, size: tuple[int, int], in_chans: int) -
 
 def _trace_model(model: nn.Module) -> nn.Module:
     """An eval copy whose attention kernels run in one chunk, so the traced graph holds for any token count."""
-    from .attention import AttentionKernel
+    from ..attention import AttentionKernel
 
     traced = copy.deepcopy(model).eval()
     for m in traced.modules():
@@ -277,7 +277,7 @@ def onnxruntime_latency(session, shape: Sequence[int], *, repeats: int = 7, warm
     """Median wall time (s) of one onnxruntime run on a random input of ``shape``, and all the times."""
     import numpy as np
 
-    from .bench.measure import median_time
+    from .measure import median_time
 
     x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
     return median_time(lambda: session.run([OUTPUT_NAME], {INPUT_NAME: x}), torch.device("cpu"),
@@ -289,8 +289,8 @@ def calibration_batches(model: nn.Module, data: str | Path | None = None, *, ima
     """Normalised (images, labels) batches of ``data`` (``qtvit.data.open_dataset``: None = Fashion-MNIST) at the
     model's eval size and statistics: the first ``images`` of the training split (``train=True``, for INT8
     calibration) or all of the evaluation split (``train=False``, ``images`` ignored, for the top-1 check)."""
-    from .data import build_batches, open_dataset
-    from .data.transforms import normalize, resolve_data_config
+    from ..data import build_batches, open_dataset
+    from ..data.transforms import normalize, resolve_data_config
 
     info = open_dataset(data)
     cfg = resolve_data_config(model, dataset_mean=info.mean, dataset_std=info.std)
@@ -348,7 +348,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[torch.
 def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple]:
     """{name: (top-1 in %, images, seconds in onnxruntime)} of classifier sessions over (images, labels) batches;
     the sessions take each batch in turn, so load drifts hit them alike."""
-    from ._utils import progress_bar
+    from .._utils import progress_bar
     correct, seconds, total = dict.fromkeys(sessions, 0), dict.fromkeys(sessions, 0.0), 0
     for x, y in progress_bar(batches, desc="evaluating in onnxruntime"):
         for name, sess in sessions.items():
@@ -367,8 +367,8 @@ def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor
 # --------------------------------------------------------------------------------------------------------------------
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit export MODEL --format onnx ...``."""
-    from .cli import bounded, image_size, positive_int  # the CLI's checked number types: a bad value is exit code 2
-    from .train.recipes import Bound
+    from ..cli import bounded, image_size, positive_int  # the CLI's checked number types: a bad value is exit code 2
+    from ..train.recipes import Bound
 
     p = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
                               description="Export a model (with --checkpoint or --pretrained weights) to ONNX with "
@@ -418,7 +418,7 @@ def _output_path(args: argparse.Namespace) -> Path:
 def _load_model(args: argparse.Namespace) -> nn.Module:
     """The model to export; loaded weights must fill its classifier (one of another size would be dropped, and the
     graph would carry a random head under the checkpoint's name)."""
-    from . import create_model
+    from .. import create_model
 
     model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
                          num_classes=args.num_classes).eval()
@@ -432,7 +432,7 @@ def _load_model(args: argparse.Namespace) -> nn.Module:
 
 
 def run_export_cli(args: argparse.Namespace) -> int:
-    from . import list_models
+    from .. import list_models
 
     if args.format.lower() not in FORMATS:
         raise ValueError(f"unknown format {args.format!r}; supported: {', '.join(FORMATS)}")

@@ -44,14 +44,14 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .._utils import did_you_mean, parse_model_spec, parse_size
-from ..models import inference_form, list_models
-from .measure import (build_extensions, device_line, failure_note, median_time, peak_memory_bytes,  # noqa: F401
+from ..._utils import did_you_mean, parse_model_spec, parse_size
+from ...models import inference_form, list_models
+from ..measure import (build_extensions, device_line, failure_note, median_time, peak_memory_bytes,  # noqa: F401
                       read_csv, save_figure)
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
 from .args import check_device, check_model_args, check_outputs, size_arg
-from .measure import write_csv as write_results_csv
+from ..measure import write_csv as write_results_csv
 
 DEFAULT_MODELS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
                   "l2vit_tiny"]
@@ -360,8 +360,8 @@ def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> 
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
-    from ..train.recipes import Bound
+    from ...cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
+    from ...train.recipes import Bound
 
     seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",

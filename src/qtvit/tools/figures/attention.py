@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import parse_size
-from .bench.measure import read_csv, save_figure, write_csv
+from ..._utils import parse_size
+from ..measure import read_csv, save_figure, write_csv
 
 __all__ = [
     "PAPER_KERNELS", "PAPER_TOP1", "default_image", "load_image", "patch_tokens", "model_tokens", "attention_rows",
@@ -108,8 +108,8 @@ def model_tokens(model: torch.nn.Module, image: Tensor, layer: int = -1,
     inferred from the layer's input map when it is square-compatible with the image's aspect ratio. The RGB image
     in [0, 1] is fed as the model expects it: grey for a one-channel model, normalised with its mean and std.
     """
-    from .attention import AttentionKernel
-    from .data.transforms import normalize, resolve_data_config
+    from ...attention import AttentionKernel
+    from ...data.transforms import normalize, resolve_data_config
 
     cfg = resolve_data_config(model)
     grey = cfg.input_size[0] == 1 and image.shape[0] == 3
@@ -153,7 +153,7 @@ def attention_rows(q: Tensor, k: Tensor, query: int, kernels: Iterable[str] = PA
 
     Each row sums to 1 (up to the kernel's eps): the weights that query gives to every key.
     """
-    from . import create_kernel
+    from ... import create_kernel
 
     if not 0 <= query < q.shape[2]:
         raise ValueError(f"query token {query} out of range 0..{q.shape[2] - 1}")
@@ -324,12 +324,12 @@ def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, default=Path("results/pareto.png"), help="the PNG written")
     r.set_defaults(func=_pareto_cli)
 
-    from .viz_seg import add_segmentation_figure_parser  # its imports (training, data) only when figures are asked
+    from .segmentation import add_segmentation_figure_parser  # its imports (training, data) only when figures are asked
     add_segmentation_figure_parser(sub)
 
 
 def _attention_cli(args: argparse.Namespace) -> int:
-    from . import create_model, list_kernels
+    from ... import create_model, list_kernels
 
     bad = [k for k in args.kernels if k not in list_kernels()]
     if bad:

@@ -39,8 +39,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .._utils import parse_model_spec
-from ..models import create_model, inference_form
+from ..._utils import parse_model_spec
+from ...models import create_model, inference_form
 
 __all__ = ["MODES", "Forms", "runner", "build_model", "benchmark_weights", "count_flops", "interleaved_times",
            "load_official_qtvit", "jit_form", "cuda_graph_runner"]
