@@ -8,7 +8,8 @@ import torch
 
 from qtvit._utils import parse_kv, parse_model_spec, parse_size
 from qtvit.tools.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table, plot,
-                                read_csv, write_csv)
+                                      write_csv)
+from qtvit.tools.results import provenance, read_csv
 
 
 def test_parse_size():
@@ -124,16 +125,19 @@ def test_interleaved_rows():
     assert rows[0]["gmacs"] == pytest.approx(rows[1]["gmacs"], rel=0.02)  # QT adds almost no MACs
 
 
-def test_measure_writers_fail_cleanly(tmp_path, monkeypatch):
-    from qtvit.tools import measure
+def test_results_writer_fails_cleanly(tmp_path):
+    from qtvit.tools import results
 
     path = tmp_path / "r.csv"
-    measure.write_csv([{"a": 1}], path, "first", ["a"])
+    results.write_csv([{"a": 1}], path, "first", ["a"])
     with pytest.raises(ValueError, match="not in fieldnames"):  # a row that does not fit leaves the old file
-        measure.write_csv([{"a": 2, "b": 3}], path, "second", ["a"])
+        results.write_csv([{"a": 2, "b": 3}], path, "second", ["a"])
     assert read_csv(path) == [{"a": "1"}] and os.listdir(tmp_path) == ["r.csv"]
-    measure.write_csv([{"a": 2, "b": 3}], path, "second", ["a"], extrasaction="ignore")
-    assert read_csv(path) == [{"a": "2"}]
+    assert provenance(path) == "first"
+    results.write_csv([{"a": 2, "b": 3}], path, "second", ["a"], extrasaction="ignore")
+    assert read_csv(path) == [{"a": "2"}] and provenance(path) == "second"
+    (tmp_path / "plain.csv").write_text("a\n1\n")
+    assert provenance(tmp_path / "plain.csv") == ""
 
 
 def test_kernel_benchmark_takes_one_shot_iterables():

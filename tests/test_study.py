@@ -14,7 +14,7 @@ from qtvit.tools.study.kernels import summarise
 from qtvit.tools.study.net import CONTROL, StudyNet
 from qtvit.tools.study.runs import _to_input
 from qtvit.tools.study.task import PointerSpec, make_pointer_canvases, marker_slices
-from qtvit.tools.measure import read_csv
+from qtvit.tools.results import read_csv
 from conftest import SMALL_FMNIST
 
 

@@ -16,7 +16,7 @@ because it exports every model of the zoo in seconds with free H and W; the torc
 fixes the height or width, as for the segmentation models, the export is refused: use the default exporter). Both
 write one self-contained file (weights embedded), so the .onnx can be copied alone.
 
-Two details make one graph valid for every size (see ``_trace_model``):
+Two details make one graph valid for every size (see ``traceable_copy``):
 - the linear-attention core splits tokens in chunks of 4096 by a Python loop; tracing would freeze the number of
   chunks, so the exported copy computes every attention in one chunk (same numbers, more memory above 4096 tokens);
 - eager ``LiteMLA`` resizes the QT-ViT positional embedding only when the token map differs from its stored
@@ -38,7 +38,7 @@ slices of the qkv map, so onnxruntime's optimised graph has no Transpose (1.18-1
 
 Which CPU path to use, measured (docs/deployment.md): this ONNX graph in onnxruntime for deployment at any
 size (the fastest at 224-1024 px; ``onnx_session(path, spinning=False)`` on a CPU shared with other jobs); in
-PyTorch, ``qtvit.bench.paths.jit_form(model, example)`` (the traced, frozen inference form; any size) or
+PyTorch, ``qtvit.tools.bench.paths.jit_form(model, example)`` (the traced, frozen inference form; any size) or
 ``inference_form(model, (h, w))`` for one size; ``--quantize int8`` for a smaller file, not for speed here.
 
 ``--quantize int8`` writes an onnxruntime static-quantized graph (QLinearConv; convs and classifier in INT8, the
@@ -68,7 +68,7 @@ from ..layers.norm import reestimate_bn
 from ..models.inference import inference_form  # re-exported: the inference form lives with the models
 
 __all__ = ["export_onnx", "quantize_onnx", "calibration_batches", "onnx_top1", "check_onnx", "calibrate_batchnorm",
-           "onnx_session", "onnxruntime_latency", "inference_form",
+           "onnx_session", "onnxruntime_latency", "inference_form", "traceable_copy",
            "add_export_parser", "FORMATS"]
 
 FORMATS = ("onnx",)
@@ -107,8 +107,9 @@ def _pos_embed_matches(model: nn.Module, size: tuple[int, int], in_chans: int) -
     return any(hits)
 
 
-def _trace_model(model: nn.Module) -> nn.Module:
-    """An eval copy whose attention kernels run in one chunk, so the traced graph holds for any token count."""
+def traceable_copy(model: nn.Module) -> nn.Module:
+    """An eval copy whose attention kernels run in one chunk, so a traced graph holds for any token count (the
+    loop over 4096-token chunks would be frozen by the trace). Shared by the ONNX export and ``bench.paths.jit_form``."""
     from ..attention import AttentionKernel
 
     traced = copy.deepcopy(model).eval()
@@ -154,7 +155,7 @@ def export_onnx(
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the ONNX file to write, e.g. {path / 'model.onnx'}")
     in_chans = _in_chans(model)
-    traced = _trace_model(model)
+    traced = traceable_copy(model)
     if dynamic:
         if any(getattr(m, "pos_embed_cache", None) is not None for m in traced.modules()):
             raise ValueError("this model was fused for one input size (cached positional embeddings); export it "
@@ -234,7 +235,7 @@ def onnx_session(path: str | Path, threads: int | None = None, *, spinning: bool
     except ImportError as e:
         raise ImportError("onnxruntime is not installed: pip install 'qtvit[export]'") from e
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no ONNX file at {path}; write one with qtvit.export.export_onnx or `qtvit export`")
+        raise FileNotFoundError(f"no ONNX file at {path}; write one with qtvit.tools.export.export_onnx or `qtvit export`")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.log_severity_level = 3

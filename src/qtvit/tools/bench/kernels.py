@@ -29,17 +29,8 @@ import torch.nn.functional as F
 
 from ...attention import cpu_fused, create_kernel, list_kernels
 from .args import check_device, check_outputs
-from ..measure import (  # noqa: F401
-    build_extensions,
-    device_line,
-    failure_note,
-    median_time,
-    peak_memory_bytes,
-    read_csv,
-    save_figure,
-    synchronize,
-    write_csv,
-)
+from ..measure import build_extensions, failure_note, median_time, peak_memory_bytes, synchronize
+from ..results import device_line, save_figure, write_csv
 
 DEFAULT_NS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "path", "time_ms", "runs",

@@ -1,11 +1,8 @@
-"""Figures: attention maps of one query token under several kernels (QT-ViT Fig. 2) and an accuracy-latency
-Pareto plot (QT-ViT Fig. 1).
+"""Attention maps of one query token under several kernels (QT-ViT Fig. 2): ``qtvit figure attention``.
 
     qtvit figure attention                                  # matplotlib's sample photo, 14x14 patch tokens
     qtvit figure attention --image cat.jpg --query 5 8 --kernels softmax relu taylor1 taylor2 qt
     qtvit figure attention --model qtvit_1 --checkpoint qtvit1.pth --layer -1 --head 0
-    qtvit figure pareto --csv results/my_accuracy.csv       # columns model, top1, latency_ms [, family]
-    qtvit figure pareto --benchmark results/models_cpu.csv  # papers' top-1 + this machine's batch-1 latency
 
 Attention maps go through the explicit O(N²) path (``AttentionKernel.attention_map``): every row is the normalised
 weight that one query gives to every key, so the figure shows exactly what the linear path computes implicitly.
@@ -16,15 +13,9 @@ Where q and k come from:
   the figure compares the kernels' shapes on real image statistics (colour and texture similarity);
 - ``--model``: q and k captured at the input of the chosen attention layer of a network (with QT-ViT's positional
   embedding already added to k), one head. Meaningful with trained weights (``--checkpoint`` / ``--pretrained``).
-
-Pareto CSV format: a header line with at least ``model``, ``top1`` (percent) and ``latency_ms``; optional
-``family`` (default: the model name up to its first ``_``, e.g. ``qtvit``, ``efficientvit``), ``params_m``,
-``gmacs``. Lines starting with ``#`` are comments.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,26 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..._utils import parse_size
-from ..measure import read_csv, save_figure, write_csv
+from ..results import save_figure
 
-__all__ = [
-    "PAPER_KERNELS", "PAPER_TOP1", "default_image", "load_image", "patch_tokens", "model_tokens", "attention_rows",
-    "plot_attention_maps", "read_pareto_csv", "pareto_front", "plot_pareto", "pareto_rows_from_benchmark",
-    "write_pareto_csv", "add_figure_parser",
-]
-PARETO_FIELDS = ["model", "family", "top1", "latency_ms", "params_m", "gmacs"]
+__all__ = ["PAPER_KERNELS", "default_image", "load_image", "patch_tokens", "model_tokens", "attention_rows",
+           "plot_attention_maps"]
 
 PAPER_KERNELS = ("softmax", "relu", "taylor1", "taylor2", "qt")
-
-# ImageNet-1k top-1 at 224 as published (QT-ViT Table 1; EfficientViT model zoo; L2ViT README), for the Pareto
-# plot of `--benchmark`: the accuracy is the papers', the latency this machine's.
-PAPER_TOP1 = {
-    "efficientvit_b1": 79.4, "efficientvit_b2": 82.1, "efficientvit_b3": 83.5,
-    "efficientvit_l1": 84.5, "efficientvit_l2": 85.1, "efficientvit_l3": 85.8,
-    "qtvit_1": 79.6, "qtvit_2": 82.5, "qtvit_3": 83.9, "qtvit_4": 84.7, "qtvit_5": 85.2, "qtvit_6": 86.0,
-    "l2vit_tiny": 83.1, "l2vit_small": 84.1, "l2vit_base": 84.4,
-}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -193,183 +170,3 @@ def plot_attention_maps(image: Tensor, rows: dict[str, Tensor], grid: tuple[int,
         ax.plot([cx], [cy], marker="x", color="cyan", ms=9, mew=2)
         ax.set_axis_off()
     return save_figure(fig, path, title=title)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Pareto
-# --------------------------------------------------------------------------------------------------------------------
-def read_pareto_csv(path: str | Path) -> list[dict]:
-    """Rows of a Pareto CSV (see the module docstring): ``top1`` and ``latency_ms`` as floats, ``family`` filled."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no CSV at {path}")
-    with open(path) as f:
-        reader = csv.DictReader([line for line in f if line.strip() and not line.startswith("#")])
-        missing = {"model", "top1", "latency_ms"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; a Pareto CSV needs "
-                             f"model, top1, latency_ms (and optionally family, params_m, gmacs)")
-        rows = []
-        for i, r in enumerate(reader, start=2):
-            try:
-                r["top1"], r["latency_ms"] = float(r["top1"]), float(r["latency_ms"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}, row {i}: top1 and latency_ms must be numbers, got {r}") from None
-            r["family"] = r.get("family") or r["model"].split("_")[0]
-            rows.append(r)
-    if not rows:
-        raise ValueError(f"{path} has no rows")
-    return rows
-
-
-def pareto_front(rows: Sequence[dict]) -> list[dict]:
-    """The rows no other row beats on both latency (lower) and top-1 (higher), by increasing latency."""
-    front, best = [], -math.inf
-    for r in sorted(rows, key=lambda r: (r["latency_ms"], -r["top1"])):
-        if r["top1"] > best:
-            front.append(r)
-            best = r["top1"]
-    return front
-
-
-def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
-    """Top-1 against latency, one colour per family, each family's Pareto front joined, the overall front dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    families = list(dict.fromkeys(r["family"] for r in rows))
-    for i, fam in enumerate(families):
-        sel = [r for r in rows if r["family"] == fam]
-        front = pareto_front(sel)
-        color = plt.cm.tab10(i % 10)
-        ax.plot([r["latency_ms"] for r in front], [r["top1"] for r in front], "-", color=color, lw=2 if fam == "qtvit"
-                else 1.2, label=fam)
-        ax.scatter([r["latency_ms"] for r in sel], [r["top1"] for r in sel], color=color, s=22, zorder=3)
-        for r in sel:
-            ax.annotate(r["model"], (r["latency_ms"], r["top1"]), fontsize=7, xytext=(3, -9),
-                        textcoords="offset points")
-    overall = pareto_front(rows)
-    ax.plot([r["latency_ms"] for r in overall], [r["top1"] for r in overall], ":", color="grey", lw=1,
-            label="overall front")
-    ax.set_xscale("log")
-    ax.set(xlabel="latency (ms)", ylabel="ImageNet top-1 (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=8)  # an axes title, smaller than save_figure's suptitle
-    return save_figure(fig, path)
-
-
-def pareto_rows_from_benchmark(bench_csv: str | Path, *, mode: str = "eager", size: str = "224",
-                               batch: int = 1, top1: dict[str, float] | None = None) -> list[dict]:
-    """Pareto rows from a ``qtvit benchmark models`` CSV: its latency at (mode, size, batch), the papers' top-1."""
-
-    h, w = parse_size(size)
-    top1 = PAPER_TOP1 if top1 is None else top1
-    rows = []
-    for r in read_csv(Path(bench_csv)):
-        if (r["mode"], int(r["height"]), int(r["width"]), int(r["batch"])) != (mode, h, w, batch):
-            continue
-        if r["model"] in top1 and r["time_ms"] not in ("", None):
-            rows.append(dict(model=r["model"], top1=top1[r["model"]], latency_ms=float(r["time_ms"]),
-                             family=r["model"].split("_")[0], params_m=r.get("params_m", ""),
-                             gmacs=r.get("gmacs", "")))
-    if not rows:
-        raise ValueError(f"{bench_csv} has no measured {mode} batch-{batch} {size} px point of a model with a known "
-                         f"top-1 ({', '.join(top1)})")
-    return rows
-
-
-def write_pareto_csv(rows: Sequence[dict], path: str | Path, comment: str) -> Path:
-    """The Pareto plot's points as CSV (``# comment`` first), through the benchmarks' atomic CSV writer."""
-    return write_csv(list(rows), path, comment, PARETO_FIELDS, extrasaction="ignore")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------------------------
-def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``qtvit figure {attention,pareto,segmentation}``."""
-    p = subparsers.add_parser("figure", help="attention-map, Pareto and segmentation figures (PNG)",
-                              description="Figures as PNG files (--out): attention maps of several kernels, "
-                                          "top-1 against latency, segmentation predictions. Examples: "
-                                          "docs/benchmarks.md")
-    sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto,segmentation}")
-
-    a = sub.add_parser("attention", help="one query token's attention under several kernels (QT-ViT Fig. 2)")
-    a.add_argument("--image", type=Path, default=None, help="image file (default: matplotlib's sample photo)")
-    a.add_argument("--img-size", type=int, default=224, help="the image is resized to this side")
-    a.add_argument("--kernels", nargs="+", default=list(PAPER_KERNELS), metavar="NAME", help="kernels, one panel each")
-    a.add_argument("--query", type=int, nargs=2, default=None, metavar=("ROW", "COL"),
-                   help="query token on the token grid (default: the grid's centre)")
-    a.add_argument("--patch", type=int, default=16, help="patch size of the default patch tokens")
-    a.add_argument("--dim", type=int, default=16, help="head dim of the default patch tokens")
-    a.add_argument("--model", default=None, help="take q, k from this model's attention layer instead")
-    a.add_argument("--checkpoint", type=Path, default=None, help="weights for --model (default: none, random weights)")
-    a.add_argument("--pretrained", action="store_true", help="the official weights for --model")
-    a.add_argument("--layer", type=int, default=-1, help="attention layer index (with --model)")
-    a.add_argument("--head", type=int, default=0, help="head (with --model)")
-    a.add_argument("--out", type=Path, default=Path("results/attention_maps.png"), help="the PNG written")
-    a.set_defaults(func=_attention_cli)
-
-    r = sub.add_parser("pareto", help="top-1 against latency, Pareto fronts per family (QT-ViT Fig. 1)")
-    src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", type=Path, help="a CSV with columns model, top1, latency_ms [, family]")
-    src.add_argument("--benchmark", type=Path, help="a `qtvit benchmark models` CSV; top-1 from the papers")
-    r.add_argument("--mode", default="eager", help="with --benchmark: which mode's latency")
-    r.add_argument("--size", default="224", help="with --benchmark: which input size")
-    r.add_argument("--batch", type=int, default=1, help="with --benchmark: which batch size")
-    r.add_argument("--out", type=Path, default=Path("results/pareto.png"), help="the PNG written")
-    r.set_defaults(func=_pareto_cli)
-
-    from .segmentation import add_segmentation_figure_parser  # its imports (training, data) only when figures are asked
-    add_segmentation_figure_parser(sub)
-
-
-def _attention_cli(args: argparse.Namespace) -> int:
-    from ... import create_model, list_kernels
-
-    bad = [k for k in args.kernels if k not in list_kernels()]
-    if bad:
-        raise ValueError(f"unknown kernel(s) {', '.join(bad)}; known: {', '.join(list_kernels())}")
-    image = load_image(args.image, args.img_size)
-    if args.model or args.checkpoint or args.pretrained:  # a checkpoint names its model
-        if args.pretrained and not args.model:
-            raise ValueError("--pretrained needs --model <name> (qtvit list-models --pretrained)")
-        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
-        q, k, grid = model_tokens(model, image, layer=args.layer, head=args.head)
-        arch = model.pretrained_cfg.get("architecture", args.model)
-        source = f"{arch} attention layer {args.layer}, head {args.head}"
-    else:
-        q, grid = patch_tokens(image, args.patch, args.dim)
-        k = q
-        source = f"q = k = whitened PCA ({q.shape[-1]} dims) of {args.patch} px patches"
-    row, col = args.query if args.query else (grid[0] // 2, grid[1] // 2)
-    if not (0 <= row < grid[0] and 0 <= col < grid[1]):
-        raise ValueError(f"--query {row} {col} is outside the {grid[0]}x{grid[1]} token grid")
-    query = row * grid[1] + col
-    rows = attention_rows(q, k, query, args.kernels)
-    name = args.image.name if args.image else "grace_hopper.jpg"
-    path = plot_attention_maps(image, rows, grid, query, args.out,
-                               title=f"{name}: query token ({row}, {col}) of {grid[0]}x{grid[1]}; {source}")
-    print(f"wrote {path}")
-    return 0
-
-
-def _pareto_cli(args: argparse.Namespace) -> int:
-    if args.csv:
-        rows, title = read_pareto_csv(args.csv), str(args.csv)
-    else:
-        rows = pareto_rows_from_benchmark(args.benchmark, mode=args.mode, size=args.size, batch=args.batch)
-        with open(args.benchmark) as f:
-            machine = f.readline().lstrip("# ").strip()
-        # two lines: the machine string alone is as wide as the figure
-        title = f"top-1: papers (ImageNet, 224 px); latency: {args.mode}, batch {args.batch}, {args.size} px\n{machine}"
-        csv_out = args.out.with_suffix(".csv")
-        write_pareto_csv(rows, csv_out, title.replace("\n", "; "))
-        print(f"wrote {csv_out}")
-    path = plot_pareto(rows, args.out, title=title)
-    print(f"wrote {path}")
-    return 0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..._io import check_output
-from ..measure import save_figure
+from ..results import save_figure
 from ...train.evaluate import _check_classes, _classes_and_channels, class_names, load_model, segmentation_eval_batches
 from ...train.inputs import model_input
 from ...train.seg_evaluate import main_logits, open_task_data, seg_palette

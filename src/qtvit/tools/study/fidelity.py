@@ -87,7 +87,7 @@ def plot_fidelity(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..measure import save_figure
+    from ..results import save_figure
 
     mean = [r for r in rows if r["layer"] == "mean"]
     names = [r["kernel"] for r in mean]

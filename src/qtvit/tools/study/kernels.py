@@ -26,7 +26,7 @@ import torch
 
 from ..._io import atomic_write
 from ...attention import list_kernels
-from ..measure import device_line, read_csv, write_csv
+from ..results import device_line, read_csv, write_csv
 from ...data.fashion_mnist import load_fashion_mnist
 from .fidelity import fidelity_rows, plot_fidelity
 from .net import CONTROL
