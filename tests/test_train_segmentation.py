@@ -394,7 +394,7 @@ def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
 
 def test_figure_shows_the_images_truth_and_the_predictions_validate_scores(seg_run, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from qtvit.viz_seg import predict_examples
+    from qtvit.tools.figures.segmentation import predict_examples
     run, _ = seg_run
     images, truths, preds, names = predict_examples(run, SMALL_FMNIST, images=3, first=1)
     images, truths, preds = np.stack(images), np.stack(truths), np.stack(preds)  # lists: sizes may differ

@@ -27,19 +27,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..attention import cpu_fused, create_kernel, list_kernels
+from ...attention import cpu_fused, create_kernel, list_kernels
 from .args import check_device, check_outputs
-from .measure import (  # noqa: F401
-    build_extensions,
-    device_line,
-    failure_note,
-    median_time,
-    peak_memory_bytes,
-    read_csv,
-    save_figure,
-    synchronize,
-    write_csv,
-)
+from ..measure import build_extensions, failure_note, median_time, peak_memory_bytes, synchronize
+from ..results import device_line, save_figure, write_csv
 
 DEFAULT_NS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "path", "time_ms", "runs",
@@ -290,8 +281,8 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
-    from ..train.recipes import Bound
+    from ...cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
+    from ...train.recipes import Bound
 
     seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("kernels", help="time and memory of each attention kernel against N",

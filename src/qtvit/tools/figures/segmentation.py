@@ -16,12 +16,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._io import check_output
-from .bench.measure import save_figure
-from .train.evaluate import _check_classes, _classes_and_channels, class_names, load_model, segmentation_eval_batches
-from .train.inputs import model_input
-from .train.seg_evaluate import main_logits, open_task_data, seg_palette
-from .train.seg_metrics import upsample_logits
+from ..._io import check_output
+from ..results import save_figure
+from ...train.evaluate import _check_classes, _classes_and_channels, class_names, load_model, segmentation_eval_batches
+from ...train.inputs import model_input
+from ...train.seg_evaluate import main_logits, open_task_data, seg_palette
+from ...train.seg_metrics import upsample_logits
 
 __all__ = ["predict_examples", "plot_segmentation", "add_segmentation_figure_parser"]
 
