@@ -13,7 +13,7 @@ from ..options import MAX_IMG_SIZE, Bound, OptionError, check_field, check_optio
 from .config import SCHEDULES, TASKS, TrainConfig
 
 __all__ = ["TASKS", "SCHEDULES", "TrainConfig", "RECIPES", "make_config", "list_recipes", "check_config", "check_value",
-           "check_run_name", "BOUNDS", "BOUND_HINTS", "MAX_IMG_SIZE", "Bound", "OptionError"]
+           "check_run_name", "BOUNDS", "MAX_IMG_SIZE", "Bound", "OptionError"]
 
 
 # The official recipes (SPEC C.6, E.6). Per-process batch 128 as in the official code; lr per process, scaled.
@@ -78,10 +78,9 @@ def make_config(recipe: str | None = None, **overrides) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- checks
-# Read from the declarations (train/config.py): every numeric option's bound, and what a refusal adds.
+# Read from the declarations (train/config.py): every numeric option's bound.
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 BOUNDS: dict[str, Bound] = {k: f.metadata["bound"] for k, f in _FIELDS.items() if f.metadata["bound"] is not None}
-BOUND_HINTS = {k: f.metadata["hint"] for k, f in _FIELDS.items() if f.metadata["hint"]}
 
 
 def check_value(name: str, value) -> None:
