@@ -227,7 +227,7 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per declared field of the dataclass `cls` (``lr`` -> ``--lr``), in declaration order."""
     defaults = cls()
     for f in dataclasses.fields(cls):
-        if f.metadata and f.metadata["cli"]:
+        if f.metadata.get("cli"):
             parser.add_argument(flag(f.name), *f.metadata["flags"], **argparse_kwargs(f, getattr(defaults, f.name)))
 
 
@@ -240,7 +240,7 @@ def _accepts(f: dataclasses.Field, default) -> str:
     if meta["accepts"]:
         return meta["accepts"]
     if isinstance(default, bool):
-        return f"on / off (`--no-{f.name.replace('_', '-')}`)"
+        return f"on / off (`--no-{flag(f.name)[2:]}`)"
     if meta["choices"]:
         return ", ".join(f"`{c}`" for c in meta["choices"])
     if meta["bound"] is not None:
