@@ -66,6 +66,7 @@ from .._io import atomic_write, check_output, private_temp
 from .._utils import did_you_mean, interrupts_kept, parse_size
 from ..layers.norm import reestimate_bn
 from ..models.inference import inference_form  # re-exported: the inference form lives with the models
+from ..options import Bound, bounded, image_size, positive_int  # checked numbers: a bad value is exit code 2
 
 __all__ = ["export_onnx", "quantize_onnx", "calibration_batches", "onnx_top1", "check_onnx", "calibrate_batchnorm",
            "onnx_session", "onnxruntime_latency", "inference_form", "traceable_copy",
@@ -368,9 +369,6 @@ def onnx_top1(sessions: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor
 # --------------------------------------------------------------------------------------------------------------------
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``qtvit export MODEL --format onnx ...``."""
-    from ..cli import bounded, image_size, positive_int  # the CLI's checked number types: a bad value is exit code 2
-    from ..train.recipes import Bound
-
     p = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
                               description="Export a model (with --checkpoint or --pretrained weights) to ONNX with "
                                           "free batch, height and width; --check compares onnxruntime with PyTorch, "

@@ -46,6 +46,7 @@ import torch
 
 from ..._utils import did_you_mean, parse_model_spec, parse_size
 from ...models import inference_form, list_models
+from ...options import positive_float, positive_int  # checked numbers: a bad value is exit code 2
 from ..measure import build_extensions, failure_note, median_time, peak_memory_bytes
 from ..results import device_line, save_figure
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
@@ -360,10 +361,6 @@ def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> 
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ...cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
-    from ...train.recipes import Bound
-
-    seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
                               description="Latency, throughput, MACs and peak memory of models against input size, "
                                           "in each inference mode (--modes); writes a CSV and a PNG (--out). Modes, "
@@ -381,9 +378,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="sizes at which the compile mode is measured (each shape compiles for about a minute)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="timed runs per point after a warm-up; the median is kept")
-    p.add_argument("--budget", type=seconds, default=2.0, help="seconds per point after which no more runs are "
+    p.add_argument("--budget", type=positive_float, default=2.0, help="seconds per point after which no more runs are "
                                                              "taken (at least 3)")
-    p.add_argument("--max-call", type=seconds, default=4.0,
+    p.add_argument("--max-call", type=positive_float, default=4.0,
                    help="seconds per call above which larger sizes are skipped (and batch points estimated above it)")
     p.add_argument("--no-flops", action="store_true", help="do not count MACs (counting takes a forward pass)")
     p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
