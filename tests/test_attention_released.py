@@ -293,7 +293,7 @@ def test_numerator_map_identity_changes_nothing():
 
 def test_speed_ratio_baselines_compute_their_formulas():
     """The benchmark's floor and peer path are the formulas they claim (the peer only where it is installed)."""
-    from qtvit.bench.kernels import peer_taylor_core, relu_minimal
+    from qtvit.tools.bench.kernels import peer_taylor_core, relu_minimal
 
     q, k, v = qkv(d=16, dv=16)
     assert rel_err(relu_minimal(q, k, v), attend(q, k, v, kernel="relu")) < 1e-12
@@ -306,7 +306,7 @@ def test_speed_ratio_baselines_compute_their_formulas():
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile needs a C++ compiler")
 def test_compiled_qt_equals_eager_and_the_compiled_ratio_is_measured():
-    from qtvit.bench.kernels import speed_ratios
+    from qtvit.tools.bench.kernels import speed_ratios
 
     q, k, v = (t.float() for t in qkv(n=64, d=16, dv=16))
     m = create_kernel("qt", head_dim=16, num_heads=3, scale=0.7)

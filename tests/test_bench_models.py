@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from qtvit._utils import parse_kv, parse_model_spec, parse_size
-from qtvit.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table, plot,
-                                read_csv, write_csv)
+from qtvit.tools.bench.models import (FIELDS, benchmark_models, count_flops, interleaved_times, markdown_table, plot,
+                                      write_csv)
+from qtvit.tools.results import provenance, read_csv
 
 
 def test_parse_size():
@@ -31,7 +32,7 @@ def test_model_specs_carry_constructor_arguments():
     rows = benchmark_models(["qtvit_nano:kernel=softmax"], ["32"], batch_sizes=[1], modes=["eager"], repeats=1,
                             flops=False, memory=False)
     assert [r["model"] for r in rows] == ["qtvit_nano:kernel=softmax"]
-    from qtvit.bench.paths import build_model
+    from qtvit.tools.bench.paths import build_model
     kernels = {type(m).__name__ for m in build_model("qtvit_nano:kernel=softmax").modules() if hasattr(m, "chunk_size")}
     assert kernels and all("Softmax" in k for k in kernels), kernels
 
@@ -116,7 +117,7 @@ def test_compile_only_at_compile_sizes():
 
 
 def test_interleaved_rows():
-    from qtvit.bench.models import benchmark_interleaved
+    from qtvit.tools.bench.models import benchmark_interleaved
 
     rows = benchmark_interleaved(["qtvit_nano", "efficientvit_nano"], "32", repeats=2, num_classes=10)
     assert [r["model"] for r in rows] == ["qtvit_nano", "efficientvit_nano"]
@@ -124,20 +125,23 @@ def test_interleaved_rows():
     assert rows[0]["gmacs"] == pytest.approx(rows[1]["gmacs"], rel=0.02)  # QT adds almost no MACs
 
 
-def test_measure_writers_fail_cleanly(tmp_path, monkeypatch):
-    from qtvit.bench import measure
+def test_results_writer_fails_cleanly(tmp_path):
+    from qtvit.tools import results
 
     path = tmp_path / "r.csv"
-    measure.write_csv([{"a": 1}], path, "first", ["a"])
+    results.write_csv([{"a": 1}], path, "first", ["a"])
     with pytest.raises(ValueError, match="not in fieldnames"):  # a row that does not fit leaves the old file
-        measure.write_csv([{"a": 2, "b": 3}], path, "second", ["a"])
+        results.write_csv([{"a": 2, "b": 3}], path, "second", ["a"])
     assert read_csv(path) == [{"a": "1"}] and os.listdir(tmp_path) == ["r.csv"]
-    measure.write_csv([{"a": 2, "b": 3}], path, "second", ["a"], extrasaction="ignore")
-    assert read_csv(path) == [{"a": "2"}]
+    assert provenance(path) == "first"
+    results.write_csv([{"a": 2, "b": 3}], path, "second", ["a"], extrasaction="ignore")
+    assert read_csv(path) == [{"a": "2"}] and provenance(path) == "second"
+    (tmp_path / "plain.csv").write_text("a\n1\n")
+    assert provenance(tmp_path / "plain.csv") == ""
 
 
 def test_kernel_benchmark_takes_one_shot_iterables():
-    from qtvit.bench.kernels import benchmark_kernels
+    from qtvit.tools.bench.kernels import benchmark_kernels
 
     rows = benchmark_kernels(iter(["qt", "relu"]), [64, 128], head_dims=(8, 16), modes=iter(["fwd"]), repeats=1)
     # every kernel at every head dim and N: the iterables are not used up by the first head dim

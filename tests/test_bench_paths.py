@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import qtvit
-from qtvit.bench import compare, paths
-from qtvit.export import calibrate_batchnorm
+from qtvit.tools.bench import compare, paths
+from qtvit.tools.export import calibrate_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_onnxruntime_modes_refuse_other_dtypes(nano, tmp_path):
 
 def test_onnx_session_without_spinning_gives_the_same_logits(nano, tmp_path):
     pytest.importorskip("onnxruntime")
-    from qtvit.export import check_onnx, export_onnx, onnx_session
+    from qtvit.tools.export import check_onnx, export_onnx, onnx_session
 
     path = export_onnx(nano, tmp_path / "n.onnx", 32)
     sess = onnx_session(path, 1, spinning=False)

@@ -7,7 +7,7 @@ import torch
 
 from qtvit import create_model
 from qtvit.attention import create_kernel, list_kernels
-from qtvit.bench.paths import benchmark_weights, cuda_graph_runner
+from qtvit.tools.bench.paths import benchmark_weights, cuda_graph_runner
 from qtvit.models import inference_form
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -6,7 +6,7 @@ import torch
 
 import qtvit
 from qtvit.cli import main
-from qtvit.export import calibrate_batchnorm, check_onnx, export_onnx, inference_form, onnx_session
+from qtvit.tools.export import calibrate_batchnorm, check_onnx, export_onnx, inference_form, onnx_session
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -16,7 +16,7 @@ SIZES = [(64, 64), (64, 96)]  # one square, one not
 
 def _small_l(**kw):
     # QT-ViT-4's L-type layout at small widths; pos_embed_size=64 makes the stored positional embedding (2x2) match a
-    # 64 px input exactly, which exercises the exporter's trace-size bump (see qtvit.export).
+    # 64 px input exactly, which exercises the exporter's trace-size bump (see qtvit.tools.export).
     return qtvit.create_model("qtvit_4", widths=(8, 16, 32, 64, 128), depths=(1, 1, 1, 1, 1), head_widths=(64, 64),
                               pos_embed_size=64, num_classes=10, **kw)
 
@@ -162,7 +162,7 @@ def test_export_is_reexported_from_the_models():
 
 def test_int8_quantization_keeps_dynamic_shapes_and_attention_in_float(tmp_path):
     onnx = pytest.importorskip("onnx")
-    from qtvit.export import onnx_top1, quantize_onnx
+    from qtvit.tools.export import onnx_top1, quantize_onnx
 
     torch.manual_seed(0)
     model = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 32)
@@ -189,7 +189,7 @@ def test_int8_quantization_keeps_dynamic_shapes_and_attention_in_float(tmp_path)
 
 
 def test_onnx_top1_needs_images():
-    from qtvit.export import onnx_top1
+    from qtvit.tools.export import onnx_top1
 
     with pytest.raises(ValueError, match="no evaluation images"):
         onnx_top1({"fp32": None}, [])

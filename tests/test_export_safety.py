@@ -11,7 +11,7 @@ import torch
 
 import qtvit
 from qtvit.cli import main
-from qtvit.export import check_onnx, export_onnx, onnx_session
+from qtvit.tools.export import check_onnx, export_onnx, onnx_session
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -58,7 +58,9 @@ def test_initial_checkpoint_trains_from_the_command_line(pico_run, tmp_path):
 def test_pretrained_and_initial_checkpoint_exclude_each_other(pico_run, tmp_path, capsys):
     assert main(["train", *_PICO, "--pretrained", "--initial-checkpoint", str(pico_run), "--output",
                  str(tmp_path)]) == 1
-    assert "give one of them" in capsys.readouterr().err
+    # the library names the fields; the command words them as its flags
+    assert "--pretrained and --initial-checkpoint both name the starting weights: give one of them" in \
+        capsys.readouterr().err
 
 
 @pytest.fixture

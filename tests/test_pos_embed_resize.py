@@ -61,7 +61,7 @@ def test_lite_mla_pos_embed_tokens_match_interpolate_and_keep_gradients():
 def test_exported_graph_resizes_only_the_identity(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from qtvit.export import calibrate_batchnorm, check_onnx, export_onnx
+    from qtvit.tools.export import calibrate_batchnorm, check_onnx, export_onnx
 
     torch.manual_seed(0)
     model = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), 48)
@@ -107,7 +107,7 @@ def test_exported_stage_builds_the_matrices_once_and_skips_the_stored_size(tmp_p
     If per block (the resize skipped at the stored size); the graph matches eager at and off that size."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from qtvit.export import calibrate_batchnorm, check_onnx, export_onnx
+    from qtvit.tools.export import calibrate_batchnorm, check_onnx, export_onnx
     from qtvit.layers.lite_mla import LiteMLA
 
     torch.manual_seed(0)

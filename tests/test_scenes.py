@@ -140,6 +140,6 @@ def test_scene_items_from_the_command_line():
     assert cfg.scene_items == (6, 10) and all(type(n) is int for n in cfg.scene_items)
     with pytest.raises(SystemExit):  # a fraction is not a number of items
         build_parser().parse_args(["train", "--scene-items", "6.5", "10"])
-    with pytest.raises(ValueError, match="--scene-items 9 6: give two whole numbers, the smaller first"):
+    with pytest.raises(ValueError, match="scene_items 9 6: give two whole numbers, the smaller first"):
         from qtvit.train.recipes import check_config, make_config
         check_config(make_config("seg-scenes", scene_items=(9, 6)))

@@ -394,7 +394,7 @@ def test_inference_form_equals_eager(name):
 @pytest.mark.parametrize("name", ["qtvit_seg_1_ade20k", "upernet_efficientvit_b0"])
 def test_onnx_export_free_height_and_width(name, tmp_path):
     pytest.importorskip("onnxruntime")
-    from qtvit.export import check_onnx, export_onnx
+    from qtvit.tools.export import check_onnx, export_onnx
 
     torch.manual_seed(0)
     model = _filled(qtvit.create_model(name))

@@ -9,12 +9,12 @@ import torch
 
 from qtvit.cli import main
 from qtvit.data import load_fashion_mnist
-from qtvit.study.fidelity import map_fidelity
-from qtvit.study.kernels import summarise
-from qtvit.study.net import CONTROL, StudyNet
-from qtvit.study.runs import _to_input
-from qtvit.study.task import PointerSpec, make_pointer_canvases, marker_slices
-from qtvit.bench.measure import read_csv
+from qtvit.tools.study.fidelity import map_fidelity
+from qtvit.tools.study.kernels import summarise
+from qtvit.tools.study.net import CONTROL, StudyNet
+from qtvit.tools.study.runs import _to_input
+from qtvit.tools.study.task import PointerSpec, make_pointer_canvases, marker_slices
+from qtvit.tools.results import read_csv
 from conftest import SMALL_FMNIST
 
 
@@ -132,7 +132,7 @@ def test_summary_compares_longer_runs_with_softmax_and_the_control_trained_as_lo
 
 
 def test_student_t_and_welch_against_known_values():
-    from qtvit.study.stats import betainc, mean_ci95, t_cdf, t_quantile, welch
+    from qtvit.tools.study.stats import betainc, mean_ci95, t_cdf, t_quantile, welch
 
     for df, q975 in ((1, 12.7062047362), (4, 2.7764451052), (9, 2.2621571628), (30, 2.0422724563)):  # t tables
         assert t_quantile(0.975, df) == pytest.approx(q975, abs=1e-8)
@@ -155,7 +155,7 @@ def test_student_t_and_welch_against_known_values():
 
 
 def test_variant_names_round_trip():
-    from qtvit.study.runs import Variant
+    from qtvit.tools.study.runs import Variant
 
     for name in ("qt", "mala+rope", "qt+softmax_residual", "control@3x", "rala+rope+softmax_residual@2x"):
         assert Variant.parse(name).name == name
@@ -166,7 +166,7 @@ def test_variant_names_round_trip():
 
 
 def test_spread_placement_removes_the_control_view_leak():
-    from qtvit.study.task import control_view_leak, pointer_layout
+    from qtvit.tools.study.task import control_view_leak, pointer_layout
 
     old, new = PointerSpec(placement="inner"), PointerSpec()
     lay_old, lay_new = (pointer_layout(3000, split="val", spec=s) for s in (old, new))
@@ -191,7 +191,7 @@ def test_spread_placement_removes_the_control_view_leak():
 
 
 def test_validation_canvases_come_from_held_out_training_images():
-    from qtvit.study.kernels import SMALL, VAL_EVERY, make_data
+    from qtvit.tools.study.kernels import SMALL, VAL_EVERY, make_data
 
     data = make_data(SMALL, SMALL_FMNIST)
     assert data.val_x.shape == (SMALL.val, 1, 64, 64) and data.val_y.shape == (SMALL.val,)
@@ -268,7 +268,7 @@ def test_bad_arguments_name_the_problem(tmp_path, capsys):
 
 @pytest.mark.slow  # two spawned processes importing torch: ~45 s on a busy 2-core machine
 def test_workers_give_the_same_runs_as_one_process(tmp_path):
-    from qtvit.study.kernels import run_study
+    from qtvit.tools.study.kernels import run_study
 
     def rows(workers):
         out = tmp_path / f"w{workers}"
@@ -283,8 +283,8 @@ def test_workers_give_the_same_runs_as_one_process(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_run_on_cuda_matches_the_cpu_recipe():
-    from qtvit.study.kernels import SMALL, make_data
-    from qtvit.study.runs import run_one
+    from qtvit.tools.study.kernels import SMALL, make_data
+    from qtvit.tools.study.runs import run_one
 
     data = make_data(SMALL, SMALL_FMNIST)
     row, net = run_one("rala+rope", 0, data, SMALL.recipe, device="cuda")

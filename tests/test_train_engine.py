@@ -229,12 +229,12 @@ def test_saved_weights_describe_model_data_size_and_labels(tmp_path):
 
 
 @pytest.mark.parametrize("option, message", [
-    (dict(epochs=0), "--epochs 0 is out of range: give a value at least 1"),
-    (dict(batch_size=-4), "--batch-size -4 is out of range"),
+    (dict(epochs=0), "epochs must be finite and at least 1, got 0"),
+    (dict(batch_size=-4), "batch_size must be finite and at least 1, got -4"),
     (dict(limit_train=0), "leave it out to use all images"),
-    (dict(checkpoint_every_steps=-1), "--checkpoint-every-steps -1 is out of range"),
-    (dict(crop_pct=2.0), r"--crop-pct 2.0 is out of range: give a value in \(0, 1\]"),
-    (dict(img_size=0), "--img-size 0 is out of range"),
+    (dict(checkpoint_every_steps=-1), "checkpoint_every_steps must be finite and at least 0, got -1"),
+    (dict(crop_pct=2.0), r"crop_pct must be finite and in \(0, 1\], got 2.0"),
+    (dict(img_size=0), r"img_size must be finite and in \[8, 4096\], got 0"),
     (dict(name="../x"), "not a single folder name"),
     (dict(model_kwargs={"bogus": 1}), "takes no constructor argument 'bogus'"),
     (dict(model_kwargs={"img_size": 100000}), "img_size=100000 is not a plausible image size"),

@@ -165,9 +165,9 @@ def test_ohem_averages_the_loss_over_the_hard_pixels_only():
                        make_config(task="segmentation"))  # default 0: the mean over every labelled pixel
     assert off.loss(logits, target).item() == pytest.approx(-torch.log(p)[target != 255].mean().item(), rel=1e-5)
     from qtvit.train.recipes import check_config
-    with pytest.raises(ValueError, match="--ohem 1.5 is out of range"):
+    with pytest.raises(ValueError, match=r"ohem must be finite and in \[0, 1\], got 1.5"):
         check_config(make_config(task="segmentation", ohem=1.5))
-    with pytest.raises(ValueError, match="--ohem 0.7: segmentation only"):
+    with pytest.raises(ValueError, match="ohem 0.7 is for segmentation only"):
         check_config(make_config(ohem=0.7))
 
 
@@ -394,7 +394,7 @@ def test_predict_writes_palette_masks_and_overlays(seg_run, tmp_path, capsys):
 
 def test_figure_shows_the_images_truth_and_the_predictions_validate_scores(seg_run, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from qtvit.viz_seg import predict_examples
+    from qtvit.tools.figures.segmentation import predict_examples
     run, _ = seg_run
     images, truths, preds, names = predict_examples(run, SMALL_FMNIST, images=3, first=1)
     images, truths, preds = np.stack(images), np.stack(truths), np.stack(preds)  # lists: sizes may differ
@@ -445,7 +445,7 @@ def test_recipe_and_flags_from_the_command_line(tmp_path):
     assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9)
     assert args["scale_range"] == [0.75, 0.75] and args["eval_size"] == 64  # the recipe's 0.75 scale; size overridden
     assert args["seg_jitter"] is False and args["limit_eval"] == 2
-    with pytest.raises(ValueError, match="--scale-range 2.0 1.0: give the smaller ratio first"):
+    with pytest.raises(ValueError, match="scale_range 2.0 1.0: give the smaller ratio first"):
         train(seg_config(tmp_path, scale_range=(2.0, 1.0)))
 
 
@@ -460,9 +460,9 @@ def test_bad_choices_are_usage_errors(argv, message, capsys):
 
 
 def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys):
-    with pytest.raises(ValueError, match=r"--task 'segmentaton': use classification or segmentation"):
+    with pytest.raises(ValueError, match=r"task must be classification or segmentation, got 'segmentaton'"):
         train(seg_config(tmp_path, task="segmentaton"))
-    with pytest.raises(ValueError, match="--mixup, --bce: classification only"):
+    with pytest.raises(ValueError, match="mixup and bce are for classification only"):
         train(seg_config(tmp_path, mixup=0.2, bce=True))
     with pytest.raises(ValueError, match="fashion-mnist is a classification dataset"):
         train(seg_config(tmp_path, data="fashion-mnist"))

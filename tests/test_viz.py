@@ -8,7 +8,7 @@ import torch
 
 import qtvit
 from qtvit.cli import main
-from qtvit.viz import (PAPER_KERNELS, attention_rows, load_image, model_tokens, pareto_front,
+from qtvit.tools.figures import (PAPER_KERNELS, attention_rows, load_image, model_tokens, pareto_front,
                        pareto_rows_from_benchmark, patch_tokens, plot_attention_maps, plot_pareto, read_pareto_csv)
 
 pytest.importorskip("matplotlib")
@@ -60,7 +60,7 @@ def test_rows_sum_to_one_and_match_the_full_explicit_map(image):
 
 def test_model_tokens_from_an_attention_layer(image):
     torch.manual_seed(0)
-    from qtvit.export import calibrate_batchnorm
+    from qtvit.tools.export import calibrate_batchnorm
 
     # At init the activations vanish (q, k ~ 1e-14, below the kernels' eps); BN statistics of one batch fix that.
     model = calibrate_batchnorm(qtvit.create_model("qtvit_nano", num_classes=10), (32, 48))
@@ -98,7 +98,7 @@ def test_pareto_front_and_csv(tmp_path):
 
 
 def test_pareto_from_a_benchmark_csv(tmp_path):
-    from qtvit.bench.models import FIELDS, write_csv
+    from qtvit.tools.bench.models import FIELDS, write_csv
 
     base = dict.fromkeys(FIELDS, "")
     rows = [dict(base, model="qtvit_1", height=224, width=224, batch=1, mode="eager", time_ms=12.0),
@@ -112,7 +112,7 @@ def test_pareto_from_a_benchmark_csv(tmp_path):
                                                                         ("efficientvit_b1", 79.4, 11.0)}
     with pytest.raises(ValueError, match="no measured"):
         pareto_rows_from_benchmark(path, size="1024")
-    from qtvit.viz import write_pareto_csv
+    from qtvit.tools.figures import write_pareto_csv
     out = write_pareto_csv(got, tmp_path / "fig" / "pareto.csv", "test machine")
     assert out.read_text().splitlines()[:2] == ["# test machine", "model,family,top1,latency_ms,params_m,gmacs"]
     assert {r["model"] for r in read_pareto_csv(out)} == {"qtvit_1", "efficientvit_b1"}

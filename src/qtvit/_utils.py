@@ -13,13 +13,15 @@ __all__ = ["did_you_mean", "interrupts_kept", "parse_kv", "parse_model_spec", "p
 
 
 def progress_bar(iterable, total: int | None = None, desc: str = "", enabled: bool = True):
-    """`iterable` with a tqdm bar on stderr (removed when done) when `enabled`, else unchanged."""
+    """`iterable` with a tqdm bar on stderr (removed when done) when `enabled` and stderr is a terminal (a log file or a
+    captured stream gets no carriage-return lines), else unchanged."""
     if not enabled:
         return iterable
     import sys
 
     from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=None)
 
 
 def _finite_or_none(obj):

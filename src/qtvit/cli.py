@@ -13,162 +13,30 @@ import importlib
 import json
 import sys
 
-from ._utils import parse_kv, to_json
+from ._utils import to_json
+# bounded and the other checked number types stay importable from here for the other commands' parsers
+from .options import (AMP_MODES, OptionError, add_options, bounded, device_arg, fraction_in,  # noqa: F401
+                      image_size, positive_int, worker_count)
 
 # (module, function) of every subcommand, in the order `qtvit --help` lists them.
 COMMANDS: list[tuple[str, str]] = [
     ("qtvit.cli", "add_train_parser"),
     ("qtvit.cli", "add_validate_parser"),
     ("qtvit.cli", "add_predict_parser"),
-    ("qtvit.bench", "add_benchmark_parser"),
-    ("qtvit.export", "add_export_parser"),
-    ("qtvit.viz", "add_figure_parser"),
-    ("qtvit.study", "add_study_parser"),
+    ("qtvit.tools.bench", "add_benchmark_parser"),
+    ("qtvit.tools.export", "add_export_parser"),
+    ("qtvit.tools.figures", "add_figure_parser"),
+    ("qtvit.tools.study", "add_study_parser"),
     ("qtvit.cli_tools", "add_list_models_parser"),
     ("qtvit.cli_tools", "add_build_ext_parser"),
 ]
 
-_HELP = {
-    "task": "classification, or segmentation (per-pixel labels: the Fashion-MNIST scenes, ADE20K, Cityscapes or "
-    "image/mask folders; scored by mIoU) (default: classification)",
-    "model": "model name (qtvit.list_models())", "data": "'fashion-mnist' (default), a folder of Fashion-MNIST idx "
-    "files, or an ImageNet-style folder with train/ and val/; with --task segmentation: 'fashion-mnist-scenes' "
-    "(default), an ADE20K or Cityscapes folder, or a folder of image/mask pairs",
-    "output": "parent folder of run folders",
-    "name": "run folder name (default <model>-<recipe>-<time>)", "num_classes": "classes (default: the dataset's)",
-    "img_size": "image size the data is cropped to (segmentation: the training crop), recorded in the saved weights "
-    "(default: the model's); a positional embedding keeps its stored size unless --model-kwargs pos_embed_size=N",
-    "crop_pct": "eval crop ratio (default: the model's)",
-    "epochs": "total epochs, warm-up included", "warmup_epochs": "linear warm-up epochs (fractions allowed)",
-    "batch_size": "batch per process", "eval_batch_size": "eval batch per process (segmentation images of "
-    "their own sizes, ADE20K's or a folder's: one at a time, as the official evaluation)", "lr": "peak learning rate",
-    "scale_lr_by_world": "multiply --lr by the number of processes (official EfficientViT rule)",
-    "min_lr": "final learning rate of the schedule", "schedule": "learning-rate decay after the warm-up: cosine, or "
-    "poly (power 0.9) (default: cosine)", "aux_weight": "segmentation: weight of the auxiliary head's loss",
-    "ohem": "segmentation: online hard example mining, the loss over the pixels whose own class has probability "
-    "below this (mmseg: 0.7), at least 1/16 of them (default 0: off)",
-    "warmup_lr": "learning rate at step 0",
-    "weight_decay": "AdamW weight decay (none on norms and biases)", "betas": "AdamW betas",
-    "opt_eps": "AdamW eps", "clip_grad": "clip the gradient norm to this", "smoothing": "label smoothing",
-    "bce": "BCE-with-logits loss instead of cross-entropy", "mixup": "mixup Beta alpha (0 = off)",
-    "cutmix": "cutmix Beta alpha (0 = off)", "randaug_n": "RandAugment ops per image (0 = off)",
-    "randaug_m": "RandAugment magnitude", "reprob": "random erasing probability",
-    "rrc_scale": "random resized crop area range (image folders)",
-    "scale_range": "segmentation: random rescale ratio range before the crop (mmseg: 0.5 2.0)",
-    "scene_items": "segmentation on the embedded scenes: fewest and most items per training scene (the test scenes "
-                   "keep 3-7; seg-scenes uses 12 20, docs/segmentation.md)",
-    "eval_size": "segmentation: evaluate with the images' short side resized to this (the labels keep their size; "
-    "default: the dataset's protocol)",
-    "padding": "random-crop padding (Fashion-MNIST)",
-    "hflip": "random horizontal flips", "drop_path": "drop path rate",
-    "drop_path_schedule": "constant, or linear in training progress", "model_ema": "keep an EMA of the weights",
-    "model_ema_decay": "EMA decay", "model_ema_warmup_steps": "EMA warm-up: decay*(1-exp(-step/N)); 0 = none",
-    "bn_reestimate_images": "re-estimate BN statistics on this many training images before eval (0 = off)",
-    "bn_reestimate_batch": "batch for the BN re-estimation", "amp": "mixed precision: none, bf16 or fp16",
-    "channels_last": "channels-last memory format", "sync_bn": "SyncBatchNorm across processes (CUDA)",
-    "fused_optimizer": "torch's fused AdamW kernel (one pass over all parameters; same update up to rounding)",
-    "device": "auto, cpu, cuda or cuda:N",
-    "workers": "data loader workers (image folders)", "seed": "random seed",
-    "checkpoint_every_steps": "also checkpoint every N steps (0: per epoch only)",
-    "keep_checkpoints": "checkpoints to keep",
-    "eval_every_epochs": "evaluate every N epochs",
-    "progress": "progress bar", "model_kwargs": "extra model constructor arguments, KEY=VALUE (JSON values)",
-    "pretrained": "fine-tune: start from the model's official weights (downloaded once; `qtvit list-models "
-    "--pretrained` lists the models that have them); a classifier of another class count starts fresh",
-    "initial_checkpoint": "fine-tune: start from these weights (a run or checkpoint folder, .safetensors, or an "
-    "official .pt/.pth); a classifier of another class count starts fresh (default: none)",
-    "seg_jitter": "segmentation: photometric jitter of the training crops",
-    "threads": "torch threads per process (default: the cores divided by the processes on this machine)",
-    "resume": "continue the run in this run or checkpoint folder (default: start a new run)",
-    "limit_train": "use only the first N training images (default: all)",
-    "limit_eval": "use only the first N eval images (default: all)",
-    "max_steps": "stop after N steps, e.g. for a smoke run (default: no limit)",
-}
-_METAVAR = {"initial_checkpoint": "PATH", "resume": "PATH", "output": "DIR", "data": "DATA", "model": "NAME",
-            "name": "NAME"}
-
-
-def _kv(text: str) -> tuple[str, object]:
-    try:
-        return parse_kv(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-# ----------------------------------------------------------------------------------------------- argument types
-def bounded(kind: type, bound, hint: str = "", allow_none: bool = False):
-    """An argparse type: `kind` (int or float) within `bound` (a recipes.Bound); "none" when `allow_none`."""
-    def parse(text: str):
-        if allow_none and text.strip().lower() in ("none", "null"):
-            return None
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
-                from None
-        if bound is not None and not bound.holds(value):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give a value {bound.describe()}{hint}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _bound(lo=None, hi=None, lo_open=False, hi_open=False):
-    from .train.recipes import Bound
-    return Bound(lo, hi, lo_open, hi_open)
-
-
-def positive_int(text: str) -> int:
-    return bounded(int, _bound(1))(text)
-
-
-def fraction_in(lo: float, hi: float, lo_open: bool = True, hi_open: bool = False, allow_none: bool = False):
-    """A float in (lo, hi] by default, e.g. fraction_in(0, 1) for a crop ratio."""
-    return bounded(float, _bound(lo, hi, lo_open, hi_open), allow_none=allow_none)
-
-
-def image_size(text: str) -> int:
-    from .train.recipes import BOUNDS
-    return bounded(int, BOUNDS["img_size"], " (pixels)")(text)
-
-
-def device_arg(text: str) -> str:
-    """auto, cpu, cuda or cuda:N (whether CUDA is there is checked when the command runs)."""
-    kind, _, index = text.strip().lower().partition(":")
-    if text.strip().lower() in ("auto", "cpu") or (kind == "cuda" and (not index or index.isdigit())):
-        return text.strip().lower()
-    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N (N a GPU index)")
-
-
-def run_name(text: str) -> str:
-    from .train.recipes import check_run_name
-    try:
-        check_run_name(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--name {text!r} ")) from None
-    return text
-
-
-def _field_type(name: str, default):
-    """The argparse type of a TrainConfig field: its number kind within recipes.BOUNDS."""
-    from .train.recipes import BOUND_HINTS, BOUNDS
-    if name in ("clip_grad", "crop_pct"):
-        return bounded(float, BOUNDS[name], BOUND_HINTS.get(name, ""), allow_none=True)
-    kind = int if isinstance(default, int) or name in _INT_OR_NONE else float
-    return bounded(kind, BOUNDS.get(name), BOUND_HINTS.get(name, ""))
-
-
-_INT_OR_NONE = ("num_classes", "img_size", "eval_size", "threads", "limit_train", "limit_eval", "max_steps")
-_SPECIAL = {"task": dict(choices=["classification", "segmentation"]), "schedule": dict(choices=["cosine", "poly"]),
-            "amp": dict(choices=["none", "bf16", "fp16"]), "drop_path_schedule": dict(choices=["constant", "linear"]),
-            "device": dict(type=device_arg), "name": dict(type=run_name)}
-
 
 # ----------------------------------------------------------------------------------------------- train
 def add_train_parser(subparsers) -> None:
-    """``qtvit train``: one flag per TrainConfig field (defaults from --recipe, then the dataclass); every number
-    checked against recipes.BOUNDS as it is parsed."""
-    from .train.recipes import BOUNDS, RECIPES, TrainConfig
+    """``qtvit train``: one flag per TrainConfig field, as declared in train/config.py (defaults from --recipe, then
+    the dataclass); every number checked against its declared bound as it is parsed."""
+    from .train.recipes import RECIPES, TrainConfig
     p = subparsers.add_parser(
         "train", help="train a model (Fashion-MNIST by default; --task segmentation: the scenes)",
         description="Train a model. Options left out take the --recipe's values, then the defaults shown. "
@@ -178,28 +46,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a preset of options: the official recipes, fashion-mnist (the main job's) and seg-scenes "
                         "(docs/training.md) (default: none, the defaults below)")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "recipe":
-            continue
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        text = _HELP.get(f.name, "")
-        kw = dict(dest=f.name, default=None, help=text if "default" in text else f"{text} (default: {default})")
-        if isinstance(default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-            kw["help"] = f"{_HELP.get(f.name, '')} (default: {'on' if default else 'off'})"
-        elif isinstance(default, tuple):  # pairs of numbers, whole numbers where the default's are
-            kind = int if all(isinstance(v, int) for v in default) else float
-            kw.update(nargs=2, type=bounded(kind, BOUNDS.get(f.name)), metavar=("A", "B"))
-        elif isinstance(default, dict):
-            kw.update(nargs="*", type=_kv, metavar="KEY=VALUE")
-        elif f.name in BOUNDS:
-            kw["type"] = _field_type(f.name, default)
-        kw.update(_SPECIAL.get(f.name, {}))
-        if f.name in _METAVAR:
-            kw["metavar"] = _METAVAR[f.name]
-        names = [flag] + (["-b"] if f.name == "batch_size" else []) + (["--data-dir"] if f.name == "data" else [])
-        p.add_argument(*names, **kw)
+    add_options(p, TrainConfig)
     p.set_defaults(func=run_train)
 
 
@@ -267,9 +114,9 @@ def add_validate_parser(subparsers) -> None:
                    help="images per batch (default 256 for a classifier, 8 for a segmentation model; segmentation "
                         "images of their own sizes, ADE20K's or a folder's, go one at a time)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+    p.add_argument("--amp", choices=AMP_MODES, default="none", help="mixed precision")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
-    p.add_argument("--workers", type=_field_type("workers", 4), default=4, help="data loader workers (image folders)")
+    p.add_argument("--workers", type=worker_count, default=4, help="data loader workers (image folders)")
     p.add_argument("--flip", action="store_true", help="segmentation: average each image's logits with its mirror "
                                                       "image's (flip test; twice the time)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="R",
@@ -388,7 +235,7 @@ def main(argv: list[str] | None = None, *, callbacks=()) -> int:
         print(f"\nqtvit {args.command}: {_interrupted(e)}", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # CheckpointError and FileNotFoundError included
-        print(f"qtvit {args.command}: error: {e}", file=sys.stderr)
+        print(f"qtvit {args.command}: error: {e.as_flags() if isinstance(e, OptionError) else e}", file=sys.stderr)
         return 1
 
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._utils import progress_bar
+from ..options import OptionError
 from ..data import DataConfig, Shard, build_batches, mixup_cutmix, open_dataset, open_image
 from ..data.segmentation import looks_like_segmentation
 from ..data.transforms import BatchAugment, EvalTransform
@@ -89,7 +90,7 @@ class Classification:
     @staticmethod
     def check_config(cfg) -> None:
         if cfg.ohem:
-            raise ValueError(f"--ohem {cfg.ohem}: segmentation only (it picks hard pixels); leave it out")
+            raise OptionError("ohem", f"{cfg.ohem} is for segmentation only (it picks hard pixels); leave it out")
 
     @staticmethod
     def batches(cfg, info, data_cfg: DataConfig, shard: Shard):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..data import DataConfig, normalize
+from ..options import AMP_MODES
 
 __all__ = ["autocast", "model_input"]
 
 
 def autocast(device: torch.device, amp: str):
     """torch.autocast for --amp none | bf16 | fp16."""
-    if amp not in ("none", "bf16", "fp16"):
-        raise ValueError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
+    if amp not in AMP_MODES:
+        raise ValueError(f"unknown amp {amp!r}; use {', '.join(AMP_MODES)}")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")
 

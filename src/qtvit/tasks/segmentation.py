@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..data import DataConfig, Shard
 from ..data.segmentation import IGNORE_INDEX, SCENES, build_segmentation_batches, open_segmentation
 from ..data.seg_transforms import SegBatchAugment, check_scales
+from ..options import OptionError
 from .common import EvalResult, preprocessing
 from .seg_evaluate import evaluate_segmentation
 from .seg_metrics import main_logits, upsample_logits
@@ -72,11 +73,10 @@ class Segmentation:
     @staticmethod
     def check_config(cfg) -> None:
         # image-level mixing and erasing have no per-pixel meaning here
-        used = [f"--{k.replace('_', '-')}" for k in ("mixup", "cutmix", "randaug_n", "reprob", "bce") if getattr(cfg,
-                                                                                                                 k)]
+        used = tuple(k for k in ("mixup", "cutmix", "randaug_n", "reprob", "bce") if getattr(cfg, k))
         if used:
-            raise ValueError(f"{', '.join(used)}: classification only; segmentation augments with random scale, crop, "
-                             "flip and photometric jitter: leave them out")
+            raise OptionError(used, "are for classification only; segmentation augments with random scale, crop, "
+                              "flip and photometric jitter: leave them out")
 
     @staticmethod
     def batches(cfg, info, data_cfg: DataConfig, shard: Shard):

@@ -21,13 +21,9 @@ from ..models import create_model
 from ..tasks import check_evaluated, task_of
 from ..tasks.common import check_classes, classes_and_channels, saved_class_names
 from ..tasks.inputs import model_input
-from ..tasks.segmentation import eval_short_side, segmentation_eval_batches  # noqa: F401 (kept importable here)
 from .distributed import all_reduce_mean, cleanup_distributed, resolve_device, setup_distributed
 
 __all__ = ["reestimate_bn_on", "load_model", "validate", "predict", "iter_predictions"]
-
-# Kept importable under their old names (viz_seg.py imports them from here).
-_classes_and_channels, _check_classes, class_names = classes_and_channels, check_classes, saved_class_names
 
 
 def reestimate_bn_on(model: nn.Module, batches, data_cfg: DataConfig, device: torch.device, num_images: int,

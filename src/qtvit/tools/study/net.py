@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention import KernelLayer, kernel_factory, softmax_attention
+from ...attention import KernelLayer, kernel_factory, softmax_attention
 
 __all__ = ["StudyNet", "KernelAttention", "ChannelMixer", "SoftmaxResidual", "CONTROL"]
 

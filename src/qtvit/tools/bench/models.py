@@ -6,21 +6,21 @@
     qtvit benchmark models --goals                           # the side-by-side speed goals (ABAB, median of 9)
     qtvit benchmark models --profile qtvit_1 efficientvit_b1 --sizes 224 1024   # top ops by self CPU time
 
-Modes (``qtvit.bench.paths``): ``eager`` (the model as built), ``fused`` (the inference form for the size),
+Modes (``qtvit.tools.bench.paths``): ``eager`` (the model as built), ``fused`` (the inference form for the size),
 ``fused-dynamic`` (the inference form valid for every size), ``jit`` (traced, ``optimize_for_inference``),
 ``compile`` (``torch.compile`` of the inference form, compiled per size; its compile time is the ``setup_s``
 column), ``onnxruntime`` and ``onnxruntime-nospin`` (the dynamic ONNX graph of ``qtvit export``, one export per
 model, CPU execution provider, idle threads spinning or sleeping), ``onnxruntime-int8`` (``qtvit export --quantize
 int8``, calibrated on random inputs: for speed only), ``cudagraph`` (CUDA: the fused form replayed from a CUDA
 graph). ``--side-by-side`` compares qtvit_1's paths with efficientvit_b1, the official code and the sgemm floor
-(``qtvit.bench.compare``).
+(``qtvit.tools.bench.compare``).
 
 On a GPU: ``--device cuda --dtype float16`` (or bfloat16); the default modes there are eager, fused and cudagraph:
 
     qtvit benchmark models --device cuda --dtype bfloat16 --models qtvit_1 efficientvit_b1 --sizes 224 1024
 
 Per point: the median over ``--repeats`` runs after one warm-up call (no more runs past ``--budget`` seconds, at
-least 3), the peak memory over the warm-up call (``qtvit.bench.measure.peak_memory_bytes``: extra resident memory
+least 3), the peak memory over the warm-up call (``qtvit.tools.measure.peak_memory_bytes``: extra resident memory
 on CPU, so it includes one-time buffers) and, per model and size, the FLOPs of one image counted by
 ``torch.utils.flop_counter`` (2 per multiply-add; ``gmacs`` = half, the "FLOPs" of papers).
 
@@ -44,14 +44,15 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .._utils import did_you_mean, parse_model_spec, parse_size
-from ..models import inference_form, list_models
-from .measure import (build_extensions, device_line, failure_note, median_time, peak_memory_bytes,  # noqa: F401
-                      read_csv, save_figure)
+from ..._utils import did_you_mean, parse_model_spec, parse_size
+from ...models import inference_form, list_models
+from ...options import positive_float, positive_int  # checked numbers: a bad value is exit code 2
+from ..measure import build_extensions, failure_note, median_time, peak_memory_bytes
+from ..results import device_line, save_figure
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
 from .args import check_device, check_model_args, check_outputs, size_arg
-from .measure import write_csv as write_results_csv
+from ..results import write_csv as write_results_csv
 
 DEFAULT_MODELS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
                   "l2vit_tiny"]
@@ -360,10 +361,6 @@ def markdown_table(rows: list[dict], batch: int = 1, value: str = "time_ms") -> 
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
-    from ..train.recipes import Bound
-
-    seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("models", help="latency / throughput / FLOPs / memory of models against resolution",
                               description="Latency, throughput, MACs and peak memory of models against input size, "
                                           "in each inference mode (--modes); writes a CSV and a PNG (--out). Modes, "
@@ -376,14 +373,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 32], metavar="B", help="batch sizes")
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,
                    help="default: eager fused onnxruntime (on CUDA: eager fused cudagraph); add compile for "
-                        "torch.compile (slow to compile); the modes are described in qtvit.bench.paths")
+                        "torch.compile (slow to compile); the modes are described in qtvit.tools.bench.paths")
     p.add_argument("--compile-sizes", nargs="+", type=size_arg, default=["224", "512"], metavar="S",
                    help="sizes at which the compile mode is measured (each shape compiles for about a minute)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="timed runs per point after a warm-up; the median is kept")
-    p.add_argument("--budget", type=seconds, default=2.0, help="seconds per point after which no more runs are "
+    p.add_argument("--budget", type=positive_float, default=2.0, help="seconds per point after which no more runs are "
                                                              "taken (at least 3)")
-    p.add_argument("--max-call", type=seconds, default=4.0,
+    p.add_argument("--max-call", type=positive_float, default=4.0,
                    help="seconds per call above which larger sizes are skipped (and batch points estimated above it)")
     p.add_argument("--no-flops", action="store_true", help="do not count MACs (counting takes a forward pass)")
     p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .._utils import parse_size
+from ..._utils import parse_size
 from .paths import Forms, build_model, count_flops, interleaved_times, load_official_qtvit, runner
 
 __all__ = ["side_by_side", "DEFAULT_SIDE_MODES"]

@@ -8,8 +8,8 @@ from typing import Iterable
 
 import torch
 
-from .._io import check_output
-from .._utils import parse_model_spec, parse_size
+from ..._io import check_output
+from ..._utils import parse_model_spec, parse_size
 
 __all__ = ["size_arg", "check_device", "check_model_args", "check_outputs", "MAX_SIDE"]
 

@@ -39,8 +39,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .._utils import parse_model_spec
-from ..models import create_model, inference_form
+from ..._utils import parse_model_spec
+from ...models import create_model, inference_form
+from ..export import calibrate_batchnorm, export_onnx, onnx_session, quantize_onnx, traceable_copy
 
 __all__ = ["MODES", "Forms", "runner", "build_model", "benchmark_weights", "count_flops", "interleaved_times",
            "load_official_qtvit", "jit_form", "cuda_graph_runner"]
@@ -64,8 +65,6 @@ def benchmark_weights(model: nn.Module) -> nn.Module:
     attention products become denormal floats, which the CPU computes 10-100x slower: measured 3.5 ms instead of
     0.06 ms for one (16, 1024, 16) state read in efficientvit_b1 at 512 px. Every model a benchmark compares,
     the official code's included, gets this. Eval mode."""
-    from ..export import calibrate_batchnorm
-
     return calibrate_batchnorm(model, 224)
 
 
@@ -126,11 +125,9 @@ def cuda_graph_runner(model: nn.Module, x: torch.Tensor, warmup: int = 3) -> Cal
 def jit_form(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` + ``optimize_for_inference`` of the size-free inference form (valid for every input size:
     the positional-embedding resize is traced from the input's shape, the attention runs in one chunk)."""
-    from ..export import _trace_model
-
-    with warnings.catch_warnings():  # the tracer's warnings about shape checks hold for every size (qtvit.export)
+    with warnings.catch_warnings():  # the tracer's warnings about shape checks hold for every size (tools.export)
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(_trace_model(inference_form(model, None)), example, check_trace=False)
+        traced = torch.jit.trace(traceable_copy(inference_form(model, None)), example, check_trace=False)
         return torch.jit.optimize_for_inference(traced.eval())
 
 
@@ -164,14 +161,10 @@ class Forms:
         return self._cache[mode], self.setup_s[mode]
 
     def _onnx_path(self) -> Path:
-        from ..export import export_onnx
-
         path = self.onnx_dir / "model.onnx"
         return path if path.exists() else export_onnx(self.model, path, (224, 224), dynamic=True)
 
     def _int8_path(self) -> Path:
-        from ..export import quantize_onnx
-
         g = torch.Generator().manual_seed(0)
         calib = [torch.randn(1, getattr(self.model, "in_chans", 3), 224, 224, generator=g) for _ in range(4)]
         return quantize_onnx(self._onnx_path(), self.onnx_dir / "model_int8.onnx", calib)
@@ -202,8 +195,6 @@ class Forms:
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError(f"mode {mode!r} runs on the CPU in float32 only (onnxruntime's CPU provider); "
                                  "use eager, fused, compile or cudagraph on other devices and dtypes")
-            from ..export import onnx_session
-
             spin, int8 = mode != "onnxruntime-nospin", mode == "onnxruntime-int8"
             sess, setup = self._shared(mode, lambda: onnx_session(self._int8_path() if int8 else self._onnx_path(),
                                                                   self.threads, spinning=spin))

@@ -4,19 +4,17 @@ Time: the median of several runs after a warm-up (the machines are noisy). Memor
 over the call; on CPU, the process's peak resident set over the call (Linux VmHWM, reset through
 /proc/self/clear_refs), which also sees buffers that fused kernels allocate internally. Freed heap memory is
 handed back to the OS first (malloc_trim) so that the call cannot hide its allocations in reused pages.
+Shared by the benchmarks, the study (a run's peak memory) and the export (onnxruntime latency); where results are
+written: ``tools.results``.
 """
 from __future__ import annotations
 
-import csv
-import platform
 import statistics
-from pathlib import Path
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import torch
 
-from .._io import atomic_write
 from .._memory import peak_memory_of
 
 
@@ -63,52 +61,3 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | N
     """Extra memory at the peak of one call of ``fn`` over what was in use before it; None where unmeasurable
     (the project's one measurement: ``qtvit._memory.peak_memory_of``)."""
     return peak_memory_of(fn, device)
-
-
-def device_line(device: torch.device) -> str:
-    """A one-line description of the machine, saved beside every result."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def write_csv(rows: list[dict], path: str | Path, header: str, fields: Sequence[str], *,
-              extrasaction: str = "raise") -> Path:
-    """Results as CSV with a ``# header`` first line (read back by ``read_csv``), written atomically.
-    ``extrasaction="ignore"`` drops row keys that are not ``fields``."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            f.write(f"# {header}\n")
-            w = csv.DictWriter(f, fieldnames=list(fields), extrasaction=extrasaction)
-            w.writeheader()
-            w.writerows(rows)
-
-    return atomic_write(path, write)
-
-
-def read_csv(path: Path) -> list[dict]:
-    """The rows of a results CSV, skipping its ``#`` comment lines."""
-    with open(path) as f:
-        return list(csv.DictReader([line for line in f if not line.startswith("#")]))
-
-
-def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, title: str = "") -> Path:
-    """Title, tight layout, save atomically (creating the folder) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"  # the temporary name's suffix would not tell matplotlib
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
-    finally:
-        plt.close(fig)

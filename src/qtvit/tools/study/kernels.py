@@ -24,10 +24,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .._io import atomic_write
-from ..attention import list_kernels
-from ..bench.measure import device_line, read_csv, write_csv
-from ..data.fashion_mnist import load_fashion_mnist
+from ..._io import atomic_write
+from ...attention import list_kernels
+from ..results import device_line, read_csv, write_csv
+from ...data.fashion_mnist import load_fashion_mnist
 from .fidelity import fidelity_rows, plot_fidelity
 from .net import CONTROL
 from .runs import Data, Recipe, Variant, build_net, run_one, study_device
@@ -186,7 +186,7 @@ def _marker_query(canvas: torch.Tensor, spec: PointerSpec, grid: int) -> int:
 
 def _fidelity(net, data: Data, plan: StudyPlan, kernels: Sequence[str], out: Path, plots: bool,
               log: Callable[[str], None]) -> list[Path]:
-    from ..viz import attention_rows, plot_attention_maps
+    from ..figures.attention import attention_rows, plot_attention_maps
     from .fidelity import capture_qk
     from .runs import _to_input
 
@@ -212,7 +212,7 @@ def _fidelity(net, data: Data, plan: StudyPlan, kernels: Sequence[str], out: Pat
 
 
 def _class_name(spec: PointerSpec, label: int) -> str:
-    from ..constants import FASHION_MNIST_CLASSES
+    from ...constants import FASHION_MNIST_CLASSES
     return FASHION_MNIST_CLASSES[sorted(spec.classes)[label]]
 
 

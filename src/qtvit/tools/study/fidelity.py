@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..attention import AttentionKernel, create_kernel
+from ...attention import AttentionKernel, create_kernel
 from .net import StudyNet
 
 __all__ = ["capture_qk", "map_fidelity", "fidelity_rows", "UNIFORM_MIX", "TOP_K"]
@@ -87,7 +87,7 @@ def plot_fidelity(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..bench.measure import save_figure
+    from ..results import save_figure
 
     mean = [r for r in rows if r["layer"] == "mean"]
     names = [r["kernel"] for r in mean]

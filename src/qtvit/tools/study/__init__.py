@@ -1,5 +1,5 @@
 """Studies: `qtvit study kernels` (every attention kernel in one architecture on a task where global context
-decides; see ``qtvit.study.kernels``). Nothing in the library imports this package."""
+decides; see ``qtvit.tools.study.kernels``). Nothing in the library imports this package."""
 from __future__ import annotations
 
 import argparse

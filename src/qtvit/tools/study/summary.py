@@ -90,7 +90,7 @@ def plot_study(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..bench.measure import save_figure
+    from ..results import save_figure
 
     names = [r["variant"] for r in rows]
     colours = ["tab:grey" if r["kernel"] == CONTROL else "tab:orange" if r["softmax_residual"] else

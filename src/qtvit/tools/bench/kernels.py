@@ -27,19 +27,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..attention import cpu_fused, create_kernel, list_kernels
+from ...attention import cpu_fused, create_kernel, list_kernels
+from ...options import positive_float, positive_int  # checked numbers: a bad value is exit code 2
 from .args import check_device, check_outputs
-from .measure import (  # noqa: F401
-    build_extensions,
-    device_line,
-    failure_note,
-    median_time,
-    peak_memory_bytes,
-    read_csv,
-    save_figure,
-    synchronize,
-    write_csv,
-)
+from ..measure import build_extensions, failure_note, median_time, peak_memory_bytes, synchronize
+from ..results import device_line, save_figure, write_csv
 
 DEFAULT_NS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 FIELDS = ["kernel", "n", "head_dim", "heads", "batch", "dtype", "device", "mode", "path", "time_ms", "runs",
@@ -290,10 +282,6 @@ def plot(rows: list[dict], path: Path, *, mode: str = "fwd", title: str = "") ->
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import bounded, positive_int  # checked numbers: a bad value is a usage error (exit code 2)
-    from ..train.recipes import Bound
-
-    seconds = bounded(float, Bound(0, lo_open=True))
     p = subparsers.add_parser("kernels", help="time and memory of each attention kernel against N",
                               description="Time and peak memory of each attention kernel against the token count N; "
                                           "writes a CSV and a PNG (--out). Method and results: docs/benchmarks.md")
@@ -310,8 +298,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"],
                    help="forward only, and/or forward and backward")
     p.add_argument("--repeats", type=positive_int, default=5, help="runs per point; the median is reported")
-    p.add_argument("--budget", type=seconds, default=5.0, help="seconds per point after which fewer runs are taken")
-    p.add_argument("--max-call", type=seconds, default=20.0, help="a kernel slower than this per call skips larger N")
+    p.add_argument("--budget", type=positive_float, default=5.0,
+                   help="seconds per point after which fewer runs are taken")
+    p.add_argument("--max-call", type=positive_float, default=20.0,
+                   help="a kernel slower than this per call skips larger N")
     p.add_argument("--peer", action="store_true", help="also time taylor-series-linear-attention (pip install it) "
                    "and measure the two speed ratios side by side (written to <out>_ratios.csv)")
     p.add_argument("--compile", action="store_true", help="also time each kernel under torch.compile (rows with "

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..bench.measure import peak_memory_bytes
-from ..train.optim import create_optimizer, lr_at
+from ..measure import peak_memory_bytes
+from ...train.optim import create_optimizer, lr_at
 from .net import StudyNet
 
 __all__ = ["Recipe", "Data", "Variant", "run_one", "study_device", "variant_name", "parse_variant"]

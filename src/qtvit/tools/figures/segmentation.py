@@ -16,13 +16,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._io import check_output
-from .data import Shard
-from .bench.measure import save_figure
-from .train.evaluate import _check_classes, _classes_and_channels, class_names, load_model, segmentation_eval_batches
-from .train.inputs import model_input
-from .train.seg_evaluate import main_logits, open_task_data, seg_palette
-from .train.seg_metrics import upsample_logits
+from ..._io import check_output
+from ...data import Shard
+from ...tasks import Segmentation
+from ...tasks.common import check_classes, classes_and_channels, saved_class_names
+from ...tasks.inputs import model_input
+from ...tasks.seg_metrics import main_logits, upsample_logits
+from ...tasks.seg_predict import seg_palette
+from ...tasks.segmentation import segmentation_eval_batches
+from ...train.evaluate import load_model
+from ..results import save_figure
 
 __all__ = ["predict_examples", "plot_segmentation", "add_segmentation_figure_parser"]
 
@@ -36,9 +39,9 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
     if images < 1 or first < 0:
         raise ValueError(f"--images {images} --first {first}: give at least one image and a first index >= 0")
     net = load_model(checkpoint)
-    num_classes = _classes_and_channels(net)[0]
-    info = open_task_data("segmentation", data, num_classes)
-    _check_classes(net, info.classes, num_classes)  # as validate does
+    num_classes = classes_and_channels(net)[0]
+    info = Segmentation.open_data(data, num_classes)
+    check_classes(net, info.classes, num_classes)  # as validate does
     data_cfg, batches = segmentation_eval_batches(net, info, batch_size=1, shard=Shard(workers=0),
                                                   limit=first + images)
     if batches.num_samples <= first:
@@ -51,7 +54,7 @@ def predict_examples(checkpoint: str | Path, data: str | None = None, *, images:
         preds.append(upsample_logits(logits.float(), y.shape[-2:]).argmax(1)[0].numpy())
         shown.append(x[0].expand(3, -1, -1).permute(1, 2, 0).numpy())
         truths.append(y[0].numpy())
-    return shown, truths, preds, class_names(net, num_classes)
+    return shown, truths, preds, saved_class_names(net, num_classes)
 
 
 def plot_segmentation(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: Sequence[np.ndarray],
