@@ -291,12 +291,13 @@ def calibration_batches(model: nn.Module, data: str | Path | None = None, *, ima
     """Normalised (images, labels) batches of ``data`` (``qtvit.data.open_dataset``: None = Fashion-MNIST) at the
     model's eval size and statistics: the first ``images`` of the training split (``train=True``, for INT8
     calibration) or all of the evaluation split (``train=False``, ``images`` ignored, for the top-1 check)."""
-    from ..data import build_batches, open_dataset
+    from ..data import Shard, build_batches, open_dataset
     from ..data.transforms import normalize, resolve_data_config
 
     info = open_dataset(data)
     cfg = resolve_data_config(model, dataset_mean=info.mean, dataset_std=info.std)
-    kw = dict(train=train, data_cfg=cfg, limit=images if train else None, hflip=False, padding=0, workers=0)
+    kw = dict(train=train, data_cfg=cfg, limit=images if train else None, hflip=False, padding=0,
+              shard=Shard(workers=0))
     if train:  # training batches must be full: a split smaller than `images` is calibrated on whole
         batch_size = min(batch_size, build_batches(info, batch_size=1, **kw).num_samples)
     batches = build_batches(info, batch_size=batch_size, **kw)
