@@ -122,10 +122,10 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
     names = {c["id"]: c.get("name", str(c["id"])) for c in ground_truth["categories"]}
     out = {}
     for iou_type in iou_types:
-        # COCO.loadRes refuses an empty list; evaluating against a results set with no detection is what it means
-        dt = gt.loadRes(results) if results else _coco(dict(ground_truth, annotations=[]))
-        evaluator = COCOeval(gt, dt, iou_type)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout
+            # COCO.loadRes refuses an empty list; a results set with no detection is what that list means
+            dt = gt.loadRes(results) if results else _coco(dict(ground_truth, annotations=[]))
+            evaluator = COCOeval(gt, dt, iou_type)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
