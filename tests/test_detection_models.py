@@ -16,8 +16,8 @@ from qtvit.models.detection import DETECTION_BACKBONES, BackboneFPN, build_detec
 from conftest import REPO  # noqa: E402
 
 SIZES = [(97, 130), (130, 97), (41, 33)]  # non-square, not multiples of 32, one smaller than the anchors
-FAST = dict(min_size=96, max_size=160, rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32,
-            box_detections_per_img=20)
+FAST = dict(min_size=96, max_size=160, rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50,
+            box_batch_size_per_image=32, box_detections_per_img=20)  # fewer RoIs: RoIAlign's backward is slow on CPU
 
 
 def _small(kind: str, **kwargs):
