@@ -148,3 +148,15 @@ except ImportError as e:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ERR the detectors need torchvision: pip install 'qtvit[detect]'" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["retinanet_qtvit_1", "maskrcnn_efficientvit_b1"])
+def test_save_pretrained_round_trip(name, tmp_path):
+    torch.manual_seed(0)
+    model = qtvit.create_model(name, num_classes=7, min_size=128, max_size=160, pos_embed=False)
+    qtvit.save_pretrained(model, tmp_path)
+    again = qtvit.create_model(checkpoint_path=tmp_path)
+    assert again.pretrained_cfg["architecture"] == name and again.load_report.ok and again.num_classes == 7
+    assert again.transform.min_size == (128,) and again.transform.max_size == 160
+    sa, sb = model.state_dict(), again.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -160,8 +160,10 @@ def build_detector(
 
 def _cfg(kind: str, backbone: str) -> dict[str, Any]:
     stem = "backbone.body.stem.conv1" if backbone.startswith("l2vit") else "backbone.body.stem.conv"
+    # RetinaNet's classifier is a conv of (anchors x classes) outputs, which would read as that many classes when
+    # a checkpoint's config is written from the weights: its num_classes is saved from the constructor's arguments
     classifier = (["roi_heads.box_predictor.cls_score", "roi_heads.mask_predictor.mask_fcn_logits"]
-                  if kind == "maskrcnn" else "head.classification_head.cls_logits")
+                  if kind == "maskrcnn" else None)
     return dict(url=None, num_classes=81, input_size=(3, 800, 1333), interpolation="bilinear", mean=IMAGENET_MEAN,
                 std=IMAGENET_STD, first_conv=stem, classifier=classifier, license=None, origin_url=None,
                 paper_ids="arXiv:1703.06870" if kind == "maskrcnn" else "arXiv:1708.02002")
