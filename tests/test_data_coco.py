@@ -177,3 +177,10 @@ def test_training_transform_keeps_boxes_masks_and_labels_together(tmp_path):
         assert box[0] - 1 <= xs.min() and xs.max() < box[2] + 1 and box[1] - 1 <= ys.min() and ys.max() < box[3] + 1
     _, empty = ds[1]
     assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 48, 48)
+
+
+def test_a_json_under_annotations_finds_the_images_above(tmp_path):
+    _write(tmp_path, _coco_dict(), "annotations/mine.json", tmp_path / "images")
+    assert find_coco(tmp_path / "annotations" / "mine.json") == (tmp_path / "annotations/mine.json",
+                                                                 tmp_path / "images")
+    assert find_coco(tmp_path) == (tmp_path / "annotations/mine.json", tmp_path / "images")

@@ -4,7 +4,7 @@
 
 - COCO 2017: ``root/annotations/instances_{train,val}2017.json`` with images in ``root/{train,val}2017/``;
 - any folder with one COCO-format json (in it or in its ``annotations/``; several: name the file), the images'
-  ``file_name`` relative to the folder or to its ``images/``; or the json file itself.
+  ``file_name`` relative to its ``images/`` if it has one, else to the folder; or the json file itself.
 
 ``CocoDetection(ann_file, image_dir)`` reads it (``json``: a file is data, never code) and checks every record
 once, up front, so a bad file fails at once and by name: a box outside its image, an unknown category, a broken
@@ -51,7 +51,7 @@ def find_coco(root: str | os.PathLike, split: str = "val") -> tuple[Path, Path]:
     """``(annotation file, image folder)`` of a COCO 2017 tree or of a folder with one COCO-format json."""
     root = Path(root)
     if root.is_file():
-        return root, _image_dir(root.parent, root)
+        return root, _image_dir(root.parent.parent if root.parent.name == "annotations" else root.parent)
     coco2017 = root / "annotations" / f"instances_{split}2017.json"
     if coco2017.is_file():
         return coco2017, root / f"{split}2017"
@@ -61,11 +61,11 @@ def find_coco(root: str | os.PathLike, split: str = "val") -> tuple[Path, Path]:
         raise FileNotFoundError(f"{root}: no COCO data found: expected annotations/instances_{split}2017.json "
                                 f"(COCO 2017) or exactly one COCO-format .json in the folder or its annotations/ "
                                 f"(found: {found}); pass the json file itself to choose")
-    return jsons[0], _image_dir(root, jsons[0])
+    return jsons[0], _image_dir(root)
 
 
-def _image_dir(root: Path, ann_file: Path) -> Path:
-    return root / "images" if (root / "images").is_dir() and not any(root.glob("*.jp*g")) else root
+def _image_dir(root: Path) -> Path:
+    return root / "images" if (root / "images").is_dir() else root
 
 
 def _fail(path: Path, what: str, fix: str = "fix or remove that record") -> CocoFormatError:
