@@ -142,9 +142,10 @@ def build_detector(
     if len(sizes) != levels:
         raise ValueError(f"anchor_sizes {sizes}: the FPN has {levels} levels, give one base size per level")
     ratios = ((0.5, 1.0, 2.0),) * levels
-    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if args.get("in_chans", 3) == 3 else ([0.5], [0.25])
-    common = dict(min_size=min_size, max_size=max_size, image_mean=mean * (args.get("in_chans", 3) // len(mean)),
-                  image_std=std * (args.get("in_chans", 3) // len(std)))
+    chans = args.get("in_chans", 3)
+    # ImageNet's statistics for RGB (the backbones' pretraining); other channel counts have none to reuse
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.5,) * chans, (0.25,) * chans)
+    common = dict(min_size=min_size, max_size=max_size, image_mean=list(mean), image_std=list(std))
     if maskrcnn:
         anchors = det.anchor_utils.AnchorGenerator(tuple((s,) for s in sizes), ratios)
         model = det.MaskRCNN(body, num_classes, rpn_anchor_generator=anchors, **common, **detector_args)
