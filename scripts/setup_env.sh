@@ -1,6 +1,6 @@
 # Sourced by the job scripts: Fashion-MNIST from Debian's package when it is not there yet (qtvit falls back to a
-# download otherwise), then the virtual environment with the package and the extras in $QTVIT_EXTRAS (torch's
-# version pinned by constraints.txt), activated.
+# download otherwise), then the virtual environment with the package and the extras in $QTVIT_EXTRAS (torch and
+# torchvision pinned together by constraints.txt), activated.
 if [ ! -r /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

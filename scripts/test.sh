@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test suite on a fresh machine: a virtual environment, the package with all its extras (torch's version pinned
-# by constraints.txt), qt's fused CPU kernel built, then pytest. Extra arguments go to pytest.
+# The test suite on a fresh machine: a virtual environment, the package with all its extras (torch and torchvision
+# pinned together by constraints.txt), qt's fused CPU kernel built, then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then

@@ -135,7 +135,8 @@ _BIG = {"efficientvit_l2", "efficientvit_l3", "qtvit_5", "qtvit_6", "l2vit_base"
 
 
 # Segmentation models are built one by one in test_segmentation_models.py; here one per head type proves the contract.
-_SEG = ("efficientvit_seg_", "qtvit_seg_", "upernet_")
+# The detectors (no features_only: torchvision's detectors take images and targets) are test_detection_models.py's.
+_SEG = ("efficientvit_seg_", "qtvit_seg_", "upernet_", "maskrcnn_", "retinanet_")
 _ZOO = [n for n in qtvit.list_models() if not n.startswith(_SEG)] + ["efficientvit_seg_b0_cityscapes",
                                                                     "upernet_efficientvit_b0"]
 
