@@ -8,6 +8,7 @@ masks, box and mask heads, training-sample selection); backward is split by oper
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import defaultdict
 
@@ -54,6 +55,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--model", default="maskrcnn_qtvit_1")
+    p.add_argument("--model-kwargs", default="{}", help="the detector's options as json, e.g. "
+                   "'{\"fpn_channels\": 128, \"box_batch_size_per_image\": 128}'")
     p.add_argument("--shapes", action="store_true", help="also the slowest convolution backwards by input shape")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,7 +67,7 @@ def main() -> None:
     batches = [[data[i * args.batch + j] for j in range(args.batch)] for i in range(5)]
     data_s = (time.perf_counter() - t0) / 5
     model = qtvit.create_model(args.model, num_classes=11, min_size=args.size, max_size=args.size,
-                               anchor_sizes=(16, 32, 64, 128, 256))
+                               **{"anchor_sizes": (16, 32, 64, 128, 256), **json.loads(args.model_kwargs)})
     model.train()
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
 
@@ -100,7 +103,7 @@ def report(prof, profiled: float, plain: float, data_s: float, args) -> None:
     self_ms = defaultdict(float)
     for e in events:
         self_ms[e.key] += e.self_cpu_time_total / 1e3
-    print(f"# {args.model}, {args.batch} x {args.size} px, {args.threads} threads, torch {torch.__version__}")
+    print(f"# {args.model} {args.model_kwargs}, {args.batch} x {args.size} px, {args.threads} threads, torch {torch.__version__}")
     print(f"step: {plain * 1e3:.0f} ms unprofiled (median of 3, {args.batch / plain:.2f} images/s), {profiled * 1e3:.0f} ms "
           f"profiled; data (scene + instances + augmentation): {data_s * 1e3:.0f} ms per batch, one process")
     print("\n| part | ms | % of step |\n|---|---:|---:|")

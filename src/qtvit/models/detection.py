@@ -114,6 +114,9 @@ def build_detector(
     max_size: int = 1333,
     anchor_sizes: Optional[Sequence[int]] = None,
     fpn_channels: int = 256,
+    box_head_dim: int = 1024,
+    mask_head_channels: int = 256,
+    mask_head_layers: int = 4,
     in_indices: Union[int, Sequence[int], None] = None,
     pretrained_backbone: bool = False,
     kernel: Union[str, Any, None] = None,
@@ -148,7 +151,8 @@ def build_detector(
     common = dict(min_size=min_size, max_size=max_size, image_mean=list(mean), image_std=list(std))
     if maskrcnn:
         anchors = det.anchor_utils.AnchorGenerator(tuple((s,) for s in sizes), ratios)
-        model = det.MaskRCNN(body, num_classes, rpn_anchor_generator=anchors, **common, **detector_args)
+        heads = _roi_heads(fpn_channels, num_classes, box_head_dim, mask_head_channels, mask_head_layers)
+        model = det.MaskRCNN(body, None, rpn_anchor_generator=anchors, **heads, **common, **detector_args)
     else:
         scaled = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes)
         model = det.RetinaNet(body, num_classes, anchor_generator=det.anchor_utils.AnchorGenerator(scaled, ratios),
@@ -157,6 +161,20 @@ def build_detector(
     model.backbone_name = backbone
     model.kernel_name = body.kernel_name
     return model
+
+
+def _roi_heads(channels: int, num_classes: int, box_dim: int, mask_channels: int, mask_layers: int) -> dict:
+    """Mask R-CNN's box and mask heads at the given widths (torchvision's own classes and parameter names; the
+    defaults are its defaults: two 1024-d fc layers, four 3x3 convs of 256)."""
+    det = _torchvision().models.detection
+    for name, v in (("box_head_dim", box_dim), ("mask_head_channels", mask_channels), ("mask_head_layers", mask_layers)):
+        if v < 1:
+            raise ValueError(f"{name}={v}: give a positive width or count")
+    pool = 7  # the box branch's RoIAlign output side (torchvision's MultiScaleRoIAlign default)
+    return dict(box_head=det.faster_rcnn.TwoMLPHead(channels * pool * pool, box_dim),
+                box_predictor=det.faster_rcnn.FastRCNNPredictor(box_dim, num_classes),
+                mask_head=det.mask_rcnn.MaskRCNNHeads(channels, [mask_channels] * mask_layers, 1),
+                mask_predictor=det.mask_rcnn.MaskRCNNPredictor(mask_channels, mask_channels, num_classes))
 
 
 def _cfg(kind: str, backbone: str) -> dict[str, Any]:
