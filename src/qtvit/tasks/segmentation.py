@@ -79,6 +79,11 @@ class Segmentation:
                               "flip and photometric jitter: leave them out")
 
     @staticmethod
+    def recorded(cfg, info) -> dict:
+        """The evaluation size of the run (--eval-size), which validation and prediction use again."""
+        return {"eval_short_side": cfg.eval_size} if cfg.eval_size else {}
+
+    @staticmethod
     def batches(cfg, info, data_cfg: DataConfig, shard: Shard):
         """(training, evaluation, BN re-estimation or None) batches of a run: --img-size is the training crop;
         evaluation follows the dataset's protocol (labels at their own size), its images resized to --eval-size

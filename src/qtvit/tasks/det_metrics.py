@@ -123,8 +123,11 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
     out = {}
     for iou_type in iou_types:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout
+            # Masks are scored without their boxes, so that loadRes takes a detection's area (COCO's small, medium,
+            # large) from its mask, as for the ground truth; with the box there it would take the box's.
+            res = results if iou_type != "segm" else [{k: v for k, v in r.items() if k != "bbox"} for r in results]
             # COCO.loadRes refuses an empty list; a results set with no detection is what that list means
-            dt = gt.loadRes(results) if results else _coco(dict(ground_truth, annotations=[]))
+            dt = gt.loadRes(res) if res else _coco(dict(ground_truth, annotations=[]))
             evaluator = COCOeval(gt, dt, iou_type)
             evaluator.evaluate()
             evaluator.accumulate()
