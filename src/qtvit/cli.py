@@ -44,8 +44,8 @@ def add_train_parser(subparsers) -> None:
                     "--pretrained or --initial-checkpoint. Many processes: torchrun --nproc_per_node=N -m qtvit "
                     "train ... Guide: docs/training.md")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="a preset of options: the official recipes, fashion-mnist (the main job's) and seg-scenes "
-                        "(docs/training.md) (default: none, the defaults below)")
+                   help="a preset of options: the official recipes, fashion-mnist (the main job's), seg-scenes and "
+                        "det-scenes (docs/training.md) (default: none, the defaults below)")
     add_options(p, TrainConfig)
     p.set_defaults(func=run_train)
 

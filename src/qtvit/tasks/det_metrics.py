@@ -118,7 +118,9 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
     """COCOeval of ``results`` against ``ground_truth`` (a COCO-format dict) for each of ``iou_types``:
     ``{"bbox": {"AP": ..., ..., "per_class": {...}}, "segm": {...}}`` (see the module docstring)."""
     COCO, COCOeval, _ = _pycocotools()
-    gt = _coco(ground_truth)
+    # COCOeval rewrites the annotations it reads (their segmentation becomes RLE): it gets copies, the caller's
+    # dict (a dataset's own json, say) stays as it was
+    gt = _coco(dict(ground_truth, annotations=[dict(a) for a in ground_truth.get("annotations", [])]))
     names = {c["id"]: c.get("name", str(c["id"])) for c in ground_truth["categories"]}
     out = {}
     for iou_type in iou_types:

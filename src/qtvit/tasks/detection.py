@@ -95,9 +95,9 @@ class Detection:
                              "instances); pass --task segmentation to train on it, or a COCO-format folder")
         try:
             return open_detection(data)
-        except (ValueError, FileNotFoundError) as e:
-            raise type(e)(f"--task detection: {e}. Detection reads COCO-format data (an ImageNet-style folder is "
-                          "classification data: --task classification)") from None
+        except FileNotFoundError as e:  # a bad annotation file's own error names the file and the record already
+            raise FileNotFoundError(f"--task detection: {e}. Detection reads COCO-format data (an ImageNet-style "
+                                    "folder is classification data: --task classification)") from None
 
     @staticmethod
     def check_config(cfg) -> None:

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import DataConfig, Shard
+from ..data.detection import looks_like_coco
 from ..data.segmentation import IGNORE_INDEX, SCENES, build_segmentation_batches, open_segmentation
 from ..data.seg_transforms import SegBatchAugment, check_scales
 from ..options import OptionError
@@ -65,6 +66,9 @@ class Segmentation:
             raise ValueError(f"--task segmentation: --data {data} is a classification dataset; leave --data out (or "
                              f"pass {SCENES}) for the Fashion-MNIST scenes, or pass an ADE20K, Cityscapes or "
                              "image/mask folder")
+        if data is not None and looks_like_coco(data):
+            raise ValueError(f"--task segmentation: --data {data} is a detection dataset (COCO format); pass --task "
+                             "detection to train on it")
         try:
             return open_segmentation(data, default_num_classes=num_classes)
         except (ValueError, FileNotFoundError) as e:
