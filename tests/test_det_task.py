@@ -136,7 +136,9 @@ def test_a_coco_set_trains_two_steps_and_validates_as_json_through_the_cli(coco_
     names = ["background", "car", "train", "kite"]  # labels 1..3 are the ids 3, 7, 12 in order
     assert list(r["per_class_box_ap"]) == names and list(r["per_class_mask_ap"]) == names
     assert r["per_class_box_ap"]["background"] is None and r["loss"] is None  # detectors give no eval loss
-    assert main(["validate", "--checkpoint", str(run), "--data", str(coco_dir), "--workers", "0"]) == 0
+    assert r["test_size"] == [[64], 96]  # the detector's own resize, as trained
+    assert main(["validate", "--checkpoint", str(run), "--data", str(coco_dir), "--workers", "0", "--img-size",
+                 "80"]) == 0
     line = capsys.readouterr().out
     assert "box AP" in line and "mask AP" in line and "on 3 images" in line and "loss" not in line
 
@@ -307,3 +309,35 @@ def test_detections_are_drawn_above_the_threshold_and_all_written_with_category_
     assert [(r["category_id"], r["score"]) for r in results] == [(3, pytest.approx(0.9)), (12, pytest.approx(0.3))]
     assert results[0]["bbox"] == [20.0, 10.0, 30.0, 20.0] and mask_api.area(
         dict(results[0]["segmentation"], counts=results[0]["segmentation"]["counts"].encode())) == 600
+
+
+class _Oracle(torch.nn.Module):
+    """Returns the given targets in order, as detections of score 1: a perfect detector for the evaluation."""
+
+    class roi_heads:  # a mask branch, as Mask R-CNN's RoIHeads says
+        has_mask = staticmethod(lambda: True)
+
+    def __init__(self, targets: list):
+        super().__init__()
+        self.targets, self.weight = list(targets), torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        out = []
+        for _ in images:
+            t = self.targets.pop(0)
+            out.append(dict(boxes=t["boxes"], labels=t["labels"], scores=torch.ones(len(t["labels"])),
+                            masks=t["masks"][:, None].float()))
+        return out
+
+
+@pytest.mark.parametrize("which", ["coco", "scenes"])
+def test_a_perfect_detector_scores_100_with_the_datasets_category_ids(which, request):
+    from qtvit.tasks.det_evaluate import evaluate_detection
+    info = open_detection(request.getfixturevalue("coco_dir") if which == "coco" else SMALL_FMNIST)
+    batches = build_detection_batches(info, train=False, size=64, batch_size=2, limit=3, shard=Shard(workers=0))
+    targets = [t for _, ts in batches.iterate(0) for t in ts]
+    r = evaluate_detection(_Oracle(targets), batches, torch.device("cpu"))
+    assert r.images == 3 and r.scores["box_ap"] == r.scores["mask_ap"] == 100.0
+    assert r.per_class["box_ap"][0] is None and all(v in (None, 100.0) for v in r.per_class["box_ap"][1:])
+    if which == "coco":  # every category has ground truth in the val images: car, train, kite
+        assert r.per_class["box_ap"] == [None, 100.0, 100.0, 100.0]
