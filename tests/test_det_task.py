@@ -21,6 +21,7 @@ from pycocotools import mask as mask_api  # noqa: E402
 
 from _tiny_detector import register_tiny_detectors  # noqa: E402
 from conftest import SMALL_FMNIST, run_two_processes, tiny_config  # noqa: E402
+from test_data_coco import _rle_of, _uncompressed_rle  # noqa: E402
 from qtvit.checkpoints import latest_checkpoint  # noqa: E402
 from qtvit.cli import main  # noqa: E402
 from qtvit.data import Shard  # noqa: E402
@@ -51,23 +52,6 @@ def _rect(x0, y0, x1, y1) -> np.ndarray:
     return m
 
 
-def _compressed(m: np.ndarray) -> dict:
-    rle = mask_api.encode(np.asfortranarray(m))
-    return dict(size=[H, W], counts=rle["counts"].decode("ascii"))
-
-
-def _uncompressed(m: np.ndarray) -> dict:
-    flat, counts, value, run = m.T.reshape(-1), [], 0, 0  # column-major runs, starting with zeros
-    for v in flat:
-        if v == value:
-            run += 1
-        else:
-            counts.append(run)
-            value, run = v, 1
-    counts.append(run)
-    return dict(size=[H, W], counts=counts)
-
-
 def _ann(ann_id, image_id, cat, box, segmentation, crowd=0) -> dict:
     x0, y0, x1, y1 = box
     return dict(id=ann_id, image_id=image_id, category_id=cat, bbox=[x0, y0, x1 - x0, y1 - y0], iscrowd=crowd,
@@ -82,9 +66,9 @@ def _split(first_id: int) -> tuple[list, list]:
               dict(id=b, file_name=f"{b:012d}.png", height=H, width=W),
               dict(id=c, file_name=f"{c:012d}.png", height=H, width=W)]
     anns = [_ann(10 * a + 1, a, 3, (4, 6, 30, 40), [[4, 6, 30, 6, 30, 40, 4, 40]]),
-            _ann(10 * a + 2, a, 12, (40, 10, 76, 60), _compressed(_rect(40, 10, 76, 60))),
-            _ann(10 * b + 1, b, 7, (8, 8, 50, 30), _uncompressed(_rect(8, 8, 50, 30))),
-            _ann(10 * b + 2, b, 3, (10, 40, 70, 62), _uncompressed(_rect(10, 40, 70, 62)), crowd=1)]
+            _ann(10 * a + 2, a, 12, (40, 10, 76, 60), _rle_of(_rect(40, 10, 76, 60))),
+            _ann(10 * b + 1, b, 7, (8, 8, 50, 30), _uncompressed_rle(_rect(8, 8, 50, 30))),
+            _ann(10 * b + 2, b, 3, (10, 40, 70, 62), _uncompressed_rle(_rect(10, 40, 70, 62)), crowd=1)]
     return images, anns
 
 
