@@ -7,7 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("pycocotools")
-from qtvit.train.det_metrics import (COCO_STATS, coco_evaluate, coco_ground_truth, coco_results,  # noqa: E402
+from qtvit.tasks.det_metrics import (COCO_STATS, coco_evaluate, coco_ground_truth, coco_results,  # noqa: E402
                                      write_coco_results)
 
 S = 64  # image side

@@ -9,7 +9,7 @@ import pytest
 import torch.nn as nn
 
 from qtvit.checkpoints import CheckpointError
-from qtvit.tasks import TASKS, Classification, EvalResult, Segmentation, get_task, task_of
+from qtvit.tasks import TASKS, Classification, Detection, EvalResult, Segmentation, get_task, task_of
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "qtvit"
 _NAMES = {"classification", "segmentation", "detection"}
@@ -17,15 +17,18 @@ _NAMES = {"classification", "segmentation", "detection"}
 
 def test_the_lookup_by_name_and_by_model():
     assert get_task("classification") is Classification and get_task("segmentation") is Segmentation
-    assert set(TASKS) == {"classification", "segmentation"}
-    with pytest.raises(ValueError, match="task 'segmentaton': use classification or segmentation"):
+    assert get_task("detection") is Detection
+    assert set(TASKS) == {"classification", "segmentation", "detection"}
+    with pytest.raises(ValueError, match="task 'segmentaton': use classification, segmentation, detection"):
         get_task("segmentaton")
     plain = nn.Linear(2, 2)  # no pretrained_cfg: a classifier, as older files
     assert task_of(plain) is Classification
     plain.pretrained_cfg = {"task": "segmentation"}
     assert task_of(plain) is Segmentation
     plain.pretrained_cfg = {"task": "detection"}
-    with pytest.raises(CheckpointError, match="task 'detection', which this qtvit does not know"):
+    assert task_of(plain) is Detection
+    plain.pretrained_cfg = {"task": "keypoints"}
+    with pytest.raises(CheckpointError, match="task 'keypoints', which this qtvit does not know"):
         task_of(plain)
 
 

@@ -460,7 +460,7 @@ def test_bad_choices_are_usage_errors(argv, message, capsys):
 
 
 def test_wrong_task_dataset_or_model_is_a_clear_error(tmp_path, seg_run, capsys):
-    with pytest.raises(ValueError, match=r"task must be classification or segmentation, got 'segmentaton'"):
+    with pytest.raises(ValueError, match=r"task must be classification, segmentation or detection, got 'segmentaton'"):
         train(seg_config(tmp_path, task="segmentaton"))
     with pytest.raises(ValueError, match="mixup and bce are for classification only"):
         train(seg_config(tmp_path, mixup=0.2, bce=True))

@@ -38,14 +38,14 @@ def add_train_parser(subparsers) -> None:
     the dataclass); every number checked against its declared bound as it is parsed."""
     from .train.recipes import RECIPES, TrainConfig
     p = subparsers.add_parser(
-        "train", help="train a model (Fashion-MNIST by default; --task segmentation: the scenes)",
+        "train", help="train a model (Fashion-MNIST by default; --task segmentation or detection: the scenes)",
         description="Train a model. Options left out take the --recipe's values, then the defaults shown. "
                     "The run folder (weights, metrics.csv, summary.json) is <--output>/<--name>. Fine-tune with "
                     "--pretrained or --initial-checkpoint. Many processes: torchrun --nproc_per_node=N -m qtvit "
                     "train ... Guide: docs/training.md")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="a preset of options: the official recipes, fashion-mnist (the main job's) and seg-scenes "
-                        "(docs/training.md) (default: none, the defaults below)")
+                   help="a preset of options: the official recipes, fashion-mnist (the main job's), seg-scenes and "
+                        "det-scenes (docs/training.md) (default: none, the defaults below)")
     add_options(p, TrainConfig)
     p.set_defaults(func=run_train)
 
@@ -101,18 +101,22 @@ def _saved_model_flags(p) -> None:
 
 
 def add_validate_parser(subparsers) -> None:
-    p = subparsers.add_parser("validate", help="top-1/top-5 (or mIoU) of a checkpoint on a dataset",
+    p = subparsers.add_parser("validate", help="top-1/top-5 (or mIoU, or COCO AP) of a checkpoint on a dataset",
                               description="Top-1 and top-5 accuracy (micro) of a classification checkpoint on a "
                                           "dataset's eval split, with the model's eval protocol; mIoU, mAcc and aAcc "
                                           "(per-class IoU with --json) of a segmentation checkpoint, with the "
-                                          "dataset's protocol (--img-size: resize the short side to it).")
+                                          "dataset's protocol (--img-size: resize the short side to it); COCO's box "
+                                          "(and mask) AP and AR of a detection checkpoint (per-class AP with --json; "
+                                          "--img-size: the short side the detector resizes to).")
     _saved_model_flags(p)
     p.add_argument("--data", "--data-dir", dest="data", help="'fashion-mnist' (default), idx folder, or ImageNet-style "
                                                              "folder (its val/); segmentation: 'fashion-mnist-scenes' "
-                                                             "(default), ADE20K, Cityscapes or image/mask folder")
+                                                             "(default), ADE20K, Cityscapes or image/mask folder; "
+                                                             "detection: 'scenes' (default), a COCO 2017 folder (its "
+                                                             "val2017) or a COCO-format folder")
     p.add_argument("-b", "--batch-size", type=positive_int, default=None,
-                   help="images per batch (default 256 for a classifier, 8 for a segmentation model; segmentation "
-                        "images of their own sizes, ADE20K's or a folder's, go one at a time)")
+                   help="images per batch (default 256 for a classifier, 8 for a segmentation model, 4 for a "
+                        "detector; segmentation images of their own sizes, ADE20K's or a folder's, go one at a time)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=AMP_MODES, default="none", help="mixed precision")
     p.add_argument("--limit", type=positive_int, help="only the first N images")
@@ -137,22 +141,27 @@ def run_validate(args: argparse.Namespace) -> int:
         return 0
     from .tasks import get_task
     scores = get_task(r["task"]).describe(r)
-    print(f"{r['model']} ({r['checkpoint']}): {scores}  loss {r['loss']:.4f}  on {r['images']} images"
+    loss = "" if r["loss"] is None or r["loss"] != r["loss"] else f"  loss {r['loss']:.4f}"  # detectors give none
+    print(f"{r['model']} ({r['checkpoint']}): {scores}{loss}  on {r['images']} images"
           + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else ""))
     return 0
 
 
 def add_predict_parser(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="top-5 classes (or segmentation masks) of images",
+    p = subparsers.add_parser("predict", help="top-5 classes (or segmentation masks, or detections) of images",
                               description="Print the top classes with probabilities for each image; with a "
                                           "segmentation checkpoint, write each image's colour mask "
                                           "(<name>_mask.png, a palette PNG whose values are the classes) and overlay "
-                                          "(<name>_overlay.png) into --output-dir.")
+                                          "(<name>_overlay.png) into --output-dir; with a detection checkpoint, "
+                                          "draw each image's boxes, class names, scores and masks "
+                                          "(<name>_detections.png) and write all detections as COCO results "
+                                          "(detections.json) into --output-dir.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _saved_model_flags(p)
     p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image")
-    p.add_argument("--output-dir", help="segmentation: the folder the mask and overlay PNGs are written to")
-    p.add_argument("--overwrite", action="store_true", help="segmentation: replace mask and overlay PNGs already in "
+    p.add_argument("--output-dir", help="segmentation and detection: the folder the mask and overlay PNGs (the "
+                                        "drawn detections and detections.json) are written to")
+    p.add_argument("--overwrite", action="store_true", help="segmentation and detection: replace files already in "
                                                             "--output-dir")
     p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N")
@@ -170,6 +179,11 @@ def run_predict(args: argparse.Namespace) -> int:
         return 0
     for r in results:  # printed as they come: a long list shows progress
         print(r["image"])
+        if "detections" in r:  # detection
+            print(f"  drawn {r['drawn']}, {len(r['detections'])} detection(s) (COCO results: {r['results']})")
+            for d in r["detections"][:args.topk]:
+                print(f"  {100 * d['score']:6.2f}%  {d['class']}  box {d['box']}")
+            continue
         if "mask" in r:  # segmentation
             print(f"  mask {r['mask']}, overlay {r['overlay']} ({r['size'][0]} x {r['size'][1]})")
             for name, share in list(r["classes"].items())[:args.topk]:

@@ -150,8 +150,11 @@ class FolderBatches:
     unreadable files, once each however many epochs or loader workers meet them (the workers report the files,
     this process counts them). An evaluation batch with no readable image at all is not yielded; in training it
     is an error, because every step counts (the schedule, the resume position, and on several processes the other
-    ranks, which would wait for it forever in the gradient all-reduce).
+    ranks, which would wait for it forever in the gradient all-reduce). ``collate``: how a batch's items become
+    the batch (subclasses whose items do not stack, detection's lists of images and targets, give their own).
     """
+
+    collate = staticmethod(collate_readable)
 
     def __init__(self, dataset, batch_size: int, train: bool, seed: int = 0, rank: int = 0, world: int = 1,
                  workers: int = 4):
@@ -178,7 +181,7 @@ class FolderBatches:
         sampler = _EpochSampler(order, self.steps, start_step, self.global_batch, self.batch_size, self.rank)
         loader = torch.utils.data.DataLoader(
             _ReportErrors(self.dataset), batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(), drop_last=False, collate_fn=collate_readable,
+            pin_memory=torch.cuda.is_available(), drop_last=False, collate_fn=self.collate,
             # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG.
             generator=torch.Generator().manual_seed(self.seed + epoch))
         for step, (x, y, unreadable) in enumerate(loader, start=start_step):

@@ -185,7 +185,7 @@ def _cfg(kind: str, backbone: str) -> dict[str, Any]:
                   if kind == "maskrcnn" else None)
     return dict(url=None, num_classes=81, input_size=(3, 800, 1333), interpolation="bilinear", mean=IMAGENET_MEAN,
                 std=IMAGENET_STD, first_conv=stem, classifier=classifier, license=None, origin_url=None,
-                paper_ids="arXiv:1703.06870" if kind == "maskrcnn" else "arXiv:1708.02002")
+                paper_ids="arXiv:1703.06870" if kind == "maskrcnn" else "arXiv:1708.02002", task="detection")
 
 
 def _create(kind: str, backbone: str, pretrained: bool, **kwargs: Any) -> nn.Module:

@@ -1,14 +1,15 @@
-"""Tasks: what differs between trainings, validations and predictions of classification and segmentation. The
+"""Tasks: what differs between trainings, validations and predictions of classification, segmentation and detection. The
 training loop, its set-up, ``validate``, ``predict`` and the CLI reach a task through one lookup, ``get_task`` (by
 name) or ``task_of`` (the task a model declares: ``pretrained_cfg["task"]``, classification when absent); nothing
 outside this package compares task names.
 
-A task is a class (classification.py, segmentation.py). What the run asks of it before it has one:
+A task is a class (classification.py, segmentation.py, detection.py). What the run asks of it before it has one:
 
 - ``open_data(data, num_classes)``: the dataset description a --data value names (classes, ignore index, mean/std,
   layout), refusing the other task's datasets;
 - ``check_config(cfg)``: the task's own option checks; ``batches(cfg, info, data_cfg, shard)``: the training,
-  evaluation and BN re-estimation batches;
+  evaluation and BN re-estimation batches; ``recorded(cfg, info)``: what the saved weights keep besides the
+  preprocessing and class names (segmentation's evaluation size, detection's category ids);
 - ``validate(net, info, num_classes, device, shard, options)`` and ``predict(net, images, names, options)`` for a
   saved model, ``describe(result)``: the line ``qtvit validate`` prints.
 
@@ -27,10 +28,12 @@ from ..checkpoints import CheckpointError
 from .common import EvalResult, check_evaluated
 from .classification import Classification
 from .segmentation import Segmentation
+from .detection import Detection
 
-__all__ = ["Task", "TASKS", "get_task", "task_of", "EvalResult", "check_evaluated", "Classification", "Segmentation"]
+__all__ = ["Task", "TASKS", "get_task", "task_of", "EvalResult", "check_evaluated", "Classification", "Segmentation",
+           "Detection"]
 
-TASKS: dict[str, type] = {t.name: t for t in (Classification, Segmentation)}
+TASKS: dict[str, type] = {t.name: t for t in (Classification, Segmentation, Detection)}
 
 
 class Task(Protocol):
@@ -50,17 +53,17 @@ class Task(Protocol):
 
 
 def get_task(name: str) -> type:
-    """The task class named `name` (``classification``, ``segmentation``)."""
+    """The task class named `name` (``classification``, ``segmentation``, ``detection``)."""
     if name not in TASKS:
-        raise ValueError(f"task {name!r}: use {' or '.join(TASKS)}")
+        raise ValueError(f"task {name!r}: use {', '.join(TASKS)}")
     return TASKS[name]
 
 
 def task_of(net: nn.Module) -> type:
     """The task class a model declares (``pretrained_cfg["task"]``: recorded in saved weights and set by the
-    segmentation models; older files and classifiers: classification)."""
+    segmentation and detection models; older files and classifiers: classification)."""
     name = (getattr(net, "pretrained_cfg", None) or {}).get("task") or Classification.name
     if name not in TASKS:
         raise CheckpointError(f"the checkpoint was trained for task {name!r}, which this qtvit does not know "
-                              f"({' or '.join(TASKS)}); update qtvit")
+                              f"({', '.join(TASKS)}); update qtvit")
     return TASKS[name]

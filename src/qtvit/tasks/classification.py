@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .._utils import progress_bar
 from ..options import OptionError
 from ..data import DataConfig, Shard, build_batches, mixup_cutmix, open_dataset, open_image
+from ..data.detection import looks_like_coco
 from ..data.segmentation import looks_like_segmentation
 from ..data.transforms import BatchAugment, EvalTransform
 from .common import EvalResult, preprocessing
@@ -81,6 +82,9 @@ class Classification:
     def open_data(data: str | os.PathLike | None, num_classes: int | None = None):
         """Fashion-MNIST (the default), a folder of its idx files or an ImageNet-style folder; a segmentation
         dataset is refused, naming the flag that trains on it."""
+        if data is not None and looks_like_coco(data):
+            raise ValueError(f"--data {data} is a detection dataset (COCO format); pass --task detection to train on "
+                             "it, or a classification dataset (fashion-mnist, an idx folder, an ImageNet-style folder)")
         if data is not None and looks_like_segmentation(data):
             raise ValueError(f"--data {data} is a segmentation dataset; pass --task segmentation (to train on it; "
                              "`qtvit validate` takes the task from the checkpoint: give it a segmentation model's), "
@@ -91,6 +95,11 @@ class Classification:
     def check_config(cfg) -> None:
         if cfg.ohem:
             raise OptionError("ohem", f"{cfg.ohem} is for segmentation only (it picks hard pixels); leave it out")
+
+    @staticmethod
+    def recorded(cfg, info) -> dict:
+        """Nothing to keep with the weights beyond the preprocessing and class names."""
+        return {}
 
     @staticmethod
     def batches(cfg, info, data_cfg: DataConfig, shard: Shard):

@@ -17,9 +17,10 @@ __all__ = ["EvalResult", "check_evaluated", "classes_and_channels", "preprocessi
 @dataclass
 class EvalResult:
     """One evaluation over a dataset (all processes). `scores`: the task's scores by the names they keep in the
-    metrics row, summary.json and the printed line (``top1``/``top5``, ``miou``/``macc``/``aacc``), percent;
-    `loss`: the mean cross-entropy (per image, or per labelled pixel); `images`: how many were evaluated;
-    `per_class`: lists of one value per class by score name (``iou``, ``acc``; None where undefined), written to
+    metrics row, summary.json and the printed line (``top1``/``top5``, ``miou``/``macc``/``aacc``, ``box_ap``...),
+    percent; `loss`: the mean cross-entropy (per image, or per labelled pixel; NaN for detection, whose models give
+    none in eval mode); `images`: how many were evaluated; `per_class`: lists of one value per class by score name
+    (``iou``, ``acc``, ``box_ap``, ``mask_ap``; None where undefined), written to
     per_class.csv under those names and to summary.json as ``per_class_<name>``."""
     scores: dict[str, float]
     loss: float

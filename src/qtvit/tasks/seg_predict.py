@@ -24,7 +24,7 @@ from ..data.transforms import pil_to_uint8
 from .inputs import model_input
 from .seg_metrics import main_logits, upsample_logits
 
-__all__ = ["seg_palette", "segment_images"]
+__all__ = ["seg_palette", "segment_images", "output_paths", "write_png"]
 
 
 def seg_palette(num_classes: int) -> np.ndarray:
@@ -41,23 +41,24 @@ def seg_palette(num_classes: int) -> np.ndarray:
     return palette
 
 
-def _write_png(path: Path, image: Image.Image) -> None:
+def write_png(path: Path, image: Image.Image) -> None:
     atomic_write(path, lambda t: image.save(t, format="PNG"))
 
 
-def _output_names(images: list, output_dir: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
-    """Each image's (mask, overlay) paths, checked before any work: no two images share a name, no output lands on
-    an input image (not even with `overwrite`: it may not have been read yet), and no existing file is replaced
-    unless `overwrite`."""
+def output_paths(images: list, output_dir: Path, overwrite: bool = False,
+                 suffixes: tuple[str, ...] = ("_mask.png", "_overlay.png")) -> list[tuple[Path, ...]]:
+    """Each image's output paths (``<stem><suffix>`` in `output_dir`, one per suffix), checked before any work: no
+    two images share a name, no output lands on an input image (not even with `overwrite`: it may not have been
+    read yet), and no existing file is replaced unless `overwrite`."""
     check_output(output_dir, folder=True)
     stems = [Path(p).stem for p in images]
     dup = next((s for s in stems if stems.count(s) > 1), None)
     if dup is not None:
-        raise ValueError(f"several images are named {dup!r}; their masks would overwrite each other in "
+        raise ValueError(f"several images are named {dup!r}; their outputs would overwrite each other in "
                          f"{output_dir}: predict them in separate calls with separate --output-dir")
-    names = [(output_dir / f"{s}_mask.png", output_dir / f"{s}_overlay.png") for s in stems]
+    names = [tuple(output_dir / f"{s}{suffix}" for suffix in suffixes) for s in stems]
     inputs = {os.path.realpath(p) for p in images}
-    for out in (o for pair in names for o in pair):
+    for out in (o for paths in names for o in paths):
         if os.path.realpath(out) in inputs:
             raise FileExistsError(f"{out} is one of the input images; predict into another --output-dir")
         check_output(out, overwrite=overwrite)
@@ -71,7 +72,7 @@ def segment_images(net: nn.Module, images: list[str | os.PathLike], output_dir: 
     """For each image file, in order: its mask and overlay PNGs written (see the module docstring) and
     {"image", "mask", "overlay", "size": [H, W], "classes": {name: share of pixels}} (largest share first)."""
     output_dir = Path(output_dir).expanduser()
-    names = _output_names(images, output_dir, overwrite)
+    names = output_paths(images, output_dir, overwrite)
     dev = next(net.parameters()).device
     view = SegEvalTransform(short_side=img_size)
     palette = seg_palette(len(class_names))
@@ -89,8 +90,8 @@ def segment_images(net: nn.Module, images: list[str | os.PathLike], output_dir: 
             mask = Image.fromarray(colour)
         rgb = x.expand(3, -1, -1).permute(1, 2, 0).numpy().astype(np.float32)
         overlay = np.rint((1 - alpha) * rgb + alpha * colour).astype(np.uint8)
-        _write_png(mask_path, mask)
-        _write_png(overlay_path, Image.fromarray(overlay))
+        write_png(mask_path, mask)
+        write_png(overlay_path, Image.fromarray(overlay))
         counts = np.bincount(labels.ravel(), minlength=len(class_names)) / labels.size
         order = np.argsort(-counts, kind="stable")
         yield {"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path), "size": list(labels.shape),

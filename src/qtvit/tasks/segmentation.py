@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import DataConfig, Shard
+from ..data.detection import looks_like_coco
 from ..data.segmentation import IGNORE_INDEX, SCENES, build_segmentation_batches, open_segmentation
 from ..data.seg_transforms import SegBatchAugment, check_scales
 from ..options import OptionError
@@ -65,6 +66,9 @@ class Segmentation:
             raise ValueError(f"--task segmentation: --data {data} is a classification dataset; leave --data out (or "
                              f"pass {SCENES}) for the Fashion-MNIST scenes, or pass an ADE20K, Cityscapes or "
                              "image/mask folder")
+        if data is not None and looks_like_coco(data):
+            raise ValueError(f"--task segmentation: --data {data} is a detection dataset (COCO format); pass --task "
+                             "detection to train on it")
         try:
             return open_segmentation(data, default_num_classes=num_classes)
         except (ValueError, FileNotFoundError) as e:
@@ -77,6 +81,11 @@ class Segmentation:
         if used:
             raise OptionError(used, "are for classification only; segmentation augments with random scale, crop, "
                               "flip and photometric jitter: leave them out")
+
+    @staticmethod
+    def recorded(cfg, info) -> dict:
+        """The evaluation size of the run (--eval-size), which validation and prediction use again."""
+        return {"eval_short_side": cfg.eval_size} if cfg.eval_size else {}
 
     @staticmethod
     def batches(cfg, info, data_cfg: DataConfig, shard: Shard):

@@ -31,19 +31,26 @@ def check_run_name(name: str) -> None:
 @dataclass
 class TrainConfig:
     # what
-    task: str = option("classification", "classification, or segmentation (per-pixel labels: the Fashion-MNIST "
-                       "scenes, ADE20K, Cityscapes or image/mask folders; scored by mIoU) (default: classification)",
+    task: str = option("classification", "classification; segmentation (per-pixel labels: the Fashion-MNIST "
+                       "scenes, ADE20K, Cityscapes or image/mask folders; scored by mIoU); or detection (boxes and "
+                       "instance masks: the scenes' instances, COCO 2017 or COCO-format folders; maskrcnn_* and "
+                       "retinanet_* models; scored by COCO box AP) (default: classification)",
                        choices=TASKS)
     model: str = option("qtvit_nano", "model name (qtvit.list_models())", metavar="NAME")
     data: str | None = option(None, "'fashion-mnist' (default), a folder of Fashion-MNIST idx files, or an "
                               "ImageNet-style folder with train/ and val/; with --task segmentation: "
                               "'fashion-mnist-scenes' (default), an ADE20K or Cityscapes folder, or a folder of "
-                              "image/mask pairs", flags=("--data-dir",), metavar="DATA")
+                              "image/mask pairs; with --task detection: 'scenes' (default), a COCO 2017 folder "
+                              "(annotations/instances_{train,val}2017.json, train2017/, val2017/), a folder with "
+                              "train/ and val/ COCO-format folders, or one COCO-format folder or json (trained and "
+                              "evaluated on)", flags=("--data-dir",), metavar="DATA")
     output: str = option("runs", "parent folder of run folders", metavar="DIR")
     name: str | None = option(None, "run folder name (default <model>-<recipe>-<time>)", metavar="NAME",
                               check=check_run_name)
-    num_classes: int | None = option(None, "classes (default: the dataset's)", bound=Bound(1, 1_000_000))
-    img_size: int | None = option(None, "image size the data is cropped to (segmentation: the training crop), "
+    num_classes: int | None = option(None, "classes (default: the dataset's; detection: its categories + 1, the "
+                                     "background, and no other count)", bound=Bound(1, 1_000_000))
+    img_size: int | None = option(None, "image size the data is cropped to (segmentation, detection: the training "
+                                  "crop), "
                                   "recorded in the saved weights (default: the model's); a positional embedding "
                                   "keeps its stored size unless --model-kwargs pos_embed_size=N", bound=IMG_SIZE,
                                   hint=" (pixels; sizes beyond that cannot be meant)")
@@ -57,7 +64,8 @@ class TrainConfig:
                            "0.9, mmseg's) (default: cosine)", choices=SCHEDULES)
     batch_size: int = option(128, "batch per process", bound=_POSITIVE, flags=("-b",))
     eval_batch_size: int = option(256, "eval batch per process (segmentation images of their own sizes, ADE20K's "
-                                  "or a folder's: one at a time, as the official evaluation)", bound=_POSITIVE)
+                                  "or a folder's: one at a time, as the official evaluation; detection: at most 8)",
+                                  bound=_POSITIVE)
     lr: float = option(1e-3, "peak learning rate", bound=Bound(0, _TYPO, lo_open=True))
     scale_lr_by_world: bool = option(False, "multiply --lr by the number of processes (official EfficientViT rule)")
     min_lr: float = option(0.0, "final learning rate of the schedule", bound=Bound(0, _TYPO))
@@ -75,11 +83,12 @@ class TrainConfig:
     ohem: float = option(0.0, "segmentation: online hard example mining, the loss over the pixels whose own class "
                          "has probability below this (mmseg: 0.7), at least 1/16 of them (default 0: off)",
                          bound=Bound(0, 1))
-    scale_range: tuple[float, float] = option((0.5, 2.0), "segmentation: random rescale ratio range before the crop "
-                                              "(mmseg: 0.5 2.0)", bound=Bound(0, 8, lo_open=True))
-    scene_items: tuple[int, int] = option((3, 7), "segmentation on the embedded scenes: fewest and most items per "
-                                          "training scene (the test scenes keep 3-7; seg-scenes uses 12 20, "
-                                          "docs/segmentation.md)", bound=Bound(2, 64))
+    scale_range: tuple[float, float] = option((0.5, 2.0), "segmentation and detection: random rescale ratio range "
+                                              "before the crop (mmseg: 0.5 2.0; detection: of --img-size, for the "
+                                              "short side)", bound=Bound(0, 8, lo_open=True))
+    scene_items: tuple[int, int] = option((3, 7), "segmentation and detection on the embedded scenes: fewest and "
+                                          "most items per training scene (the test scenes keep 3-7; seg-scenes "
+                                          "uses 12 20, docs/segmentation.md)", bound=Bound(2, 64))
     eval_size: int | None = option(None, "segmentation: evaluate with the images' short side resized to this (the "
                                    "labels keep their size; default: the dataset's protocol)", bound=Bound(8, 8192))
     bce: bool = option(False, "BCE-with-logits loss instead of cross-entropy")

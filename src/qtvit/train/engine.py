@@ -10,7 +10,7 @@
     end_epoch      the epoch's metrics row; when it is evaluated, a checkpoint first (a resume after an error in the
                    evaluation redoes it), then the evaluation; metrics file, checkpoint
     evaluate_run   the model (and its EMA), BN re-estimated when asked, scored by the task (tasks.py); the best
-                   weights by the task's metric; per-class scores (segmentation) to per_class.csv
+                   weights by the task's metric; per-class scores (segmentation, detection) to per_class.csv
     save           a checkpoint: weights, EMA, optimiser, run state, every process's random generators; args.json
                    with the first. Weights that are no longer finite are never saved: the run stops with an error
 

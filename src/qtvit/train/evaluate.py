@@ -72,7 +72,9 @@ def validate(checkpoint: str | os.PathLike, model: str | None = None, data: str 
     `crop_pct`); or mIoU, mAcc, aAcc, per-class IoU / accuracy ({class: percent}) and loss on the Fashion-MNIST
     scenes by default, with the dataset's evaluation protocol (`img_size`: resize the short side to it; `flip`:
     average with the mirrored images' logits; `scales`: the multi-scale test, ratios of that size, the views'
-    probabilities averaged). `batch_size`: 256 images for a classifier, 8 for segmentation unless given."""
+    probabilities averaged); or COCO's box (and mask) AP and AR and per-class AP of a detector on the test scenes'
+    instances by default, or a COCO-format folder (see tasks/detection.py). `batch_size`: 256 images for a
+    classifier, 8 for segmentation, 4 for a detector unless given."""
     d = setup_distributed(device)
     try:
         net = load_model(checkpoint, model, device=d.device)

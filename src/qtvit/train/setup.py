@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..checkpoints import latest_checkpoint
 from ..data import DataConfig, DatasetInfo, Shard, resolve_data_config
 from ..models import create_model, set_pretrained_cfg
-from ..tasks import Task, get_task
+from ..tasks import TASKS, Task, get_task
 from .distributed import DistInfo, broadcast_object
 from .ema import ModelEma
 from .optim import create_optimizer
@@ -135,6 +135,7 @@ class Run:
 
 
 def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
+    task_cls = get_task(cfg.task)
     num_classes = cfg.num_classes or len(info.classes)
     if num_classes < len(info.classes):
         raise ValueError(f"--num-classes {num_classes} is below the dataset's {len(info.classes)} classes; leave it "
@@ -145,6 +146,10 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     model = build_model(cfg.model, num_classes, info.in_chans, cfg.drop_path, **start, **cfg.model_kwargs)
     if start.get("pretrained") or start.get("checkpoint_path"):
         log(f"fine-tuning {cfg.model} from {'its official weights' if cfg.pretrained else cfg.initial_checkpoint}")
+    declared = model.pretrained_cfg.get("task")  # set by the detection and segmentation models themselves
+    if declared is not None and declared != cfg.task and declared in TASKS:
+        raise ValueError(f"{cfg.model} is a {declared} model; train it with --task {declared}, or pick a {cfg.task} "
+                         "model")
     data_cfg = resolve_data_config(model, info.in_chans, cfg.img_size, cfg.crop_pct, dataset_mean=info.mean,
                                    dataset_std=info.std)
     # The positional embedding is stored for one size; another data size resizes it at every step.
@@ -152,7 +157,7 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     stored = stored[-1] if isinstance(stored, (tuple, list)) else stored
     has_pos_embed = any(n.endswith("pos_embed") for n, _ in model.named_parameters())
     if has_pos_embed and stored and stored != data_cfg.input_size[-1]:
-        fix = "" if not get_task(cfg.task).resizes_pos_embed else (
+        fix = "" if not task_cls.resizes_pos_embed else (
             f"; store it at that size with --model-kwargs pos_embed_size={data_cfg.input_size[-1]}")
         log(f"note: {cfg.model}'s positional embedding is stored for {stored} px and resized to the "
             f"{data_cfg.input_size[-1]} px images at every step{fix}")
@@ -162,7 +167,7 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
                                "crop_pct": data_cfg.crop_pct, "interpolation": data_cfg.interpolation,
                                "mean": list(data_cfg.mean), "std": list(data_cfg.std), "num_classes": num_classes,
                                "label_names": labels, "dataset": info.kind, "recipe": cfg.recipe, "task": cfg.task,
-                               **({"eval_short_side": cfg.eval_size} if cfg.eval_size else {})},
+                               **task_cls.recorded(cfg, info)},
                        model.pretrained_cfg.get("architecture", cfg.model))
     return model, data_cfg, num_classes
 

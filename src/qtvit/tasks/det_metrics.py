@@ -118,13 +118,18 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
     """COCOeval of ``results`` against ``ground_truth`` (a COCO-format dict) for each of ``iou_types``:
     ``{"bbox": {"AP": ..., ..., "per_class": {...}}, "segm": {...}}`` (see the module docstring)."""
     COCO, COCOeval, _ = _pycocotools()
-    gt = _coco(ground_truth)
+    # COCOeval rewrites the annotations it reads (their segmentation becomes RLE): it gets copies, the caller's
+    # dict (a dataset's own json, say) stays as it was
+    gt = _coco(dict(ground_truth, annotations=[dict(a) for a in ground_truth.get("annotations", [])]))
     names = {c["id"]: c.get("name", str(c["id"])) for c in ground_truth["categories"]}
     out = {}
     for iou_type in iou_types:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout
+            # Masks are scored without their boxes, so that loadRes takes a detection's area (COCO's small, medium,
+            # large) from its mask, as for the ground truth; with the box there it would take the box's.
+            res = results if iou_type != "segm" else [{k: v for k, v in r.items() if k != "bbox"} for r in results]
             # COCO.loadRes refuses an empty list; a results set with no detection is what that list means
-            dt = gt.loadRes(results) if results else _coco(dict(ground_truth, annotations=[]))
+            dt = gt.loadRes(res) if res else _coco(dict(ground_truth, annotations=[]))
             evaluator = COCOeval(gt, dt, iou_type)
             evaluator.evaluate()
             evaluator.accumulate()
