@@ -104,6 +104,34 @@ def test_backbone_options_pass_through():
     assert count(qt) - count(no_ape) == sum(p.numel() for n, p in qt.named_parameters() if n.endswith("pos_embed"))
 
 
+def test_head_widths_and_norms_are_options():
+    """The neck and head options build torchvision's own modules at the asked widths, normalised when asked; the
+    defaults are torchvision's Mask R-CNN (two 1024-d fc, four 3x3 convs of 256, no norm) under their usual names."""
+    with torch.device("meta"):
+        default = qtvit.create_model("maskrcnn_qtvit_1")
+        small = qtvit.create_model("maskrcnn_qtvit_1", fpn_channels=128, box_head_dim=256, mask_head_channels=64,
+                                   mask_head_layers=2, head_norm="gn")
+    heads = default.roi_heads
+    assert heads.box_head.fc7.out_features == 1024 and len(heads.mask_head) == 4
+    assert heads.mask_head[0][0].out_channels == 256 and default.backbone.fpn.layer_blocks[0][0].bias is not None
+    sh = small.roi_heads
+    assert sh.box_head.fc6.in_features == 128 * 7 * 7 and sh.box_predictor.cls_score.in_features == 256
+    assert len(sh.mask_head) == 2 and sh.mask_head[1][0].out_channels == 64
+    assert sh.mask_predictor.mask_fcn_logits.out_channels == 81
+    norms = [m for m in small.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 2 + 4 + 4  # the mask head's 2 convs, the FPN's 4 lateral and 4 output convs
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in default.modules())
+    bn = _small("maskrcnn", head_norm="bn", mask_head_layers=1)
+    bn.eval()
+    with torch.no_grad():
+        out = bn([torch.rand(3, 70, 90)])
+    assert out[0]["masks"].shape[-2:] == (70, 90)
+    with pytest.raises(ValueError, match="norm='layer'"):
+        _small("maskrcnn", head_norm="layer")
+    with pytest.raises(ValueError, match="box_head_dim=0"):
+        _small("maskrcnn", box_head_dim=0)
+
+
 def test_pretrained_backbone_loads_the_imagenet_weights(tmp_path, monkeypatch):
     torch.manual_seed(1)
     source = qtvit.create_model("efficientvit_b1")

@@ -26,7 +26,9 @@ Backbone options pass through: ``kernel=``/``kernel_options=`` swap the attentio
 removes QT-ViT's positional embedding (Table 5's no-APE row), ``drop_path_rate``, ``backbone_args={...}`` any
 other constructor argument; ``pretrained_backbone=True`` loads the backbone's ImageNet weights (as UperNet's) before
 its classifier is removed. Other detector options (``min_size``, ``max_size``, ``anchor_sizes``, ``fpn_channels``,
-and any keyword of torchvision's ``MaskRCNN`` / ``RetinaNet`` such as ``box_detections_per_img``) are arguments too;
+Mask R-CNN's ``box_head_dim``, ``mask_head_channels`` and ``mask_head_layers``, ``head_norm`` (None, "gn" or "bn":
+the FPN's and the mask head's normalisation), and any keyword of torchvision's ``MaskRCNN`` / ``RetinaNet`` such as
+``box_detections_per_img`` or ``box_batch_size_per_image``) are arguments too;
 ``build_detector("maskrcnn", "qtvit_nano", backbone_args=dict(strides=(2,) * 5))`` puts one on any backbone.
 """
 from __future__ import annotations
@@ -71,11 +73,13 @@ class BackboneFPN(nn.Module):
             the last FPN level, RetinaNet's P6 and P7).
         pretrained_backbone: load the backbone's official (ImageNet) weights before removing its classifier.
         backbone_args: the backbone constructor's arguments.
+        norm: the FPN's normalisation: None (torchvision's and mmdetection's default), "gn" (GroupNorm, 32 groups:
+            what detectors trained from scratch use) or "bn".
     """
 
     def __init__(self, backbone: str, in_indices: Union[int, Sequence[int]] = 4, out_channels: int = 256,
                  extra: str = "pool", pretrained_backbone: bool = False,
-                 backbone_args: Optional[dict[str, Any]] = None) -> None:
+                 backbone_args: Optional[dict[str, Any]] = None, norm: Optional[str] = None) -> None:
         super().__init__()
         ops = _torchvision().ops.feature_pyramid_network
         if extra not in ("pool", "p6p7"):
@@ -91,11 +95,25 @@ class BackboneFPN(nn.Module):
         self.strides = [f["reduction"] for f in info]
         self.out_channels = out_channels
         extra_blocks = ops.LastLevelMaxPool() if extra == "pool" else ops.LastLevelP6P7(out_channels, out_channels)
-        self.fpn = ops.FeaturePyramidNetwork([f["num_chs"] for f in info], out_channels, extra_blocks=extra_blocks)
+        self.fpn = ops.FeaturePyramidNetwork([f["num_chs"] for f in info], out_channels, extra_blocks=extra_blocks,
+                                             norm_layer=norm_layer(norm))
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         maps = self.body.forward_intermediates(x, list(self.in_indices), stop_early=True, intermediates_only=True)
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+
+
+NORMS = (None, "gn", "bn")
+
+
+def norm_layer(norm: Optional[str]):
+    """The normalisation a neck or head option names: None, "gn" (GroupNorm of 32 groups, or one group per channel
+    under 32 channels) or "bn" (BatchNorm2d)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}: use one of {NORMS}")
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(min(32, channels), channels)
+    return nn.BatchNorm2d if norm == "bn" else None
 
 
 def _backbone_args(kernel, kernel_options, pos_embed, drop_path_rate, in_chans, backbone_args) -> dict[str, Any]:
@@ -117,6 +135,7 @@ def build_detector(
     box_head_dim: int = 1024,
     mask_head_channels: int = 256,
     mask_head_layers: int = 4,
+    head_norm: Optional[str] = None,
     in_indices: Union[int, Sequence[int], None] = None,
     pretrained_backbone: bool = False,
     kernel: Union[str, Any, None] = None,
@@ -139,7 +158,7 @@ def build_detector(
     # Mask R-CNN reads P2-P5 (+ pooled P6), RetinaNet P3-P5 (+ P6, P7): the last 4 / 3 stages of the B-series
     # and L2ViT backbones (strides 4-32 / 8-32).
     body = BackboneFPN(backbone, in_indices if in_indices is not None else (4 if maskrcnn else 3), fpn_channels,
-                       "pool" if maskrcnn else "p6p7", pretrained_backbone, args)
+                       "pool" if maskrcnn else "p6p7", pretrained_backbone, args, head_norm)
     levels = len(body.in_indices) + (1 if maskrcnn else 2)
     sizes = tuple(anchor_sizes) if anchor_sizes is not None else tuple(32 * 2 ** i for i in range(levels))
     if len(sizes) != levels:
@@ -151,7 +170,8 @@ def build_detector(
     common = dict(min_size=min_size, max_size=max_size, image_mean=list(mean), image_std=list(std))
     if maskrcnn:
         anchors = det.anchor_utils.AnchorGenerator(tuple((s,) for s in sizes), ratios)
-        heads = _roi_heads(fpn_channels, num_classes, box_head_dim, mask_head_channels, mask_head_layers)
+        heads = _roi_heads(fpn_channels, num_classes, box_head_dim, mask_head_channels, mask_head_layers,
+                           head_norm)
         model = det.MaskRCNN(body, None, rpn_anchor_generator=anchors, **heads, **common, **detector_args)
     else:
         scaled = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes)
@@ -163,7 +183,8 @@ def build_detector(
     return model
 
 
-def _roi_heads(channels: int, num_classes: int, box_dim: int, mask_channels: int, mask_layers: int) -> dict:
+def _roi_heads(channels: int, num_classes: int, box_dim: int, mask_channels: int, mask_layers: int,
+               norm: Optional[str] = None) -> dict:
     """Mask R-CNN's box and mask heads at the given widths (torchvision's own classes and parameter names; the
     defaults are its defaults: two 1024-d fc layers, four 3x3 convs of 256)."""
     det = _torchvision().models.detection
@@ -173,7 +194,8 @@ def _roi_heads(channels: int, num_classes: int, box_dim: int, mask_channels: int
     pool = 7  # the box branch's RoIAlign output side (torchvision's MultiScaleRoIAlign default)
     return dict(box_head=det.faster_rcnn.TwoMLPHead(channels * pool * pool, box_dim),
                 box_predictor=det.faster_rcnn.FastRCNNPredictor(box_dim, num_classes),
-                mask_head=det.mask_rcnn.MaskRCNNHeads(channels, [mask_channels] * mask_layers, 1),
+                mask_head=det.mask_rcnn.MaskRCNNHeads(channels, [mask_channels] * mask_layers, 1,
+                                                           norm_layer(norm)),
                 mask_predictor=det.mask_rcnn.MaskRCNNPredictor(mask_channels, mask_channels, num_classes))
 
 
