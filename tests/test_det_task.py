@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from pycocotools import mask as mask_api  # noqa: E402
 from _tiny_detector import register_tiny_detectors  # noqa: E402
 from conftest import SMALL_FMNIST, run_two_processes, tiny_config  # noqa: E402
 from test_data_coco import _rle_of, _uncompressed_rle  # noqa: E402
-from qtvit.checkpoints import latest_checkpoint  # noqa: E402
+from qtvit import create_model  # noqa: E402
+from qtvit.checkpoints import latest_checkpoint, save_weights  # noqa: E402
 from qtvit.cli import main  # noqa: E402
 from qtvit.data import Shard  # noqa: E402
 from qtvit.data.detection import build_detection_batches, open_detection  # noqa: E402
@@ -325,3 +327,62 @@ def test_a_perfect_detector_scores_100_with_the_datasets_category_ids(which, req
     assert r.per_class["box_ap"][0] is None and all(v in (None, 100.0) for v in r.per_class["box_ap"][1:])
     if which == "coco":  # every category has ground truth in the val images: car, train, kite
         assert r.per_class["box_ap"] == [None, 100.0, 100.0, 100.0]
+
+
+def test_figure_draws_the_ground_truth_beside_the_detections_through_the_cli(coco_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from qtvit.tools.figures.detection import predict_examples
+    assert main(_train_argv(coco_dir, tmp_path / "runs", "coco", "det_tiny", "--epochs", "1")) == 0
+    run = tmp_path / "runs" / "coco"
+    images, truths, preds, names = predict_examples(run, str(coco_dir), images=2, first=1)
+    assert names == ["background", "car", "train", "kite"]
+    assert [im.shape for im in images] == [(3, H, W)] * 2 and images[0].dtype == torch.uint8
+    # the evaluation images 12 and 13 as validate reads them: one object (the crowd region is no object), none
+    assert [t["image_id"] for t in truths] == [12, 13] and [t["labels"].tolist() for t in truths] == [[2], []]
+    assert all({"boxes", "labels", "scores", "masks"} <= set(p) for p in preds)
+    out = tmp_path / "fig" / "det.png"
+    argv = ["figure", "detection", "--checkpoint", str(run), "--data", str(coco_dir), "--images", "3"]
+    assert main(argv + ["--out", str(out), "--score-threshold", "0.05"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with Image.open(out) as im:  # three rows of two panels
+        assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 1.2 * im.size[0]
+    # a segmentation model, the scenes against a model of 3 categories, other category ids, too few images
+    seg = tmp_path / "seg.safetensors"
+    save_weights(create_model("qtvit_seg_nano_scenes"), seg)
+    data = json.loads((coco_dir / "annotations" / "instances_val2017.json").read_text())
+    for c in data["categories"]:
+        c["id"] += 20
+    for a in data["annotations"]:
+        a["category_id"] += 20
+    shifted = tmp_path / "shifted"  # the val images with their json: a COCO-format folder
+    shutil.copytree(coco_dir / "val2017", shifted)
+    (shifted / "val.json").write_text(json.dumps(data))
+    cases = [(["--checkpoint", str(seg)], "holds a segmentation model .*not a detector"),
+             (["--checkpoint", str(run), "--data", SMALL_FMNIST], "the dataset has 11 classes, the checkpoint 4"),
+             (["--checkpoint", str(run), "--data", str(shifted)],
+              r"category ids \[23, 27, 32\]\.\.\. differ from the checkpoint's \[3, 7, 12\]"),
+             (["--checkpoint", str(run), "--data", str(coco_dir), "--images", "0"], "--images 0 --first 0"),
+             (["--checkpoint", str(run), "--data", str(coco_dir), "--first", "3"], "has only 3 images"),
+             (["--checkpoint", str(run), "--score-threshold", "50"], "--score-threshold 50.0 is not a score")]
+    for args, message in cases:
+        assert main(["figure", "detection", *args, "--out", str(tmp_path / "bad.png")]) == 1, args
+        err = capsys.readouterr().err
+        assert re.search(message, err), (message, err)
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_the_ground_truth_is_drawn_as_detections_are_with_plain_class_names():
+    from qtvit.tasks.det_predict import draw_detections
+    image = torch.full((3, H, W), 128, dtype=torch.uint8)
+    masks = torch.zeros(1, H, W, dtype=torch.uint8)
+    masks[0, 10:30, 20:50] = 1
+    truth = dict(boxes=torch.tensor([[20.0, 10.0, 50.0, 30.0]]), labels=torch.tensor([2]), masks=masks)
+    drawn = draw_detections(image, truth, ["background", "car", "train", "kite"])
+    assert drawn.shape == image.shape and (drawn[:, 15:25, 25:45] != 128).any()  # the mask, blended in
+    assert (drawn[:, 40:, :] == 128).all()  # nothing else
+    # the same object as a detection (its mask a probability map, with a score) is drawn in the same colours
+    det = dict(truth, masks=masks[:, None].float() * 0.9, scores=torch.tensor([0.8]))
+    both = draw_detections(image, det, ["background", "car", "train", "kite"])
+    assert torch.equal(both[:, 15:25, 25:45], drawn[:, 15:25, 25:45])
+    assert torch.equal(draw_detections(image, dict(truth, labels=truth["labels"][:0], boxes=truth["boxes"][:0],
+                                                   masks=masks[:0]), ["background", "car"]), image)

@@ -26,7 +26,7 @@ from ..data.transforms import pil_to_uint8
 from .det_metrics import coco_results, write_coco_results
 from .seg_predict import output_paths, seg_palette, write_png
 
-__all__ = ["detect_images", "image_ids", "RESULTS_FILE", "SCORE_THRESHOLD"]
+__all__ = ["detect_images", "draw_detections", "image_ids", "RESULTS_FILE", "SCORE_THRESHOLD"]
 
 RESULTS_FILE = "detections.json"
 SCORE_THRESHOLD = 0.5  # drawn and listed; the results json keeps every detection (COCO's evaluation ranks them)
@@ -40,14 +40,24 @@ def image_ids(images: list) -> list[int]:
     return list(range(1, len(images) + 1))
 
 
-def _draw(image: torch.Tensor, det: dict, class_names: list[str], palette) -> torch.Tensor:
+def draw_detections(image: torch.Tensor, det: dict, class_names: list[str], palette=None) -> torch.Tensor:
+    """uint8 (3, H, W) `image` with `det`'s objects drawn over it: each mask (a detector's (N, 1, H, W)
+    probabilities, or a target's binary (N, H, W)) blended in its class's colour (``seg_palette``), each box
+    outlined in it with the class name, and the score when `det` has ``scores`` (detections; ground truth has none)."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
-    colours = [tuple(int(c) for c in palette[k]) for k in det["labels"].tolist()]
-    if "masks" in det and len(det["labels"]):
-        image = draw_segmentation_masks(image, det["masks"][:, 0] > 0.5, alpha=0.5, colors=colours)
-    words = [f"{class_names[k]} {s:.2f}" for k, s in zip(det["labels"].tolist(), det["scores"].tolist())]
+    palette = seg_palette(len(class_names)) if palette is None else palette
+    labels = det["labels"].tolist()
+    if not labels:
+        return image
+    colours = [tuple(int(c) for c in palette[k]) for k in labels]
+    if "masks" in det:
+        masks = det["masks"][:, 0] if det["masks"].dim() == 4 else det["masks"]
+        image = draw_segmentation_masks(image, masks > 0.5, alpha=0.5, colors=colours)
+    words = [class_names[k] for k in labels]
+    if "scores" in det:
+        words = [f"{w} {s:.2f}" for w, s in zip(words, det["scores"].tolist())]
     # class 0's colour (black) is never drawn: the detectors' labels start at 1
-    return draw_bounding_boxes(image, det["boxes"], labels=words, colors=colours, width=2) if words else image
+    return draw_bounding_boxes(image, det["boxes"], labels=words, colors=colours, width=2)
 
 
 @torch.no_grad()
@@ -70,7 +80,8 @@ def detect_images(net: nn.Module, images: list[str | os.PathLike], output_dir: s
         results += coco_results({image_id: det}, cat_ids)
         keep = det["scores"] >= score_threshold
         shown = {k: v[keep] for k, v in det.items()}
-        write_png(drawn_path, Image.fromarray(_draw(x, shown, class_names, palette).permute(1, 2, 0).numpy()))
+        drawn = draw_detections(x, shown, class_names, palette)
+        write_png(drawn_path, Image.fromarray(drawn.permute(1, 2, 0).numpy()))
         yield {"image": str(path), "image_id": image_id, "drawn": str(drawn_path), "results": str(results_path),
                "detections": [{"class": class_names[k], "category_id": int(cat_ids[k - 1]), "score": round(s, 4),
                                "box": [round(v, 2) for v in b]}

@@ -24,7 +24,7 @@ from .common import EvalResult
 from .det_evaluate import BOX_SCORES, MASK_SCORES, evaluate_detection, has_masks
 from .det_predict import SCORE_THRESHOLD, detect_images
 
-__all__ = ["Detection", "DetBatch", "EVAL_BATCH_MAX"]
+__all__ = ["Detection", "DetBatch", "EVAL_BATCH_MAX", "check_category_ids", "detection_eval_batches"]
 
 _CLASSIFICATION_NAMES = ("fashion-mnist", "fashion_mnist", "fashionmnist")
 # Evaluation batches of detection hold full-size masks per detection (100 x H x W floats an image): at most this many
@@ -61,6 +61,20 @@ def _test_size(net: nn.Module, img_size: int | None) -> None:
     if img_size is not None:
         net.transform.min_size = (int(img_size),)
         net.transform.max_size = max(int(net.transform.max_size), int(img_size))
+
+
+def check_category_ids(net: nn.Module, info) -> None:
+    """A dataset scored or shown against a saved detector must have the category ids it was trained on (recorded
+    with its weights): label k means category ``cat_ids[k - 1]`` in both."""
+    saved = net.pretrained_cfg.get("category_ids")
+    if saved is not None and list(saved) != list(info.cat_ids):
+        raise ValueError(f"the dataset's category ids {info.cat_ids[:8]}... differ from the checkpoint's "
+                         f"{list(saved)[:8]}...; validate on the dataset the model was trained for")
+
+
+def detection_eval_batches(info, *, batch_size: int, shard: Shard, limit: int | None = None):
+    """A saved detector's evaluation batches of `info`: the images as they are (the detector resizes them)."""
+    return build_detection_batches(info, train=False, size=1, batch_size=batch_size, limit=limit, shard=shard)
 
 
 class Detection:
@@ -157,13 +171,10 @@ class Detection:
         if crop_pct is not None or flip or tuple(scales) != (1.0,):
             raise ValueError("--crop-pct, --flip and --scales are for classification and segmentation checkpoints; "
                              "a detector sees each whole image (--img-size sets the short side it is resized to)")
-        saved = net.pretrained_cfg.get("category_ids")
-        if saved is not None and list(saved) != list(info.cat_ids):
-            raise ValueError(f"the dataset's category ids {info.cat_ids[:8]}... differ from the checkpoint's "
-                             f"{list(saved)[:8]}...; validate on the dataset the model was trained for")
+        check_category_ids(net, info)
         _test_size(net, img_size)
-        batches = build_detection_batches(info, train=False, size=1, batch_size=batch_size or 4, limit=limit,
-                                          shard=Shard(rank=dist.rank, world=dist.world, workers=workers))
+        batches = detection_eval_batches(info, batch_size=batch_size or 4, limit=limit,
+                                         shard=Shard(rank=dist.rank, world=dist.world, workers=workers))
         r = evaluate_detection(net, batches, dist.device, amp, progress=dist.is_main)
         return r, batches, {"test_size": [list(net.transform.min_size), int(net.transform.max_size)]}
 

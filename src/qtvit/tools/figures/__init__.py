@@ -1,5 +1,6 @@
 """Figures as PNG files: attention maps of several kernels (``figures.attention``), top-1 against latency
-(``figures.pareto``), segmentation predictions (``figures.segmentation``), and the ``qtvit figure`` command.
+(``figures.pareto``), segmentation predictions (``figures.segmentation``), detections (``figures.detection``), and
+the ``qtvit figure`` command.
 Saved through the shared results writer (``tools.results``)."""
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ __all__ = [
 
 
 def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``qtvit figure {attention,pareto,segmentation}``."""
-    p = subparsers.add_parser("figure", help="attention-map, Pareto and segmentation figures (PNG)",
+    """Register ``qtvit figure {attention,pareto,segmentation,detection}``."""
+    p = subparsers.add_parser("figure", help="attention-map, Pareto, segmentation and detection figures (PNG)",
                               description="Figures as PNG files (--out): attention maps of several kernels, "
-                                          "top-1 against latency, segmentation predictions. Examples: "
-                                          "docs/benchmarks.md")
-    sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto,segmentation}")
+                                          "top-1 against latency, segmentation predictions, detections beside "
+                                          "the ground truth. Examples: docs/benchmarks.md")
+    sub = p.add_subparsers(dest="figure", required=True, metavar="{attention,pareto,segmentation,detection}")
 
     a = sub.add_parser("attention", help="one query token's attention under several kernels (QT-ViT Fig. 2)")
     a.add_argument("--image", type=Path, default=None, help="image file (default: matplotlib's sample photo)")
@@ -55,6 +56,8 @@ def add_figure_parser(subparsers: argparse._SubParsersAction) -> None:
 
     from .segmentation import add_segmentation_figure_parser  # its imports (training, data) only when figures are asked
     add_segmentation_figure_parser(sub)
+    from .detection import add_detection_figure_parser
+    add_detection_figure_parser(sub)
 
 
 def _attention_cli(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from ...tasks.segmentation import segmentation_eval_batches
 from ...train.evaluate import load_model
 from ..results import save_figure
 
-__all__ = ["predict_examples", "plot_segmentation", "add_segmentation_figure_parser"]
+__all__ = ["predict_examples", "plot_segmentation", "add_segmentation_figure_parser", "add_eval_images_args"]
 
 
 @torch.no_grad()
@@ -86,13 +86,19 @@ def plot_segmentation(images: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     return save_figure(fig, path, title=title)
 
 
-def add_segmentation_figure_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("segmentation", help="evaluation images, ground truth and a model's predictions")
-    s.add_argument("--checkpoint", type=Path, required=True, help="a segmentation run folder or weights file")
-    s.add_argument("--data", default=None, help="the dataset (default: the Fashion-MNIST scenes)")
+def add_eval_images_args(s: argparse.ArgumentParser, task: str, default_data: str) -> None:
+    """The options of a figure of a `task` checkpoint's predictions on evaluation images (segmentation, detection):
+    --checkpoint --data --images --first --out (default results/<task>_predictions.png)."""
+    s.add_argument("--checkpoint", type=Path, required=True, help=f"a {task} run folder or weights file")
+    s.add_argument("--data", default=None, help=f"the dataset (default: {default_data})")
     s.add_argument("--images", type=int, default=6, help="how many evaluation images")
     s.add_argument("--first", type=int, default=0, help="index of the first evaluation image shown")
-    s.add_argument("--out", type=Path, default=Path("results/segmentation_predictions.png"), help="the PNG written")
+    s.add_argument("--out", type=Path, default=Path(f"results/{task}_predictions.png"), help="the PNG written")
+
+
+def add_segmentation_figure_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("segmentation", help="evaluation images, ground truth and a model's predictions")
+    add_eval_images_args(s, "segmentation", "the Fashion-MNIST scenes")
     s.set_defaults(func=_segmentation_cli)
 
 
