@@ -43,9 +43,12 @@ def test_split_part():
 
 def test_the_timed_detector_keeps_a_fixed_number_of_detections():
     model = paths.build_model(NAME)  # random weights score every class ~1/K, under torchvision's 0.05
-    assert detection.takes_images(model) and model.roi_heads.score_thresh == 0.0
+    assert detection.takes_images(model) and model.roi_heads.score_thresh == 0.0 and model.rpn.nms_thresh == 1.0
+    rois = []
+    model.roi_heads.box_roi_pool.register_forward_hook(lambda m, args, out: rois.append(len(out)))
     with torch.no_grad():
         out = model(detection.example_input(model, 2, 61, 90))
+    assert rois == [2 * 50]  # rpn_post_nms_top_n_test proposals per image: the RPN's NMS thins none
     assert [len(o["boxes"]) for o in out] == [DETECTIONS] * 2
     assert out[0]["masks"].shape == (DETECTIONS, 1, 61, 90)
     # a threshold given in the spec wins; a default-threshold detector finds nothing here, which is the point
@@ -93,6 +96,8 @@ def test_benchmark_rows_of_a_detector_and_its_backbone(tmp_path):
     # the heads and the pasted masks cost more than the backbone+FPN; the part has fewer parameters
     assert by[(NAME, "eager")]["gmacs"] > by[(f"{NAME}.backbone", "eager")]["gmacs"]
     assert by[(NAME, "eager")]["params_m"] > by[(f"{NAME}.backbone", "eager")]["params_m"]
+    assert "fixed proposals and detections" in by[(NAME, "eager")]["note"]
+    assert "padded batch" in by[(f"{NAME}.backbone", "fused")]["note"]
     # a whole detector does not export; its backbone+FPN does (one ONNX output per level)
     assert by[(NAME, "onnxruntime")]["time_ms"] == "" and "NAME.backbone" in by[(NAME, "onnxruntime")]["note"]
     if by[(f"{NAME}.backbone", "onnxruntime")]["note"].startswith("failed: ImportError"):
@@ -126,3 +131,14 @@ def test_the_detection_preset_fills_what_is_not_given():
     args = _parsed()
     detection.apply_preset(args, torch.device("cpu"))  # without --detection nothing changes
     assert args.sizes == _parsed().sizes and args.max_call == 4.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_detectors_on_cuda_in_reduced_precision():
+    rows = benchmark_models([NAME, f"{NAME}.backbone"], ["61x90"], batch_sizes=[2], modes=["eager", "fused",
+                            "cudagraph"], repeats=2, max_call_s=60, device="cuda", dtype=torch.bfloat16)
+    by = {(r["model"], r["mode"]): r for r in rows}
+    for key in [(NAME, "eager"), (NAME, "fused"), (f"{NAME}.backbone", "eager"), (f"{NAME}.backbone", "fused"),
+                (f"{NAME}.backbone", "cudagraph")]:
+        assert by[key]["time_ms"] > 0 and by[key]["device"] == "cuda" and by[key]["peak_mib"] != "", by[key]
+    assert "NAME.backbone" in by[(NAME, "cudagraph")]["note"]  # refused by name, not a capture error

@@ -153,7 +153,7 @@ def _mode_rows(name: str, params_m: float, mode: str, forms: Forms, plan: _Plan,
                     batch1[(h, w)] = t
                 row.update(time_ms=round(t * 1e3, 3), runs=runs, images_per_s=round(batch / t, 2),
                            peak_mib="" if mem is None else round(mem / 2 ** 20, 1),
-                           setup_s=round(setup, 2) if setup else "")
+                           setup_s=round(setup, 2) if setup else "", note=row["note"] or forms.note)
             rows.append(row)
             if on_row:
                 on_row(row)

@@ -151,6 +151,7 @@ class Forms:
         self.model = model.eval().to(self.device)  # float32: each form is fused first, then cast
         self.onnx_dir = Path(onnx_dir)
         self.threads = threads
+        self.note = getattr(model, "bench_note", "")  # what the rows of this model time, where not the obvious
         self._cache: dict[str, object] = {}
         self.setup_s: dict[str, float] = {}
 
