@@ -98,7 +98,8 @@ def test_cli_exports_and_checks(tmp_path, capsys):
                  "--output", str(out), "--check"]) == 0
     text = capsys.readouterr().out
     assert out.is_file() and "dynamic" in text
-    assert text.count("check 2x") == 2  # the trace size and a non-square one
+    assert text.count("check 2x") == 3  # the trace size and two non-square ones
+    assert "check 2x33x69:" in text  # one not a multiple of 32 (nor of 8)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -98,6 +98,12 @@ class BackboneFPN(nn.Module):
         self.fpn = ops.FeaturePyramidNetwork([f["num_chs"] for f in info], out_channels, extra_blocks=extra_blocks,
                                              norm_layer=norm_layer(norm))
 
+    def fuse(self, input_size: Optional[tuple[int, int]] = None) -> "BackboneFPN":
+        """In place: the backbone's inference form (``fuse``: BatchNorms folded; positional embeddings cached when
+        ``input_size``, the padded batch the detector feeds it, is given). torchvision's FPN has no BatchNorm."""
+        self.body.fuse(input_size)
+        return self
+
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         maps = self.body.forward_intermediates(x, list(self.in_indices), stop_early=True, intermediates_only=True)
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))

@@ -13,7 +13,8 @@ column), ``onnxruntime`` and ``onnxruntime-nospin`` (the dynamic ONNX graph of `
 model, CPU execution provider, idle threads spinning or sleeping), ``onnxruntime-int8`` (``qtvit export --quantize
 int8``, calibrated on random inputs: for speed only), ``cudagraph`` (CUDA: the fused form replayed from a CUDA
 graph). ``--side-by-side`` compares qtvit_1's paths with efficientvit_b1, the official code and the sgemm floor
-(``qtvit.tools.bench.compare``).
+(``qtvit.tools.bench.compare``). Detectors (``--detection``; ``NAME.backbone``, a detector's backbone+FPN):
+``qtvit.tools.bench.detection``.
 
 On a GPU: ``--device cuda --dtype float16`` (or bfloat16); the default modes there are eager, fused and cudagraph:
 
@@ -52,6 +53,7 @@ from ..results import device_line, save_figure
 from .paths import MODES, Forms, build_model, count_flops, interleaved_times
 from .paths import runner as _runner
 from .args import check_device, check_model_args, check_outputs, size_arg
+from .detection import add_arguments as add_detection_arguments, apply_preset, split_part
 from ..results import write_csv as write_results_csv
 
 DEFAULT_MODELS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
@@ -151,7 +153,7 @@ def _mode_rows(name: str, params_m: float, mode: str, forms: Forms, plan: _Plan,
                     batch1[(h, w)] = t
                 row.update(time_ms=round(t * 1e3, 3), runs=runs, images_per_s=round(batch / t, 2),
                            peak_mib="" if mem is None else round(mem / 2 ** 20, 1),
-                           setup_s=round(setup, 2) if setup else "")
+                           setup_s=round(setup, 2) if setup else "", note=row["note"] or forms.note)
             rows.append(row)
             if on_row:
                 on_row(row)
@@ -366,8 +368,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "in each inference mode (--modes); writes a CSV and a PNG (--out). Modes, "
                                           "method and results: docs/benchmarks.md")
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME[:KEY=VALUE]",
-                   help="model names, each optionally with constructor arguments, "
-                        "e.g. qtvit_seg_1_cityscapes:kernel=softmax")
+                   help="model names, each optionally with constructor arguments, e.g. qtvit_seg_1_cityscapes:"
+                        "kernel=softmax; a detector's backbone+FPN: NAME.backbone, e.g. maskrcnn_qtvit_1.backbone")
     p.add_argument("--sizes", nargs="+", type=size_arg, default=DEFAULT_SIZES, metavar="S",
                    help="sides or HxW, e.g. 224 512x1024")
     p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 32], metavar="B", help="batch sizes")
@@ -401,6 +403,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(--repeats each); for the Pareto plot")
     p.add_argument("--profile", nargs="+", default=None, metavar="NAME",
                    help="print torch.profiler's top ops (self CPU) for these models at --sizes, batch 1, then stop")
+    add_detection_arguments(p)
     p.set_defaults(func=run_cli)
 
 
@@ -408,14 +411,15 @@ def run_cli(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = check_device(args.device, "models")
+    apply_preset(args, device)
     known = list_models()
     for spec in (args.profile or []) + ([] if args.goals or args.profile else args.models):
-        name = parse_model_spec(spec)[0]
+        name = parse_model_spec(split_part(spec)[0])[0]
         if name not in known:
             raise SystemExit(f"qtvit benchmark models: unknown model {name!r}{did_you_mean(name, known)}; see "
                              "qtvit.list_models()")
     sizes = [parse_size(s) for s in args.sizes]  # checked by argparse (size_arg)
-    device = check_device(args.device, "models")
     check_outputs([args.out, args.plot or args.out.with_suffix(".png")], "models")
     check_model_args([] if args.goals or args.profile else args.models)
     line = device_line(device)

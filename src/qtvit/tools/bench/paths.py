@@ -42,6 +42,7 @@ import torch.nn as nn
 from ..._utils import parse_model_spec
 from ...models import create_model, inference_form
 from ..export import calibrate_batchnorm, export_onnx, onnx_session, quantize_onnx, traceable_copy
+from .detection import DETECTOR_MODES, build_target, example_input, takes_images
 
 __all__ = ["MODES", "Forms", "runner", "build_model", "benchmark_weights", "count_flops", "interleaved_times",
            "load_official_qtvit", "jit_form", "cuda_graph_runner"]
@@ -52,11 +53,13 @@ MODES = ("eager", "fused", "fused-dynamic", "jit", "compile", "cudagraph", "onnx
 
 def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
     """An eval-mode model from a name or a ``name:key=value`` spec (``num_classes=None``: the model's own), with
-    ``benchmark_weights``."""
-    name, kwargs = parse_model_spec(spec)
-    if num_classes is not None:
-        kwargs.setdefault("num_classes", num_classes)
-    return benchmark_weights(create_model(name, **kwargs))
+    ``benchmark_weights``; ``name.backbone`` is a detector's backbone+FPN (``bench.detection``)."""
+    def build(whole: str) -> nn.Module:
+        name, kwargs = parse_model_spec(whole)
+        if num_classes is not None:
+            kwargs.setdefault("num_classes", num_classes)
+        return benchmark_weights(create_model(name, **kwargs))
+    return build_target(spec, build)
 
 
 def benchmark_weights(model: nn.Module) -> nn.Module:
@@ -64,8 +67,10 @@ def benchmark_weights(model: nn.Module) -> nn.Module:
     At init (running variance 1, small weights) the activations shrink to ~1e-12 through the stages and the
     attention products become denormal floats, which the CPU computes 10-100x slower: measured 3.5 ms instead of
     0.06 ms for one (16, 1024, 16) state read in efficientvit_b1 at 512 px. Every model a benchmark compares,
-    the official code's included, gets this. Eval mode."""
-    return calibrate_batchnorm(model, 224)
+    the official code's included, gets this (a detector: its backbone+FPN, which takes the normalised batch). Eval
+    mode."""
+    calibrate_batchnorm(model.backbone if takes_images(model) else model, 224)
+    return model.eval()
 
 
 def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
@@ -74,8 +79,13 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
 
     p = next(model.parameters())
     counter = FlopCounterMode(display=False)
+    if takes_images(model) or hasattr(model, "input_size_of"):  # a detector's count depends on its images
+        x = example_input(model, shape[0], shape[-2], shape[-1], p.device, p.dtype, shape[1],
+                          torch.Generator().manual_seed(0))
+    else:
+        x = torch.zeros(*shape, device=p.device, dtype=p.dtype)
     with torch.no_grad(), counter:
-        model(torch.zeros(*shape, device=p.device, dtype=p.dtype))
+        model(x)
     return int(counter.get_total_flops())
 
 
@@ -141,6 +151,7 @@ class Forms:
         self.model = model.eval().to(self.device)  # float32: each form is fused first, then cast
         self.onnx_dir = Path(onnx_dir)
         self.threads = threads
+        self.note = getattr(model, "bench_note", "")  # what the rows of this model time, where not the obvious
         self._cache: dict[str, object] = {}
         self.setup_s: dict[str, float] = {}
 
@@ -171,7 +182,12 @@ class Forms:
 
     def build(self, mode: str, h: int, w: int, batch: int) -> tuple[Callable[[], None], float]:
         """(the call, its setup seconds)."""
-        x = torch.randn(batch, getattr(self.model, "in_chans", 3), h, w, device=self.device, dtype=self.dtype)
+        if takes_images(self.model) and mode not in DETECTOR_MODES:
+            raise ValueError(f"mode {mode!r}: a detector runs {', '.join(DETECTOR_MODES)}; its backbone+FPN "
+                             "(NAME.backbone) runs in every mode")
+        x = example_input(self.model, batch, h, w, self.device, self.dtype)
+        if isinstance(x, torch.Tensor):
+            h, w = x.shape[-2:]  # a detector's backbone+FPN: the padded batch of an HxW image
         t0 = time.perf_counter()
         if mode == "eager":
             model, setup = self._in_dtype()
