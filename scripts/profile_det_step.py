@@ -20,6 +20,7 @@ from qtvit.data import load_fashion_mnist
 from qtvit.data.det_transforms import detection_transform
 from qtvit.data.scene_instances import FashionMNISTSceneInstances
 from qtvit.data.scenes import FashionMNISTScenes
+from qtvit.train.evaluate import load_model
 
 PARTS = {"transform": "transform", "backbone.fpn": "FPN", "rpn.head": "RPN head",
          "rpn.anchor_generator": "anchors", "roi_heads.box_roi_pool": "RoIAlign boxes (fwd)",
@@ -57,6 +58,8 @@ def main() -> None:
     p.add_argument("--model", default="maskrcnn_qtvit_1")
     p.add_argument("--model-kwargs", default="{}", help="the detector's options as json, e.g. "
                    "'{\"fpn_channels\": 128, \"box_batch_size_per_image\": 128}'")
+    p.add_argument("--checkpoint", default=None, help="profile this trained detector (a run or weights file) "
+                   "instead of a new --model")
     p.add_argument("--shapes", action="store_true", help="also the slowest convolution backwards by input shape")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,8 +69,12 @@ def main() -> None:
     t0 = time.perf_counter()
     batches = [[data[i * args.batch + j] for j in range(args.batch)] for i in range(5)]
     data_s = (time.perf_counter() - t0) / 5
-    model = qtvit.create_model(args.model, num_classes=11, min_size=args.size, max_size=args.size,
-                               **{"anchor_sizes": (16, 32, 64, 128, 256), **json.loads(args.model_kwargs)})
+    if args.checkpoint:  # a trained detector: its RPN's proposals find the objects, so the RoI heads work at full load
+        model = load_model(args.checkpoint)
+        args.model = f"{model.pretrained_cfg.get('architecture', args.model)} from {args.checkpoint}"
+    else:
+        model = qtvit.create_model(args.model, num_classes=11, min_size=args.size, max_size=args.size,
+                                   **{"anchor_sizes": (16, 32, 64, 128, 256), **json.loads(args.model_kwargs)})
     model.train()
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
 

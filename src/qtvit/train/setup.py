@@ -153,7 +153,10 @@ def _model_and_data(cfg: TrainConfig, info: DatasetInfo, log: Callable):
     data_cfg = resolve_data_config(model, info.in_chans, cfg.img_size, cfg.crop_pct, dataset_mean=info.mean,
                                    dataset_std=info.std)
     # The positional embedding is stored for one size; another data size resizes it at every step.
-    stored = getattr(model, "model_args", {}).get("pos_embed_size") or model.pretrained_cfg.get("input_size")
+    # (a detector's backbone keeps its own: the first module that says what size it stores)
+    owner = next((m.pos_embed_size for m in model.modules() if isinstance(getattr(m, "pos_embed_size", None), int)),
+                 None)
+    stored = owner or getattr(model, "model_args", {}).get("pos_embed_size") or model.pretrained_cfg.get("input_size")
     stored = stored[-1] if isinstance(stored, (tuple, list)) else stored
     has_pos_embed = any(n.endswith("pos_embed") for n, _ in model.named_parameters())
     if has_pos_embed and stored and stored != data_cfg.input_size[-1]:
