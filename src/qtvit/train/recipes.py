@@ -59,9 +59,9 @@ RECIPES: dict[str, dict] = {
     # (docs/detection.md); COCO's standard (mmdet 1x) is another setting: 800 x 1333, 12 epochs.
     "det-scenes": dict(task="detection", model="maskrcnn_qtvit_1", epochs=1, warmup_epochs=0.05, batch_size=4,
                        eval_batch_size=8, lr=1e-3, min_lr=0.0, weight_decay=0.05, schedule="cosine", img_size=256,
-                       scale_range=(1.0, 1.0), hflip=True, limit_train=4800, limit_eval=50, channels_last=True,
+                       scale_range=(1.0, 1.0), hflip=True, limit_train=5200, limit_eval=100, channels_last=True,
                        model_kwargs=dict(min_size=256, max_size=256, fpn_channels=64, box_head_dim=512,
-                                         mask_head_channels=64, mask_head_layers=4, box_batch_size_per_image=128,
+                                         mask_head_channels=64, mask_head_layers=2, box_batch_size_per_image=128,
                                          rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
                                          anchor_sizes=(16, 32, 64, 128, 256))),
 }
