@@ -53,10 +53,11 @@ RECIPES: dict[str, dict] = {
                        scale_range=(0.75, 0.75), eval_size=192, limit_train=6000, limit_eval=200, hflip=True,
                        aux_weight=0.4, channels_last=True, eval_every_epochs=3, seg_jitter=False,
                        scene_items=(12, 20), ohem=0.7, model_kwargs=dict(aux_channels=64), fused_optimizer=True),
-    # Detection and instance segmentation of the embedded scenes' instances with Mask R-CNN on QT-ViT-1: 256 px
-    # crops (the detector keeps them at 256: min_size = max_size = 256), a 128-channel FPN and anchors 16-256 for the
-    # scenes' 14-112 px garments, AdamW with warm-up and cosine, 300 test scenes. A starting point to tune
-    # (docs/detection.md); COCO's standard (mmdet 1x) is another setting: 800 x 1333, 12 epochs.
+    # Detection and instance segmentation of the embedded scenes' instances with Mask R-CNN on QT-ViT-1 from scratch:
+    # the scenes at their own 256 px (no random resize), anchors 16-256 for the 14-112 px garments, a light neck and
+    # heads and fewer sampled RoIs for throughput, one pass over 5 200 scenes (the detection job, about 17.5 min on 2
+    # cores); the measurements behind each choice: docs/detection.md. COCO's standard (mmdet 1x) is another
+    # setting: 800 x 1333, 12 epochs.
     "det-scenes": dict(task="detection", model="maskrcnn_qtvit_1", epochs=1, warmup_epochs=0.05, batch_size=4,
                        eval_batch_size=8, lr=1e-3, min_lr=0.0, weight_decay=0.05, schedule="cosine", img_size=256,
                        scale_range=(1.0, 1.0), hflip=True, limit_train=5200, limit_eval=100, channels_last=True,
