@@ -13,3 +13,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[${QTVIT_EXTRAS:-train}]"
+# qt's fused CPU kernel, built once here rather than by every training process at the same moment (a failed build
+# leaves qt on its eager path, as the warning says)
+qtvit build-ext || true

@@ -79,3 +79,21 @@ def test_results_format_writer_and_edge_cases(tmp_path):
     predictions[2]["labels"] = torch.tensor([3])
     with pytest.raises(ValueError, match=r"image 2: labels \[3\] outside 1..2"):
         coco_results(predictions, CAT_IDS)
+
+
+def test_masks_are_ranked_by_score_times_maskness():
+    ground_truth, predictions = _case()
+    # image 1's false positive (score 0.8) now has an unsure mask (0.55 inside): 0.8 x 0.55 = 0.44 ranks it below
+    # the partial hit's 0.7 x 0.9 = 0.63 for the masks, not for the boxes
+    predictions[1]["masks"][1] = _masks([[40, 0, 50, 10]], 0.55, 0.1, channel=True)[0]
+    results = coco_results(predictions, CAT_IDS)
+    assert [r["mask_score"] for r in results] == pytest.approx([0.81, 0.44, 0.63, 0.54])
+    assert results[1]["score"] == pytest.approx(0.8)  # the box keeps its score
+    scores = coco_evaluate(ground_truth, results)
+    # masks, car: hit, hit (IoU 0.625), miss -> precision 1 up to recall 1 at t <= .60; at t >= .65 as before
+    car_segm = (3 * 1 + 7 * 51 / 101) / 10
+    car_bbox = (3 * (51 + 50 * 2 / 3) / 101 + 7 * 51 / 101) / 10
+    assert scores["segm"]["AP"] == pytest.approx(100 * (car_segm + 1) / 2, abs=1e-6)
+    assert scores["bbox"]["AP"] == pytest.approx(100 * (car_bbox + 1) / 2, abs=1e-6)
+    empty = dict(predictions[2], masks=torch.zeros(1, 1, S, S))  # a mask with no pixel above the threshold
+    assert coco_results({2: empty}, CAT_IDS)[0]["mask_score"] == 0

@@ -46,3 +46,28 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     # the run folder of the distributed run holds one metrics row per epoch, written by rank 0 only
     rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2 and json.loads(rows[0])["images_per_s"] > 0
+
+
+_VALIDATE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import register_tiny_models
+    from qtvit.cli import main
+    register_tiny_models()
+    sys.exit(main(["validate", "--checkpoint", {run!r}, "--data", {data!r}, "--json", "--workers", "0"]))
+""")
+
+
+def test_validate_under_torchrun_prints_one_result_equal_to_one_process(tmp_path, capsys):
+    from qtvit.cli import main
+    from conftest import SMALL_FMNIST
+    run = train(tiny_config(tmp_path, model="train_tiny_gn", name="val", epochs=1))["run_dir"]
+    script = tmp_path / "ddp_validate.py"
+    script.write_text(_VALIDATE.format(tests=str(Path(__file__).parent), run=str(run), data=SMALL_FMNIST))
+    lines = run_two_processes(script).stdout.strip().splitlines()
+    assert len(lines) == 1  # rank 0 prints, rank 1 does not
+    capsys.readouterr()  # the training's log
+    assert main(["validate", "--checkpoint", str(run), "--data", SMALL_FMNIST, "--json", "--workers", "0"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    two = json.loads(lines[0])
+    assert two["images"] == single["images"] and two["top1"] == pytest.approx(single["top1"])

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 
 from ._utils import to_json
@@ -136,6 +137,8 @@ def run_validate(args: argparse.Namespace) -> int:
     r = validate(args.checkpoint, args.model, args.data, batch_size=args.batch_size, img_size=args.img_size,
                  crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers,
                  flip=args.flip, scales=tuple(args.scales))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every process has the gathered result: one prints it
+        return 0
     if args.json:
         print(to_json(r))
         return 0

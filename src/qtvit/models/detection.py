@@ -27,8 +27,11 @@ removes QT-ViT's positional embedding (Table 5's no-APE row), ``drop_path_rate``
 other constructor argument; ``pretrained_backbone=True`` loads the backbone's ImageNet weights (as UperNet's) before
 its classifier is removed. Other detector options (``min_size``, ``max_size``, ``anchor_sizes``, ``fpn_channels``,
 Mask R-CNN's ``box_head_dim``, ``mask_head_channels`` and ``mask_head_layers``, ``head_norm`` (None, "gn" or "bn":
-the FPN's and the mask head's normalisation), and any keyword of torchvision's ``MaskRCNN`` / ``RetinaNet`` such as
-``box_detections_per_img`` or ``box_batch_size_per_image``) are arguments too;
+the FPN's and the mask head's normalisation), ``mask_paste`` ("exact", the default: each pixel reads the 28 x 28
+mask where its training target was sampled, ``qtvit.models._mask_paste``; "torchvision": its integer box one pixel
+larger), ``roi_sampling_ratio`` (RoIAlign's samples per bin side, torchvision's 2 by default), and any keyword of
+torchvision's ``MaskRCNN`` / ``RetinaNet`` such as ``box_detections_per_img`` or ``box_batch_size_per_image``) are
+arguments too;
 ``build_detector("maskrcnn", "qtvit_nano", backbone_args=dict(strides=(2,) * 5))`` puts one on any backbone.
 """
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ._registry import model_entrypoint, register_model
 __all__ = ["BackboneFPN", "build_detector", "DETECTOR_KINDS", "DETECTION_BACKBONES"]
 
 DETECTOR_KINDS = ("maskrcnn", "retinanet")
+MASK_PASTES = ("exact", "torchvision")
 DETECTION_BACKBONES = ("efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "qtvit_1", "qtvit_2", "qtvit_3",
                        "l2vit_tiny")
 
@@ -142,6 +146,8 @@ def build_detector(
     mask_head_channels: int = 256,
     mask_head_layers: int = 4,
     head_norm: Optional[str] = None,
+    mask_paste: str = "exact",
+    roi_sampling_ratio: int = 2,
     in_indices: Union[int, Sequence[int], None] = None,
     pretrained_backbone: bool = False,
     kernel: Union[str, Any, None] = None,
@@ -159,6 +165,8 @@ def build_detector(
     det = tv.models.detection
     if kind not in DETECTOR_KINDS:
         raise ValueError(f"detector kind {kind!r}: use one of {DETECTOR_KINDS}")
+    if mask_paste not in MASK_PASTES:
+        raise ValueError(f"mask_paste={mask_paste!r}: use one of {MASK_PASTES}")
     args = _backbone_args(kernel, kernel_options, pos_embed, drop_path_rate, in_chans, backbone_args)
     maskrcnn = kind == "maskrcnn"
     # Mask R-CNN reads P2-P5 (+ pooled P6), RetinaNet P3-P5 (+ P6, P7): the last 4 / 3 stages of the B-series
@@ -177,8 +185,11 @@ def build_detector(
     if maskrcnn:
         anchors = det.anchor_utils.AnchorGenerator(tuple((s,) for s in sizes), ratios)
         heads = _roi_heads(fpn_channels, num_classes, box_head_dim, mask_head_channels, mask_head_layers,
-                           head_norm)
+                           head_norm, roi_sampling_ratio)
         model = det.MaskRCNN(body, None, rpn_anchor_generator=anchors, **heads, **common, **detector_args)
+        if mask_paste == "exact":
+            from ._mask_paste import ExactPasteTransform  # imports torchvision
+            model.transform = ExactPasteTransform.like(model.transform)
     else:
         scaled = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes)
         model = det.RetinaNet(body, num_classes, anchor_generator=det.anchor_utils.AnchorGenerator(scaled, ratios),
@@ -190,15 +201,23 @@ def build_detector(
 
 
 def _roi_heads(channels: int, num_classes: int, box_dim: int, mask_channels: int, mask_layers: int,
-               norm: Optional[str] = None) -> dict:
-    """Mask R-CNN's box and mask heads at the given widths (torchvision's own classes and parameter names; the
-    defaults are its defaults: two 1024-d fc layers, four 3x3 convs of 256)."""
-    det = _torchvision().models.detection
+               norm: Optional[str] = None, sampling_ratio: int = 2) -> dict:
+    """Mask R-CNN's box and mask heads at the given widths, and their RoIAligns (torchvision's own classes and
+    parameter names; the defaults are its defaults: two 1024-d fc layers, four 3x3 convs of 256, RoIAlign of 7 and
+    14 bins from P2-P5 with `sampling_ratio` 2, i.e. 2 x 2 samples per bin)."""
+    tv = _torchvision()
+    det = tv.models.detection
+    if sampling_ratio < 0:
+        raise ValueError(f"roi_sampling_ratio={sampling_ratio}: give samples per bin side (0: adaptive, "
+                         "ceil(RoI size / bins))")
+    levels = ["0", "1", "2", "3"]  # BackboneFPN's P2-P5; the pooled P6 serves the RPN only, as in torchvision
     for name, v in (("box_head_dim", box_dim), ("mask_head_channels", mask_channels), ("mask_head_layers", mask_layers)):
         if v < 1:
             raise ValueError(f"{name}={v}: give a positive width or count")
     pool = 7  # the box branch's RoIAlign output side (torchvision's MultiScaleRoIAlign default)
-    return dict(box_head=det.faster_rcnn.TwoMLPHead(channels * pool * pool, box_dim),
+    return dict(box_roi_pool=tv.ops.MultiScaleRoIAlign(levels, pool, sampling_ratio),
+                mask_roi_pool=tv.ops.MultiScaleRoIAlign(levels, 14, sampling_ratio),
+                box_head=det.faster_rcnn.TwoMLPHead(channels * pool * pool, box_dim),
                 box_predictor=det.faster_rcnn.FastRCNNPredictor(box_dim, num_classes),
                 mask_head=det.mask_rcnn.MaskRCNNHeads(channels, [mask_channels] * mask_layers, 1,
                                                            norm_layer(norm)),

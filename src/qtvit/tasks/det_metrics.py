@@ -2,7 +2,9 @@
 
 ``coco_results`` turns torchvision-format predictions (``boxes`` xyxy, ``scores``, ``labels`` 1..K, optional
 ``masks`` (N, 1, H, W) probabilities) into COCO's results format (``bbox`` [x, y, w, h], the category id, and for
-masks an RLE of the mask thresholded at ``mask_threshold``); ``write_coco_results`` writes that list as the json
+masks an RLE of the mask thresholded at ``mask_threshold`` and ``mask_score``, the score times the mask's mean
+probability over its pixels: SOLOv2's "maskness", by which ``coco_evaluate`` ranks the masks; ``score`` ranks the
+boxes); ``write_coco_results`` writes that list as the json
 file COCO's evaluation server and ``COCO.loadRes`` read. ``coco_evaluate`` runs COCOeval on them for boxes
 ("bbox") and masks ("segm") and returns, in percent as the QT-ViT paper's Tables 4-5:
 
@@ -65,7 +67,12 @@ def coco_results(predictions: Mapping[Any, Mapping[str, torch.Tensor]], cat_ids:
             r = dict(image_id=image_id, category_id=int(cat_ids[label - 1]), score=float(score),
                      bbox=[x1, y1, x2 - x1, y2 - y1])
             if mask_probs is not None:
-                r["segmentation"] = _rle(mask_probs[n, 0].detach().cpu().numpy() > mask_threshold)
+                probs = mask_probs[n, 0].detach().float().cpu().numpy()
+                on = probs > mask_threshold
+                r["segmentation"] = _rle(on)
+                # the box's score times the mask's mean confidence over its pixels (SOLOv2's "maskness"): the
+                # masks are ranked by how sure the mask is as well as the box
+                r["mask_score"] = float(score * probs[on].mean()) if on.any() else 0.0
             out.append(r)
     return out
 
@@ -127,7 +134,11 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout
             # Masks are scored without their boxes, so that loadRes takes a detection's area (COCO's small, medium,
             # large) from its mask, as for the ground truth; with the box there it would take the box's.
-            res = results if iou_type != "segm" else [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+            # They are ranked by their own score ("mask_score") where the results have one.
+            res = results if iou_type != "segm" else [
+                {**{k: v for k, v in r.items() if k not in ("bbox", "mask_score")}, "score": r.get("mask_score",
+                                                                                                    r["score"])}
+                for r in results]
             # COCO.loadRes refuses an empty list; a results set with no detection is what that list means
             dt = gt.loadRes(res) if res else _coco(dict(ground_truth, annotations=[]))
             evaluator = COCOeval(gt, dt, iou_type)
