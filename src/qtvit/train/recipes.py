@@ -56,11 +56,11 @@ RECIPES: dict[str, dict] = {
     # Detection and instance segmentation of the embedded scenes' instances with Mask R-CNN on QT-ViT-1 from scratch:
     # the scenes at their own 256 px (no random resize), anchors 16-256 for the 14-112 px garments, a light neck and
     # heads, fewer sampled RoIs and one RoIAlign sample per bin side, bf16 autocast and the fused AdamW for
-    # throughput, one pass over 6 600 scenes (the detection job, under 20 min on 2 cores); the measurements behind
+    # throughput, one pass over 7 100 scenes (the detection job, under 20 min on 2 cores); the measurements behind
     # each choice: docs/detection.md. COCO's standard (mmdet 1x) is another setting: 800 x 1333, 12 epochs.
     "det-scenes": dict(task="detection", model="maskrcnn_qtvit_1", epochs=1, warmup_epochs=0.05, batch_size=4,
                        eval_batch_size=8, lr=1e-3, min_lr=0.0, weight_decay=0.05, schedule="cosine", img_size=256,
-                       scale_range=(1.0, 1.0), hflip=True, limit_train=6600, limit_eval=50, channels_last=True,
+                       scale_range=(1.0, 1.0), hflip=True, limit_train=7100, limit_eval=50, channels_last=True,
                        amp="bf16", fused_optimizer=True,
                        model_kwargs=dict(min_size=256, max_size=256, fpn_channels=64, box_head_dim=512,
                                          mask_head_channels=64, mask_head_layers=2, box_batch_size_per_image=128,
