@@ -13,6 +13,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[${QTVIT_EXTRAS:-train}]"
-# qt's fused CPU kernel, built once here rather than by every training process at the same moment (a failed build
-# leaves qt on its eager path, as the warning says)
-qtvit build-ext || true
+# qt's fused CPU kernel (inference), built once here rather than by every training process at the same moment (a
+# failed build leaves qt on its eager path, as the warning says); QTVIT_NO_CPP=1: not built, not used
+if [ "${QTVIT_NO_CPP:-0}" != 1 ]; then
+    qtvit build-ext || true
+fi
