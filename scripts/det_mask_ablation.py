@@ -1,7 +1,7 @@
 """What the mask evaluation choices are worth for a trained Mask R-CNN: torchvision's mask paste or the exact one
 (``qtvit.models._mask_paste``), masks ranked by the box's score or by score x maskness (``tasks.det_metrics``),
 COCO's box and mask AP for each of the four. Scored on scenes of the training split that no training run reaches
-(index 100 000 on; the detection job trains on the first 6 800), never on the test scenes.
+(index 100 000 on; the detection job trains on the first 7 100), never on the test scenes.
 
     python scripts/det_mask_ablation.py --checkpoint runs/<run> [--scenes 200]
 """

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from qtvit.cli import main
 from qtvit.train import train
-from conftest import run_two_processes, tiny_config
+from conftest import SMALL_FMNIST, run_two_processes, tiny_config
 
 pytestmark = pytest.mark.usefixtures("tiny_models")
 
@@ -59,8 +60,6 @@ _VALIDATE = textwrap.dedent("""
 
 
 def test_validate_under_torchrun_prints_one_result_equal_to_one_process(tmp_path, capsys):
-    from qtvit.cli import main
-    from conftest import SMALL_FMNIST
     run = train(tiny_config(tmp_path, model="train_tiny_gn", name="val", epochs=1))["run_dir"]
     script = tmp_path / "ddp_validate.py"
     script.write_text(_VALIDATE.format(tests=str(Path(__file__).parent), run=str(run), data=SMALL_FMNIST))

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import importlib
 import json
-import os
 import sys
 
 from ._utils import to_json
@@ -137,7 +136,8 @@ def run_validate(args: argparse.Namespace) -> int:
     r = validate(args.checkpoint, args.model, args.data, batch_size=args.batch_size, img_size=args.img_size,
                  crop_pct=args.crop_pct, device=args.device, amp=args.amp, limit=args.limit, workers=args.workers,
                  flip=args.flip, scales=tuple(args.scales))
-    if os.environ.get("RANK", "0") != "0":  # under torchrun every process has the gathered result: one prints it
+    from .train.distributed import launch_rank
+    if launch_rank() != 0:  # under torchrun every process has the gathered result: one prints it
         return 0
     if args.json:
         print(to_json(r))

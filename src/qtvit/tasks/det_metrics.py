@@ -120,6 +120,13 @@ def _per_class(evaluator, names: Mapping[int, str]) -> dict[str, float | None]:
     return out
 
 
+def _as_mask_result(r: dict[str, Any]) -> dict[str, Any]:
+    """A result as COCOeval scores its mask: without its box, ranked by its mask's score where it has one."""
+    out = {k: v for k, v in r.items() if k not in ("bbox", "mask_score")}
+    out["score"] = r.get("mask_score", r["score"])
+    return out
+
+
 def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
                   iou_types: Iterable[str] = ("bbox", "segm")) -> dict[str, dict[str, Any]]:
     """COCOeval of ``results`` against ``ground_truth`` (a COCO-format dict) for each of ``iou_types``:
@@ -135,10 +142,7 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
             # Masks are scored without their boxes, so that loadRes takes a detection's area (COCO's small, medium,
             # large) from its mask, as for the ground truth; with the box there it would take the box's.
             # They are ranked by their own score ("mask_score") where the results have one.
-            res = results if iou_type != "segm" else [
-                {**{k: v for k, v in r.items() if k not in ("bbox", "mask_score")}, "score": r.get("mask_score",
-                                                                                                    r["score"])}
-                for r in results]
+            res = results if iou_type != "segm" else [_as_mask_result(r) for r in results]
             # COCO.loadRes refuses an empty list; a results set with no detection is what that list means
             dt = gt.loadRes(res) if res else _coco(dict(ground_truth, annotations=[]))
             evaluator = COCOeval(gt, dt, iou_type)

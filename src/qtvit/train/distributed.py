@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "resolve_device", "setup_distributed", "cleanup_distributed", "all_reduce_mean",
+__all__ = ["DistInfo", "launch_rank", "resolve_device", "setup_distributed", "cleanup_distributed", "all_reduce_mean",
            "broadcast_object"]
 
 
@@ -51,13 +51,18 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
     return torch.device("cuda", n)
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (RANK), 0 outside torchrun."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); a single process otherwise.
 
     `device`: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N". Each process takes cuda:LOCAL_RANK.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     dev = resolve_device(device, local_rank)
