@@ -215,6 +215,7 @@ def test_small_study_end_to_end(tmp_path, capsys):
             assert math.isfinite(float(r[col])), (col, r)
         assert 0.0 <= float(r["top1"]) <= 100.0 and float(r["train_images_per_s"]) > 0 and int(r["params"]) > 1000
         assert int(r["recipe_epochs"]) == (2 if r["variant"] == "qt@2x" else 1) and r["device"] == "cpu"
+        assert int(r["threads"]) == 1 and "torch " in r["machine"]
     summary = read_csv(out / "kernel_study.csv")
     assert [r["variant"] for r in summary] == variants
     for r in summary:

@@ -18,8 +18,8 @@ from .._io import atomic_write
 __all__ = ["device_line", "write_csv", "read_csv", "provenance", "save_figure"]
 
 
-def device_line(device: torch.device) -> str:
-    """A one-line description of the machine, saved beside every result."""
+def device_line(device: torch.device, *, threads: bool = True) -> str:
+    """A one-line description of the machine, saved beside every result (``threads``: with torch's thread count)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
@@ -29,7 +29,8 @@ def device_line(device: torch.device) -> str:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}" if threads else \
+        f"{cpu}, torch {torch.__version__}"
 
 
 def write_csv(rows: list[dict], path: str | Path, header: str, fields: Sequence[str], *,

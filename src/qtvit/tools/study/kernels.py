@@ -45,7 +45,7 @@ RUNS_CSV = "kernel_study_runs.csv"
 SOFTMAX_WEIGHTS = "softmax_seed0.pt"
 
 RUN_FIELDS = ["variant", "kernel", "softmax_residual", "seed", "top1", "val_top1", "train_images_per_s", "peak_mib",
-              "params", "train_s", "device", "plan"] + [f"recipe_{k}" for k in Recipe.__dataclass_fields__]
+              "params", "train_s", "device", "threads", "machine", "plan"] + [f"recipe_{k}" for k in Recipe.__dataclass_fields__]
 FIDELITY_FIELDS = ["kernel", "layer", "kl", "topk_overlap", "negative_mass", "images", "tokens", "top_k"]
 
 
@@ -253,17 +253,17 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
     data = make_data(plan, data_root)
     log(f"canvases: {plan.train} train, {plan.val} validation, {plan.test} test, {plan.spec.size} px "
         f"({time.perf_counter() - t0:.1f} s); plan {key}: {len(done)} runs already recorded, {len(jobs)} to train")
-    machine = device_line(dev)
+    machine = device_line(dev, threads=False)  # per row: a study run in parts may span machines
     softmax_net = None
     for (variant, seed), (row, net) in zip(jobs, _run_jobs(jobs, data, plan.recipe, workers, threads, dev)):
-        runs.append(dict(row, plan=key))
+        runs.append(dict(row, plan=key, machine=machine))
         if variant == "softmax" and seed == 0:
             softmax_net = net.cpu()
             _save_softmax(net, out)
         log(f"{variant:28s} seed {seed}: top-1 {row['top1']:6.2f}%  {row['train_images_per_s']:7.1f} img/s  "
             f"peak {row['peak_mib'] or float('nan'):7.1f} MiB  ({time.perf_counter() - t0:.0f} s)")
-        write_csv(runs, out / RUNS_CSV, f"kernel study runs; {machine}; {workers} worker(s) x "
-                  f"{threads or torch.get_num_threads()} thread(s)", RUN_FIELDS)
+        write_csv(runs, out / RUNS_CSV, f"kernel study runs; last sitting: {machine}, {workers} worker(s) x "
+                  f"{row['threads']} thread(s)", RUN_FIELDS)
     order = {v: i for i, v in enumerate(variants)}
     chosen = sorted((r for r in runs if r["variant"] in order and int(r["seed"]) < seeds),
                     key=lambda r: (order[r["variant"]], int(r["seed"])))
