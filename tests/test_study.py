@@ -35,11 +35,14 @@ def test_canvases_are_deterministic_and_the_label_is_the_garment_opposite_the_ma
                                      for rows, cols in marker_slices(spec, cell)]).all(0) for cell in range(4)], 1)
     assert (full.sum(dim=1) == 1).all()  # exactly one marked cell per canvas
     half = spec.size // 2
-    for canvas, cell in zip(x[:, 0].clone(), full.int().argmax(1).tolist()):  # the marked cell: marker only
+    empty = PointerSpec(marked_cell="empty")  # the first and second versions: the marked cell holds the marker only
+    xe, _ = make_pointer_canvases(images, labels, 16, split="test", seed=3, spec=empty)
+    for canvas, canvas_e, cell in zip(x[:, 0].clone(), xe[:, 0].clone(), full.int().argmax(1).tolist()):
         for rows, cols in marker_slices(spec, cell):
-            canvas[rows, cols] = 0
+            canvas[rows, cols] = canvas_e[rows, cols] = 0
         r, c = divmod(cell, 2)
-        assert int(canvas[r * half:(r + 1) * half, c * half:(c + 1) * half].max()) < 100  # background, noise
+        region = (slice(r * half, (r + 1) * half), slice(c * half, (c + 1) * half))
+        assert int(canvas_e[region].max()) < 100 and int(canvas[region].max()) > 150  # noise / a garment
     with pytest.raises(ValueError, match="item_px"):
         PointerSpec(item_px=(16, 30))
 
@@ -55,10 +58,39 @@ def test_label_is_the_class_of_the_garment_opposite_the_marker():
         marked = [cell for cell in range(4) if all((canvas[rows, cols] == 255).all()
                                                    for rows, cols in marker_slices(spec, cell))]
         assert len(marked) == 1
+        for rows, cols in marker_slices(spec, marked[0]):
+            canvas[rows, cols] = 0
         peaks = [int(canvas[r * half:(r + 1) * half, c * half:(c + 1) * half].max()) for r in (0, 1) for c in (0, 1)]
         assert peaks[3 - marked[0]] == 120 + 25 * label  # the opposite cell's garment is the label's class
-        garments = [p for cell, p in enumerate(peaks) if cell != marked[0]]
-        assert len(set(garments)) == 3 and all(p >= 120 for p in garments)  # three garments, distinct classes
+        assert sorted(peaks) == [120 + 25 * i for i in range(4)]  # four garments, the four classes
+    with pytest.raises(ValueError, match="marked_cell"):
+        PointerSpec(marked_cell="dark")
+
+
+def test_an_additive_readout_cannot_beat_one_third():
+    """The control's ceiling (task.py): its tokens that see the marker know the marked cell p and the class X beside
+    it, the others at most the whole arrangement of classes in cells. The best readout that adds one term per source,
+    logits G[p, X] + H[arrangement], fitted to every case, gets 1/3 of the labels (the class opposite p), while the
+    product of the two (a lookup on both) gets all of them."""
+    import itertools
+
+    perms = torch.tensor(list(itertools.permutations(range(4))))  # class in each cell
+    arrangement, p = torch.cartesian_prod(torch.arange(24), torch.arange(4)).T
+    x, y = perms[arrangement, p], perms[arrangement, 3 - p]
+    torch.manual_seed(0)
+    g = torch.zeros(4, 4, 4, requires_grad=True)
+    h = torch.zeros(24, 4, requires_grad=True)
+    opt = torch.optim.Adam([g, h], lr=0.05)
+    for _ in range(1500):
+        loss = torch.nn.functional.cross_entropy(g[p, x] + h[arrangement], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() == pytest.approx(math.log(3), abs=1e-3)  # uniform over the three garments that are not X
+    assert float(((g[p, x] + h[arrangement]).argmax(1) == y).float().mean()) <= 1 / 3 + 1e-6
+    joint = torch.zeros(24, 4, 4)
+    joint[arrangement, p, y] = 1.0  # a readout of both at once
+    assert bool((joint[arrangement, p].argmax(1) == y).all())
 
 
 def test_control_has_the_attention_budget_and_mixes_no_tokens():

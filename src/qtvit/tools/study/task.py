@@ -1,26 +1,30 @@
 """The kernel study's task, **pointer canvases**: which garment does the marker point to?
 
 A canvas is ``size`` x ``size`` grey pixels (default 64: 16 x 16 = 256 tokens at the study net's stride 4) cut into
-2 x 2 cells. One cell is **marked**: it holds only a bright ``marker`` x ``marker`` square in its outer corner (on
-the canvas corner). Each of the three other cells holds one Fashion-MNIST garment of one of four classes told apart
-at a glance (T-shirt/top, Trouser, Sandal, Bag: recognising garments is not what the study is about; no two garments
-of a canvas share a class), scaled to 20..26 px (bilinear) and placed uniformly anywhere in its cell except over the
-cell's outer ``corner`` x ``corner`` square (``placement="spread"``, the second version). **The label is the class of
-the garment in the cell diagonally opposite the marker.** Backgrounds are a random grey level plus Gaussian pixel
-noise. The first version (``placement="inner"``) kept garments ``corner`` px from the cell's outer edges, so every
-garment sat within 0..6 px of the canvas's centre lines: there a control token near the centre saw the empty marked
-quadrant beside the target garment, the empty quadrant standing in for the marker (``control_view_leak``).
+2 x 2 cells, each holding one Fashion-MNIST garment of one of four classes told apart at a glance (T-shirt/top,
+Trouser, Sandal, Bag: recognising garments is not what the study is about; the four garments of a canvas are the four
+classes, in random cells), scaled to 20..26 px (bilinear) and placed uniformly anywhere in its cell except over the
+cell's outer ``corner`` x ``corner`` square. One cell is **marked** by a bright ``marker`` x ``marker`` square in
+its outer corner (on the canvas corner). **The label is the class of the garment in the cell diagonally opposite the
+marker.** Backgrounds are a random grey level plus Gaussian pixel noise.
 
-Why attention must decide: the marker is at least ``size/2 - marker`` px (24 at 64) from every garment, and
-neither alone gives the label: the garment is one of three, and the marker is a blank square. A network whose
-token mixing is local (the study's attention-free control: the stem and two depthwise convolutions reach 11.5 px
-around a token, so no token sees two things 24 px apart) followed by a mean over tokens and a linear head adds up
-what each neighbourhood saw: which classes are present and where, and where the marker is, but it cannot combine
-a garment's place with the marker's (the label is their product, not a sum). It is left guessing among the three
-garments (1/3, as long as no token sees the target beside a sign of the marked cell; 56 % if classes could repeat,
-by majority vote, which is why they do not), while one attention layer
-can carry the marker's place to the garments' tokens (or the target's class to the marker's). The marked cell is
-empty because a garment beside the marker would tell a local network which garment is *not* the target.
+Why attention must decide: the marker is at least ``size/2 - marker`` px (24 at 64) from every other cell. A network
+whose token mixing is local (the study's attention-free control: the stem and two depthwise convolutions reach 11.5
+px around a token, so no token sees two things 24 px apart) followed by a mean over tokens and a linear head adds up
+what each neighbourhood saw. The tokens that see the marker see only the marked cell: where the marker is and the
+class X of the garment beside it, which is not the label. Every other token sees garments whose places and classes
+are distributed alike in every cell, the marked one included: nothing of where the marker is. Their sum can exclude
+X and no more (``tests/test_study.py::test_an_additive_readout_cannot_beat_one_third``: even knowing X, the marked
+cell and the whole arrangement, a sum of one term per source of knowledge stays at 1/3), while one attention layer
+can carry the marker's place to the garments' tokens. So the control's ceiling is **1/3** (chance 1/4).
+
+Earlier versions (``marked_cell="empty"``) left the marked cell empty but for the marker, three garments in the
+other cells. In the first (``placement="inner"``) the garments kept ``corner`` px from their cell's outer edges, so
+every garment sat within 0..6 px of the canvas's centre lines, and a control token near the centre saw the empty
+marked quadrant beside the target garment: the empty quadrant stood in for the marker (``control_view_leak``). The
+second (``placement="spread"``) spread the garments over their cells, which held the control at 35 % for 8 epochs
+but not for 24 (55 %): an empty region near a token still tells it which cell is likely the marked one. Filling the
+marked cell removes the sign; it does not change what attention has to do.
 
 Canvases are made once, all at once, from ``numpy.random.default_rng([seed, split])`` (training and validation
 canvases from disjoint parts of the training images, test canvases from the test images: ``kernels.make_data``) and
@@ -39,6 +43,7 @@ __all__ = ["PointerSpec", "PointerLayout", "make_pointer_canvases", "pointer_lay
 
 _SPLITS = {"train": 0, "test": 1, "val": 2}
 PLACEMENTS = ("spread", "inner")
+MARKED_CELLS = ("garment", "empty")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class PointerSpec:
     corner: int = 6  # "spread": a garment never covers its cell's outer corner x corner square; "inner": the
     # garment keeps corner px from both outer edges
     placement: str = "spread"  # garments anywhere in their cell; "inner": the first version's, near the centre lines
+    marked_cell: str = "garment"  # the marked cell holds a garment too; "empty": the first and second versions'
     marker: int = 8  # side of the marker square in the marked cell's outer corner
     background: tuple[int, int] = (0, 60)  # grey level range of the canvas
     noise: float = 8.0  # std of the per-pixel Gaussian noise
@@ -58,6 +64,8 @@ class PointerSpec:
         half, (lo, hi) = self.size // 2, self.item_px
         if self.placement not in PLACEMENTS:
             raise ValueError(f"pointer canvas placement {self.placement!r}: use one of {', '.join(PLACEMENTS)}")
+        if self.marked_cell not in MARKED_CELLS:
+            raise ValueError(f"pointer canvas marked_cell {self.marked_cell!r}: use one of {', '.join(MARKED_CELLS)}")
         if self.size % 2 or not 8 <= lo <= hi <= half - self.corner:
             raise ValueError(f"pointer canvas settings {self}: need an even size and 8 <= item_px[0] <= item_px[1] "
                              f"<= size/2 - corner ({half - self.corner}) so that a garment fits its cell beside "
@@ -124,7 +132,7 @@ def pointer_layout(n: int, *, split: str = "train", seed: int = 0, spec: Pointer
         raise ValueError(f"pointer canvas split {split!r}: use one of {', '.join(_SPLITS)}")
     rng = np.random.default_rng([seed, _SPLITS[split]]) if rng is None else rng
     k = len(spec.classes)
-    # distinct classes in a canvas: a local network's best guess among its three garments is then 1/3
+    # distinct classes in a canvas: a local network's best guess among the garments not beside the marker is 1/3
     cls = np.stack([rng.permutation(k)[:4] for _ in range(n)])  # (n, 4) class indices, one per cell
     picks = rng.integers(1 << 62, size=(n, 4))
     sizes = rng.integers(spec.item_px[0], spec.item_px[1] + 1, size=(n, 4))
@@ -164,8 +172,8 @@ def make_pointer_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, *,
                                align_corners=False, antialias=True)[:, 0].numpy()
         for j, patch in zip(idx, scaled):
             i, cell = divmod(int(j), 4)
-            if cell == marked[i]:
-                continue  # the marked cell holds only the marker
+            if cell == marked[i] and spec.marked_cell == "empty":
+                continue
             y, x = tops[i, cell]
             region = canvas[i, y:y + s, x:x + s]
             np.maximum(region, patch, out=region)  # the garment over the background, as light on dark
