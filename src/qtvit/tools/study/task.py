@@ -1,30 +1,33 @@
 """The kernel study's task, **pointer canvases**: which garment does the marker point to?
 
 A canvas is ``size`` x ``size`` grey pixels (default 64: 16 x 16 = 256 tokens at the study net's stride 4) cut into
-2 x 2 cells, each holding one Fashion-MNIST garment of one of four classes told apart at a glance (T-shirt/top,
-Trouser, Sandal, Bag: recognising garments is not what the study is about; the four garments of a canvas are the four
-classes, in random cells), scaled to 20..26 px (bilinear) and placed uniformly anywhere in its cell except over the
-cell's outer ``corner`` x ``corner`` square. One cell is **marked** by a bright ``marker`` x ``marker`` square in
-its outer corner (on the canvas corner). **The label is the class of the garment in the cell diagonally opposite the
-marker.** Backgrounds are a random grey level plus Gaussian pixel noise.
+2 x 2 cells, each holding one Fashion-MNIST garment, scaled to 20..26 px (bilinear) and placed uniformly anywhere in
+its cell except over the cell's outer ``corner`` x ``corner`` square. The four garments are of four distinct classes
+drawn from six told apart at a glance (T-shirt/top, Trouser, Dress, Sandal, Bag, Ankle boot: recognising garments is
+not what the study is about). One cell is **marked** by a bright ``marker`` x ``marker`` square in its outer corner
+(on the canvas corner), drawn over whatever is there. **The label is the class of the garment in the cell diagonally
+opposite the marker** (6 classes, chance 1/6). Backgrounds are a random grey level plus Gaussian pixel noise.
 
-Why attention must decide: the marker is at least ``size/2 - marker`` px (24 at 64) from every other cell. A network
-whose token mixing is local (the study's attention-free control: the stem and two depthwise convolutions reach 11.5
-px around a token, so no token sees two things 24 px apart) followed by a mean over tokens and a linear head adds up
-what each neighbourhood saw. The tokens that see the marker see only the marked cell: where the marker is and the
-class X of the garment beside it, which is not the label. Every other token sees garments whose places and classes
-are distributed alike in every cell, the marked one included: nothing of where the marker is. Their sum can exclude
-X and no more (``tests/test_study.py::test_an_additive_readout_cannot_beat_one_third``: even knowing X, the marked
-cell and the whole arrangement, a sum of one term per source of knowledge stays at 1/3), while one attention layer
-can carry the marker's place to the garments' tokens. So the control's ceiling is **1/3** (chance 1/4).
+Why attention must decide: a token of the study's attention-free control sees ``CONTROL_VIEW`` = 23 px along each
+axis (the stem and two depthwise convolutions), and the marker is small enough (``marker <= size/2 - 22``) that the
+tokens that see it see nothing outside the marked cell. So they know where the marker is and the class X of the
+garment beside it, which is not the label. Every other token sees garments whose places and classes are distributed
+alike in every cell, the marked one included: nothing of where the marker is. The control's mean over tokens into a
+linear head adds up this evidence: it can tell the four classes present and exclude X, and no more
+(``tests/test_study.py::test_an_additive_readout_cannot_beat_one_third``: even knowing X, the marked cell and the
+whole arrangement, a sum of one term per source of knowledge stays at 1/3), while one attention layer can carry the
+marker's place to the garments' tokens. So the control's ceiling is **1/3**. The classes present already narrow the
+label to four (1/4), which rewards recognising garments from the first steps: with four classes all present in every
+canvas nothing did, and softmax mostly stayed at chance for 24 epochs (docs/kernel_study.md).
 
 Earlier versions (``marked_cell="empty"``) left the marked cell empty but for the marker, three garments in the
 other cells. In the first (``placement="inner"``) the garments kept ``corner`` px from their cell's outer edges, so
 every garment sat within 0..6 px of the canvas's centre lines, and a control token near the centre saw the empty
 marked quadrant beside the target garment: the empty quadrant stood in for the marker (``control_view_leak``). The
 second (``placement="spread"``) spread the garments over their cells, which held the control at 35 % for 8 epochs
-but not for 24 (55 %): an empty region near a token still tells it which cell is likely the marked one. Filling the
-marked cell removes the sign; it does not change what attention has to do.
+but not for 24 (56 %): an empty region near a token still tells it which cell is likely the marked one. Filling the
+marked cell (the third version, ``marked_cell="garment"``, default) removes the sign; it does not change what
+attention has to do.
 
 Canvases are made once, all at once, from ``numpy.random.default_rng([seed, split])`` (training and validation
 canvases from disjoint parts of the training images, test canvases from the test images: ``kernels.make_data``) and
@@ -44,6 +47,7 @@ __all__ = ["PointerSpec", "PointerLayout", "make_pointer_canvases", "pointer_lay
 _SPLITS = {"train": 0, "test": 1, "val": 2}
 PLACEMENTS = ("spread", "inner")
 MARKED_CELLS = ("garment", "empty")
+CONTROL_VIEW = 23  # px a token of the study's control sees along each axis (stem and two depthwise 3x3 convolutions)
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,14 @@ class PointerSpec:
     """The canvases' settings (see the module docstring)."""
     size: int = 64
     item_px: tuple[int, int] = (20, 26)
-    classes: tuple[int, ...] = (0, 1, 5, 8)  # T-shirt/top, Trouser, Sandal, Bag: told apart at a glance
+    # T-shirt/top, Trouser, Dress, Sandal, Bag, Ankle boot: told apart at a glance; four of them per canvas, so that
+    # recognising garments pays from the first steps (the classes present narrow the label), as the pointer needs
+    classes: tuple[int, ...] = (0, 1, 3, 5, 8, 9)
     corner: int = 6  # "spread": a garment never covers its cell's outer corner x corner square; "inner": the
     # garment keeps corner px from both outer edges
     placement: str = "spread"  # garments anywhere in their cell; "inner": the first version's, near the centre lines
     marked_cell: str = "garment"  # the marked cell holds a garment too; "empty": the first and second versions'
-    marker: int = 8  # side of the marker square in the marked cell's outer corner
+    marker: int = 10  # side of the marker square in the marked cell's outer corner
     background: tuple[int, int] = (0, 60)  # grey level range of the canvas
     noise: float = 8.0  # std of the per-pixel Gaussian noise
 
@@ -74,9 +80,10 @@ class PointerSpec:
                 not set(self.classes) <= set(range(10)):
             raise ValueError(f"pointer canvas classes {self.classes}: need at least 4 distinct Fashion-MNIST classes "
                              "(0..9), one per cell")
-        if not 1 <= self.marker <= self.size // 2 - 24:
-            raise ValueError(f"pointer canvas settings {self}: the marker ({self.marker} px) must keep 24 px from "
-                             f"the other cells (marker <= size/2 - 24 = {self.size // 2 - 24})")
+        if not 1 <= self.marker <= self.size // 2 - CONTROL_VIEW + 1:
+            raise ValueError(f"pointer canvas settings {self}: a control token that sees the marker ({self.marker} px) "
+                             f"sees {CONTROL_VIEW} px and must not reach another cell "
+                             f"(marker <= size/2 - {CONTROL_VIEW - 1} = {self.size // 2 - CONTROL_VIEW + 1})")
 
 
 def opposite_cell(cell: int) -> int:
