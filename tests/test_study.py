@@ -189,6 +189,36 @@ def test_summary_compares_longer_runs_with_softmax_and_the_control_trained_as_lo
     assert by["qt@3x"]["p_vs_control"] < 0.05 and by["qt@3x"]["peak_mib"] is None
 
 
+def test_summary_counts_the_seeds_that_learned_the_task_apart_from_their_level():
+    from qtvit.tools.study.summary import learned_threshold
+
+    # a model at the ceiling of 1/3 measured on 2 000 canvases: standard error 1.054 points; three of them: 36.5 %
+    assert learned_threshold(2000) == pytest.approx(100 / 3 + 300 * math.sqrt(2 / 9 / 2000))
+    assert learned_threshold(2000) == pytest.approx(36.495, abs=1e-3) and learned_threshold(200) > 43
+    runs = [dict(variant=v, top1=t, train_images_per_s=1.0, peak_mib="", params=5, recipe_epochs=24)
+            for v, values in (("softmax", [85, 90, 80, 88, 92]), ("qt", [88, 89, 81, 29.5, 86]),
+                              ("relu", [30, 31, 36, 60, 29]), (CONTROL, [28, 27, 30, 26, 29]))
+            for t in values]
+    by = {r["variant"]: r for r in summarise(runs)[0]}
+    assert [by[v]["learned"] for v in ("softmax", "qt", "relu", CONTROL)] == [5, 4, 1, 0]
+    assert by["qt"]["top1_learned_mean"] == pytest.approx(86.0) and by[CONTROL]["top1_learned_mean"] is None
+    assert by["qt"]["p_learned_vs_softmax"] == pytest.approx(1.0)  # 4 of 5 against 5 of 5: no evidence of a different rate
+    assert by["relu"]["p_learned_vs_softmax"] == pytest.approx(10 / 210)  # 1 of 5 against 5 of 5: (5 + 5)/C(10, 6)
+    assert by[CONTROL]["p_learned_vs_softmax"] == pytest.approx(2 / 252) and by["softmax"]["p_learned_vs_softmax"] is None
+    # a smaller test set widens the margin: relu's 36 % no longer counts with 1 000 canvases
+    assert summarise(runs, test_canvases=1000)[0][2]["learned"] == 1
+
+
+def test_fisher_exact_against_known_values():
+    from qtvit.tools.study.stats import fisher_exact
+
+    assert fisher_exact(8, 10, 1, 6) == pytest.approx(0.034965034965, abs=1e-12)  # scipy.stats.fisher_exact's example
+    assert fisher_exact(1, 10, 11, 14) == pytest.approx(0.002759456185, abs=1e-12)
+    assert fisher_exact(3, 5, 3, 5) == pytest.approx(1.0) and fisher_exact(0, 5, 5, 5) == pytest.approx(2 / 252)
+    with pytest.raises(ValueError, match="0 <= a <= n"):
+        fisher_exact(6, 5, 1, 5)
+
+
 def test_student_t_and_welch_against_known_values():
     from qtvit.tools.study.stats import betainc, mean_ci95, t_cdf, t_quantile, welch
 

@@ -31,7 +31,7 @@ from ...data.fashion_mnist import load_fashion_mnist
 from .fidelity import fidelity_rows, plot_fidelity
 from .net import CONTROL
 from .runs import Data, Recipe, Variant, build_net, run_one, study_device
-from .summary import SUMMARY_FIELDS, plot_study, summarise
+from .summary import SUMMARY_FIELDS, learned_threshold, plot_study, summarise
 from .task import PointerSpec, make_pointer_canvases, marker_slices
 
 __all__ = ["STUDY_KERNELS", "ROPE_KERNELS", "LONG_VARIANTS", "LONG_FACTOR", "StudyPlan", "FULL", "SMALL",
@@ -267,14 +267,15 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
     order = {v: i for i, v in enumerate(variants)}
     chosen = sorted((r for r in runs if r["variant"] in order and int(r["seed"]) < seeds),
                     key=lambda r: (order[r["variant"]], int(r["seed"])))
-    summary, verdict = summarise(chosen)
+    summary, verdict = summarise(chosen, test_canvases=plan.test)
     log(verdict)
     header = (f"kernel study: {plan.train} train / {plan.test} test pointer canvases ({plan.spec.placement} "
-              f"placement), up to {seeds} seeds, p-values from Welch's t-test; {verdict}; {machine}")
+              f"placement), up to {seeds} seeds, p-values from Welch's t-test (learned: seeds above "
+              f"{learned_threshold(plan.test):.1f} %, Fisher's exact test); {verdict}; {machine}")
     paths = [out / RUNS_CSV, write_csv(summary, out / "kernel_study.csv", header, SUMMARY_FIELDS)]
     plots = _can_plot()
     if plots:
-        paths.append(plot_study(summary, out / "kernel_study.png", title=header[:150]))
+        paths.append(plot_study(summary, out / "kernel_study.png", title=header[:150], runs=chosen))
     else:
         log("matplotlib is missing (pip install 'qtvit[plot]'): CSVs only, no figures")
     if "softmax" in variants:

@@ -5,7 +5,9 @@ incomplete beta function, 95 % intervals of a mean, and Welch's unequal-variance
   its continued fraction (Numerical Recipes' ``betacf``, modified Lentz), accurate to ~1e-14;
 - ``t_quantile(p, df)`` by bisection on ``t_cdf``;
 - ``mean_ci95(xs)``: mean ± t_{0.975, n-1}·s/√n;
-- ``welch(xs, ys)``: t = (x̄ - ȳ)/√(s_x²/n_x + s_y²/n_y), Welch-Satterthwaite degrees of freedom, two-sided p.
+- ``welch(xs, ys)``: t = (x̄ - ȳ)/√(s_x²/n_x + s_y²/n_y), Welch-Satterthwaite degrees of freedom, two-sided p;
+- ``fisher_exact(a, n, b, m)``: Fisher's exact test of two rates a/n and b/m (two-sided, the hypergeometric tables
+  no likelier than the one observed), for outcomes that are either-or, such as "a seed learned the task".
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import math
 import statistics
 from typing import Sequence
 
-__all__ = ["betainc", "t_cdf", "t_quantile", "mean_ci95", "welch"]
+__all__ = ["betainc", "t_cdf", "t_quantile", "mean_ci95", "welch", "fisher_exact"]
 
 _EPS = 1e-15
 _TINY = 1e-300
@@ -104,3 +106,15 @@ def welch(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float
     t = diff / math.sqrt(vx + vy)
     df = (vx + vy) ** 2 / (vx * vx / (nx - 1) + vy * vy / (ny - 1))
     return t, df, 2.0 * t_cdf(-abs(t), df)
+
+
+def fisher_exact(a: int, n: int, b: int, m: int) -> float:
+    """Two-sided p of Fisher's exact test that a of n and b of m come from one rate: the sum of the hypergeometric
+    probabilities (margins fixed) of every table no likelier than the observed one (as scipy's ``fisher_exact``)."""
+    if not (0 <= a <= n and 0 <= b <= m and n > 0 and m > 0):
+        raise ValueError(f"Fisher's test needs 0 <= a <= n and 0 <= b <= m with n, m > 0, got {a}/{n} and {b}/{m}")
+    total = a + b
+    probs = {k: math.comb(n, k) * math.comb(m, total - k) / math.comb(n + m, total)
+             for k in range(max(0, total - m), min(n, total) + 1)}
+    observed = probs[a] * (1.0 + 1e-7)  # ties within rounding count as "no likelier"
+    return min(1.0, sum(p for p in probs.values() if p <= observed))

@@ -1,21 +1,31 @@
 """The kernel study's summary: one row per variant with its 95 % interval and Welch's t-tests against softmax and the
-attention-free control (``stats.py``), the control check, and the bar figure."""
+attention-free control (``stats.py``), how many seeds learned the task (a seed either finds the marker or stays at
+the control's level, so the mean of five seeds mixes a rate and a level: both are reported, the rate with Fisher's
+exact test), the control check, and the bar figure."""
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Sequence
 
 from .net import CONTROL
 from .runs import Variant
-from .stats import mean_ci95, welch
+from .stats import fisher_exact, mean_ci95, welch
 
-__all__ = ["SUMMARY_FIELDS", "summarise", "plot_study", "CONTROL_CEILING"]
+__all__ = ["SUMMARY_FIELDS", "summarise", "plot_study", "CONTROL_CEILING", "learned_threshold"]
 
 SUMMARY_FIELDS = ["variant", "kernel", "softmax_residual", "epochs", "seeds", "top1_mean", "top1_std",
                   "top1_ci95_low", "top1_ci95_high", "top1_minus_softmax", "p_vs_softmax", "p_vs_control", "p_vs_1x",
-                  "val_top1_mean", "train_images_per_s", "peak_mib", "params"]
+                  "learned", "p_learned_vs_softmax", "top1_learned_mean", "val_top1_mean", "train_images_per_s", "peak_mib", "params"]
 CONTROL_CEILING = 100.0 / 3  # the design's ceiling of a network without token mixing (docs/kernel_study.md)
+
+
+def learned_threshold(test_canvases: int) -> float:
+    """The top-1 (%) above which a seed has learned more than the control can: the ceiling plus three binomial
+    standard errors of a model at the ceiling measured on ``test_canvases`` (2 000: 36.5 %)."""
+    p = CONTROL_CEILING / 100
+    return CONTROL_CEILING + 300.0 * math.sqrt(p * (1 - p) / test_canvases)
 
 
 def _std(values: list[float]) -> float:
@@ -36,9 +46,20 @@ def _floats(rows: Sequence[dict], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
 
 
-def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]]) -> dict:
+def _learned(top1: list[float] | None, threshold: float) -> list[float]:
+    return [t for t in top1 or () if t > threshold]
+
+
+def _p_learned(top1: list[float], other: list[float] | None, threshold: float) -> float | None:
+    if other is None or other is top1:
+        return None
+    return fisher_exact(len(_learned(top1, threshold)), len(top1), len(_learned(other, threshold)), len(other))
+
+
+def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]], threshold: float) -> dict:
     v = Variant.parse(variant)
     top1 = top1_of[variant]
+    learned = _learned(top1, threshold)
     ci = mean_ci95(top1)
     soft, ctrl = top1_of.get(_same_length("softmax", v)), top1_of.get(_same_length(CONTROL, v))
     short = top1_of.get(Variant(v.kernel, v.residual, v.rope).name) if v.length != 1 else None
@@ -50,22 +71,27 @@ def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]]) 
                 top1_minus_softmax=None if soft is None else statistics.fmean(top1) - statistics.fmean(soft),
                 p_vs_softmax=None if soft is top1 else _p(top1, soft),
                 p_vs_control=None if ctrl is top1 else _p(top1, ctrl), p_vs_1x=_p(top1, short),
+                learned=len(learned), p_learned_vs_softmax=_p_learned(top1, soft, threshold),
+                top1_learned_mean=statistics.fmean(learned) if learned else None,
                 val_top1_mean=statistics.fmean(val) if val else None,
                 train_images_per_s=statistics.fmean(_floats(rs, "train_images_per_s")),
                 peak_mib=statistics.fmean(mems) if mems else None, params=int(float(rs[0]["params"])))
 
 
-def summarise(runs: Sequence[dict]) -> tuple[list[dict], str]:
+def summarise(runs: Sequence[dict], test_canvases: int = 2000) -> tuple[list[dict], str]:
     """One row per variant (in the order of ``runs``) and the control check's line.
 
     ``p_vs_softmax`` and ``p_vs_control``: Welch's two-sided t-test of the variant's top-1 over seeds against
     softmax's and the control's trained as long (``softmax@3x`` for ``qt@3x``); ``p_vs_1x``: against the same variant
-    at the recipe's length. ``top1_ci95_*``: the mean's 95 % interval (Student's t). Empty with fewer than 2 seeds."""
+    at the recipe's length. ``top1_ci95_*``: the mean's 95 % interval (Student's t). Empty with fewer than 2 seeds.
+    ``learned``: seeds above ``learned_threshold(test_canvases)``; ``p_learned_vs_softmax``: Fisher's exact test of
+    that count against softmax's; ``top1_learned_mean``: the mean over those seeds only."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["variant"], []).append(r)
     top1_of = {variant: [float(r["top1"]) for r in rs] for variant, rs in by.items()}
-    rows = [_variant_row(variant, rs, top1_of) for variant, rs in by.items()]
+    threshold = learned_threshold(test_canvases)
+    rows = [_variant_row(variant, rs, top1_of, threshold) for variant, rs in by.items()]
     return rows, _control_check(rows, top1_of)
 
 
@@ -84,8 +110,9 @@ def _control_check(rows: list[dict], top1_of: dict[str, list[float]]) -> str:
             f"{ctrl['top1_ci95_high']:.1f}] against the design ceiling {CONTROL_CEILING:.1f}")
 
 
-def plot_study(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
-    """Top-1 mean with its 95 % interval, training images/s and peak memory per variant (Tables 2 and 3 as bars)."""
+def plot_study(rows: Sequence[dict], path: str | Path, title: str = "", runs: Sequence[dict] = ()) -> Path:
+    """Top-1 mean with its 95 % interval, training images/s and peak memory per variant (Tables 2 and 3 as bars);
+    every seed of ``runs`` as a dot over its variant's bar (the outcome is bimodal: a mean alone hides it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,9 +127,13 @@ def plot_study(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
             for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.28 * len(rows) + 1.6), sharey=True)
     axes[0].barh(names, [r["top1_mean"] for r in rows], xerr=[low, high], color=colours, capsize=2)
+    row_of = {name: i for i, name in enumerate(names)}
+    seeds = [(float(r["top1"]), row_of[r["variant"]]) for r in runs if r["variant"] in row_of]
+    if seeds:
+        axes[0].scatter(*zip(*seeds), s=9, color="black", zorder=3)
     axes[0].axvline(CONTROL_CEILING, color="tab:grey", linestyle=":", linewidth=1)
-    axes[0].set(xlabel="test top-1 (%), mean and 95 % interval over seeds")
-    lo = min(r["top1_mean"] - d for r, d in zip(rows, low))
+    axes[0].set(xlabel="test top-1 (%): mean, 95 % interval, one dot per seed")
+    lo = min([r["top1_mean"] - d for r, d in zip(rows, low)] + [t for t, _ in seeds])
     axes[0].set_xlim(max(0.0, lo - 5), 100)
     axes[1].barh(names, [r["train_images_per_s"] for r in rows], color=colours)
     axes[1].set(xlabel="training images/s")
