@@ -314,6 +314,11 @@ def test_small_study_end_to_end(tmp_path, capsys):
     assert float(summary[0]["top1_minus_softmax"]) == 0.0 and 0.0 <= float(summary[1]["p_vs_softmax"]) <= 1.0
     assert summary[-1]["p_vs_1x"] != "" and summary[-1]["p_vs_softmax"] == ""  # qt@2x: no softmax@2x to test against
     assert "control check" in (out / "kernel_study.csv").read_text().splitlines()[0]
+    table = (out / "kernel_study.md").read_text().splitlines()
+    assert table[0].startswith("<!-- kernel study:") and table[2].startswith("| variant | epochs | seeds |")
+    assert [line.split(" | ")[0] for line in table[4:]] == [f"| {v}" for v in variants]
+    for line, r in zip(table[4:], summary):
+        assert f"| {float(r['top1_mean']):.2f} ± " in line and f"| {r['learned']}/2 |" in line
     fid = read_csv(out / "kernel_fidelity.csv")
     assert {(r["kernel"], r["layer"]) for r in fid} == {(k, str(i)) for k in ("softmax", "qt") for i in (0, 1)} | \
         {("softmax", "mean"), ("qt", "mean")}

@@ -8,7 +8,8 @@ Writes into ``--out``:
   can run in parts across sittings; a file of another plan is refused, not mixed in;
 - ``kernel_study.csv``: one row per variant (``summary.py``): top-1 mean, std and 95 % interval over seeds, Welch's
   t-test p-values against softmax and the control, training images/s, peak memory of one training step,
-  parameters; its first line is the control check;
+  parameters, the seeds that learned the task and Fisher's test of their count; its first line is the control check;
+- ``kernel_study.md``: the same as a markdown table;
 - ``kernel_study.png``: the same as bars (matplotlib, the ``plot`` extra);
 - ``softmax_seed0.pt``: the trained softmax net of seed 0 (state dict), which the fidelity maps read when resuming;
 - ``kernel_fidelity.csv`` / ``kernel_fidelity.png``: KL and top-k overlap of each kernel's map against softmax's;
@@ -24,14 +25,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..._io import atomic_write
+from ..._io import atomic_write, write_text
 from ...attention import list_kernels
 from ..results import device_line, read_csv, write_csv
 from ...data.fashion_mnist import load_fashion_mnist
 from .fidelity import fidelity_rows, plot_fidelity
 from .net import CONTROL
 from .runs import Data, Recipe, Variant, build_net, run_one, study_device
-from .summary import SUMMARY_FIELDS, learned_threshold, plot_study, summarise
+from .summary import SUMMARY_FIELDS, learned_threshold, markdown_summary, plot_study, summarise
 from .task import PointerSpec, make_pointer_canvases, marker_slices
 
 __all__ = ["STUDY_KERNELS", "ROPE_KERNELS", "LONG_VARIANTS", "LONG_FACTOR", "StudyPlan", "FULL", "SMALL",
@@ -272,7 +273,8 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
     header = (f"kernel study: {plan.train} train / {plan.test} test pointer canvases ({plan.spec.placement} "
               f"placement), up to {seeds} seeds, p-values from Welch's t-test (learned: seeds above "
               f"{learned_threshold(plan.test):.1f} %, Fisher's exact test); {verdict}; {machine}")
-    paths = [out / RUNS_CSV, write_csv(summary, out / "kernel_study.csv", header, SUMMARY_FIELDS)]
+    paths = [out / RUNS_CSV, write_csv(summary, out / "kernel_study.csv", header, SUMMARY_FIELDS),
+             write_text(out / "kernel_study.md", f"<!-- {header} -->\n\n{markdown_summary(summary)}")]
     plots = _can_plot()
     if plots:
         paths.append(plot_study(summary, out / "kernel_study.png", title=header[:150], runs=chosen))

@@ -13,7 +13,7 @@ from .net import CONTROL
 from .runs import Variant
 from .stats import fisher_exact, mean_ci95, welch
 
-__all__ = ["SUMMARY_FIELDS", "summarise", "plot_study", "CONTROL_CEILING", "learned_threshold"]
+__all__ = ["SUMMARY_FIELDS", "summarise", "markdown_summary", "plot_study", "CONTROL_CEILING", "learned_threshold"]
 
 SUMMARY_FIELDS = ["variant", "kernel", "softmax_residual", "epochs", "seeds", "top1_mean", "top1_std",
                   "top1_ci95_low", "top1_ci95_high", "top1_minus_softmax", "p_vs_softmax", "p_vs_control", "p_vs_1x",
@@ -108,6 +108,26 @@ def _control_check(rows: list[dict], top1_of: dict[str, list[float]]) -> str:
     verdict = "attention matters" if gap > 0 and p < 0.05 else "NOT shown that attention matters"
     return (f"{head}, Welch p = {p:.2g}: {verdict}; control 95 % interval [{ctrl['top1_ci95_low']:.1f}, "
             f"{ctrl['top1_ci95_high']:.1f}] against the design ceiling {CONTROL_CEILING:.1f}")
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value in (None, "") else format(float(value), spec)
+
+
+def markdown_summary(rows: Sequence[dict]) -> str:
+    """The summary as a markdown table (``kernel_study.md``, pasted into the docs as measured)."""
+    lines = ["| variant | epochs | seeds | top-1 % (mean ± sd) | 95 % interval | vs softmax | p vs softmax | "
+             "p vs control | learned | p learned vs softmax | top-1 of those learned | img/s | peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = f"{_fmt(r['top1_ci95_low'], '.1f')}–{_fmt(r['top1_ci95_high'], '.1f')}"
+        lines.append(f"| {r['variant']} | {r['epochs'] or '–'} | {r['seeds']} | {r['top1_mean']:.2f} ± "
+                     f"{r['top1_std']:.2f} | {ci} | {_fmt(r['top1_minus_softmax'], '+.2f')} | "
+                     f"{_fmt(r['p_vs_softmax'], '.2g')} | {_fmt(r['p_vs_control'], '.2g')} | "
+                     f"{r['learned']}/{r['seeds']} | {_fmt(r['p_learned_vs_softmax'], '.2g')} | "
+                     f"{_fmt(r['top1_learned_mean'], '.1f')} | {r['train_images_per_s']:.0f} | "
+                     f"{_fmt(r['peak_mib'], '.1f')} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_study(rows: Sequence[dict], path: str | Path, title: str = "", runs: Sequence[dict] = ()) -> Path:
