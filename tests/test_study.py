@@ -11,6 +11,8 @@ from qtvit.cli import main
 from qtvit.data import load_fashion_mnist
 from qtvit.tools.study.fidelity import map_fidelity
 from qtvit.tools.study.kernels import summarise
+from qtvit.tools.study.stats import fisher_exact as fisher
+from qtvit.tools.study.summary import markdown_summary
 from qtvit.tools.study.net import CONTROL, StudyNet
 from qtvit.tools.study.runs import _to_input
 from qtvit.tools.study.task import PointerSpec, make_pointer_canvases, marker_slices
@@ -209,6 +211,46 @@ def test_summary_counts_the_seeds_that_learned_the_task_apart_from_their_level()
     assert summarise(runs, test_canvases=1000)[0][2]["learned"] == 1
 
 
+def test_a_run_whose_loss_turns_non_finite_is_recorded_as_diverged(monkeypatch):
+    from qtvit.tools.study import runs
+    from qtvit.tools.study.kernels import SMALL, make_data
+
+    built = runs.build_net
+
+    def build_net_that_blows_up(*args, **kwargs):  # logits turn NaN on the second (and last) training step
+        net, calls = built(*args, **kwargs), []
+
+        def hook(module, inputs, output):
+            calls.append(module.training)
+            return output * float("nan") if sum(calls) == 3 else output  # the memory probe is call 1
+
+        net.register_forward_hook(hook)
+        return net
+
+    monkeypatch.setattr(runs, "build_net", build_net_that_blows_up)
+    row, _ = runs.run_one("taylor1", 0, make_data(SMALL, SMALL_FMNIST), SMALL.recipe)
+    assert row["diverged_at_step"] == 1 and row["top1"] is None and row["val_top1"] is None
+    assert row["train_images_per_s"] > 0 and row["kernel"] == "taylor1"
+
+
+def test_the_summary_keeps_diverged_seeds_out_of_the_means_and_counts_them_as_not_learned():
+    def run(variant, top1):
+        return dict(variant=variant, top1="" if top1 is None else top1, train_images_per_s=1.0, peak_mib="",
+                    params=5, recipe_epochs=24)
+
+    runs = [run("softmax", t) for t in (85, 90, 80, 88, 92)] + [run("taylor1", t) for t in (88, None, 86, None, 84)]
+    rows, _ = summarise(runs)
+    t1 = rows[1]
+    assert t1["seeds"] == 5 and t1["diverged"] == 2 and t1["top1_mean"] == pytest.approx(86.0)
+    assert t1["learned"] == 3 and t1["p_learned_vs_softmax"] == pytest.approx(fisher(3, 5, 5, 5))
+    assert rows[0]["diverged"] == 0
+    table = markdown_summary(rows)
+    assert "| taylor1 | 24 | 5 (2 diverged) | 86.00 ± 2.00 |" in table and "| 3/5 |" in table
+    only = summarise([run("softmax", 85), run("softmax", 90), run("taylor1", None)])[0][1]
+    assert only["top1_mean"] is None and only["top1_ci95_low"] is None and only["p_vs_softmax"] is None
+    assert "| taylor1 | 24 | 1 (1 diverged) | – |" in markdown_summary([only])
+
+
 def test_fisher_exact_against_known_values():
     from qtvit.tools.study.stats import fisher_exact
 
@@ -303,7 +345,7 @@ def test_small_study_end_to_end(tmp_path, capsys):
             assert math.isfinite(float(r[col])), (col, r)
         assert 0.0 <= float(r["top1"]) <= 100.0 and float(r["train_images_per_s"]) > 0 and int(r["params"]) > 1000
         assert int(r["recipe_epochs"]) == (2 if r["variant"] == "qt@2x" else 1) and r["device"] == "cpu"
-        assert int(r["threads"]) == 1 and "torch " in r["machine"]
+        assert int(r["threads"]) == 1 and "torch " in r["machine"] and r["diverged_at_step"] == ""
     summary = read_csv(out / "kernel_study.csv")
     assert [r["variant"] for r in summary] == variants
     for r in summary:

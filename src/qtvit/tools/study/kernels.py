@@ -45,8 +45,9 @@ LONG_FACTOR = 3
 RUNS_CSV = "kernel_study_runs.csv"
 SOFTMAX_WEIGHTS = "softmax_seed0.pt"
 
-RUN_FIELDS = ["variant", "kernel", "softmax_residual", "seed", "top1", "val_top1", "train_images_per_s", "peak_mib",
-              "params", "train_s", "device", "threads", "machine", "plan"] + [f"recipe_{k}" for k in Recipe.__dataclass_fields__]
+RUN_FIELDS = ["variant", "kernel", "softmax_residual", "seed", "top1", "val_top1", "diverged_at_step",
+              "train_images_per_s", "peak_mib", "params", "train_s", "device", "threads", "machine",
+              "plan"] + [f"recipe_{k}" for k in Recipe.__dataclass_fields__]
 FIDELITY_FIELDS = ["kernel", "layer", "kl", "topk_overlap", "negative_mass", "images", "tokens", "top_k"]
 
 
@@ -261,7 +262,9 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
         if variant == "softmax" and seed == 0:
             softmax_net = net.cpu()
             _save_softmax(net, out)
-        log(f"{variant:28s} seed {seed}: top-1 {row['top1']:6.2f}%  {row['train_images_per_s']:7.1f} img/s  "
+        got = (f"top-1 {row['top1']:6.2f}%" if row["top1"] is not None else
+               f"DIVERGED (non-finite loss at step {row['diverged_at_step']})")
+        log(f"{variant:28s} seed {seed}: {got}  {row['train_images_per_s']:7.1f} img/s  "
             f"peak {row['peak_mib'] or float('nan'):7.1f} MiB  ({time.perf_counter() - t0:.0f} s)")
         write_csv(runs, out / RUNS_CSV, f"kernel study runs; last sitting: {machine}, {workers} worker(s) x "
                   f"{row['threads']} thread(s)", RUN_FIELDS)

@@ -114,8 +114,11 @@ def _step_memory(net: StudyNet, x: Tensor, y: Tensor) -> float | None:
     return None if got is None else got / 2 ** 20
 
 
-def _train(net: StudyNet, data: Data, recipe: Recipe, seed: int) -> tuple[float, int]:
-    """Train; returns (seconds spent in training steps, images seen)."""
+def _train(net: StudyNet, data: Data, recipe: Recipe, seed: int) -> tuple[float, int, int | None]:
+    """Train; returns (seconds spent in training steps, images seen, the step whose loss was not finite or None).
+
+    A kernel whose similarities can sum to zero (taylor1) may diverge: training stops at the first non-finite loss
+    and the run is recorded as diverged, a result of the kernel, not an error of the study."""
     opt = create_optimizer(net, recipe.lr, recipe.weight_decay)
     n, bs = len(data.train_x), recipe.batch_size
     steps_per_epoch = n // bs
@@ -135,14 +138,14 @@ def _train(net: StudyNet, data: Data, recipe: Recipe, seed: int) -> tuple[float,
                 g["lr"] = lr_at(step, total, warmup, recipe.lr)
             loss = F.cross_entropy(net(x), y)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+                return seconds + time.perf_counter() - t0, step * bs, step
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
             opt.step()
             seconds += time.perf_counter() - t0
             step += 1
-    return seconds, total * bs
+    return seconds, total * bs, None
 
 
 def study_device(device: str | torch.device) -> torch.device:
@@ -179,10 +182,12 @@ def run_one(variant: str, seed: int, data: Data, recipe: Recipe,
     net.set_residual_weight(1.0)
     mem = _step_memory(net, _to_input(data.train_x[:recipe.batch_size]), data.train_y[:recipe.batch_size])
     torch.manual_seed(seed)  # the memory probe drew no random numbers, but keep the init-to-training path plain
-    seconds, images = _train(net, data, recipe, seed)
-    val = None if data.val_x is None else evaluate(net, data.val_x, data.val_y)
+    seconds, images, diverged = _train(net, data, recipe, seed)
+    finished = diverged is None
+    val = evaluate(net, data.val_x, data.val_y) if finished and data.val_x is not None else None
     row = dict(variant=variant, kernel=v.kernel, softmax_residual=int(v.residual), seed=seed,
-               top1=evaluate(net, data.test_x, data.test_y), val_top1=val, train_images_per_s=images / seconds,
+               top1=evaluate(net, data.test_x, data.test_y) if finished else None, val_top1=val,
+               diverged_at_step=diverged, train_images_per_s=images / max(seconds, 1e-9),
                peak_mib=mem, params=params, train_s=seconds, device=dev.type, threads=torch.get_num_threads(),
                **{f"recipe_{k}": x for k, x in asdict(recipe).items()})
     return row, net

@@ -15,9 +15,10 @@ from .stats import fisher_exact, mean_ci95, welch
 
 __all__ = ["SUMMARY_FIELDS", "summarise", "markdown_summary", "plot_study", "CONTROL_CEILING", "learned_threshold"]
 
-SUMMARY_FIELDS = ["variant", "kernel", "softmax_residual", "epochs", "seeds", "top1_mean", "top1_std",
+SUMMARY_FIELDS = ["variant", "kernel", "softmax_residual", "epochs", "seeds", "diverged", "top1_mean", "top1_std",
                   "top1_ci95_low", "top1_ci95_high", "top1_minus_softmax", "p_vs_softmax", "p_vs_control", "p_vs_1x",
-                  "learned", "p_learned_vs_softmax", "top1_learned_mean", "val_top1_mean", "train_images_per_s", "peak_mib", "params"]
+                  "learned", "p_learned_vs_softmax", "top1_learned_mean", "val_top1_mean", "train_images_per_s",
+                  "peak_mib", "params"]
 CONTROL_CEILING = 100.0 / 3  # the design's ceiling of a network without token mixing (docs/kernel_study.md)
 
 
@@ -50,13 +51,21 @@ def _learned(top1: list[float] | None, threshold: float) -> list[float]:
     return [t for t in top1 or () if t > threshold]
 
 
-def _p_learned(top1: list[float], other: list[float] | None, threshold: float) -> float | None:
+def _p_learned(top1: list[float], other: list[float] | None, seeds_of: dict[int, int],
+               threshold: float) -> float | None:
+    """Fisher's test of the seeds that learned, out of all seeds (a diverged seed did not learn)."""
     if other is None or other is top1:
         return None
-    return fisher_exact(len(_learned(top1, threshold)), len(top1), len(_learned(other, threshold)), len(other))
+    return fisher_exact(len(_learned(top1, threshold)), seeds_of[id(top1)], len(_learned(other, threshold)),
+                        seeds_of[id(other)])
 
 
-def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]], threshold: float) -> dict:
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]], seeds_of: dict[int, int],
+                 threshold: float) -> dict:
     v = Variant.parse(variant)
     top1 = top1_of[variant]
     learned = _learned(top1, threshold)
@@ -64,18 +73,18 @@ def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]], 
     soft, ctrl = top1_of.get(_same_length("softmax", v)), top1_of.get(_same_length(CONTROL, v))
     short = top1_of.get(Variant(v.kernel, v.residual, v.rope).name) if v.length != 1 else None
     mems, val, epochs = _floats(rs, "peak_mib"), _floats(rs, "val_top1"), _floats(rs, "recipe_epochs")
+    mean, soft_mean = _mean(top1), _mean(soft or [])
     return dict(variant=variant, kernel=v.kernel, softmax_residual=int(v.residual),
-                epochs=int(epochs[0]) if epochs else None, seeds=len(rs), top1_mean=statistics.fmean(top1),
-                top1_std=_std(top1), top1_ci95_low=None if ci is None else ci[0],
+                epochs=int(epochs[0]) if epochs else None, seeds=len(rs), diverged=len(rs) - len(top1),
+                top1_mean=mean, top1_std=_std(top1), top1_ci95_low=None if ci is None else ci[0],
                 top1_ci95_high=None if ci is None else ci[1],
-                top1_minus_softmax=None if soft is None else statistics.fmean(top1) - statistics.fmean(soft),
+                top1_minus_softmax=None if mean is None or soft_mean is None else mean - soft_mean,
                 p_vs_softmax=None if soft is top1 else _p(top1, soft),
                 p_vs_control=None if ctrl is top1 else _p(top1, ctrl), p_vs_1x=_p(top1, short),
-                learned=len(learned), p_learned_vs_softmax=_p_learned(top1, soft, threshold),
-                top1_learned_mean=statistics.fmean(learned) if learned else None,
-                val_top1_mean=statistics.fmean(val) if val else None,
+                learned=len(learned), p_learned_vs_softmax=_p_learned(top1, soft, seeds_of, threshold),
+                top1_learned_mean=_mean(learned), val_top1_mean=_mean(val),
                 train_images_per_s=statistics.fmean(_floats(rs, "train_images_per_s")),
-                peak_mib=statistics.fmean(mems) if mems else None, params=int(float(rs[0]["params"])))
+                peak_mib=_mean(mems), params=int(float(rs[0]["params"])))
 
 
 def summarise(runs: Sequence[dict], test_canvases: int = 2000) -> tuple[list[dict], str]:
@@ -84,25 +93,28 @@ def summarise(runs: Sequence[dict], test_canvases: int = 2000) -> tuple[list[dic
     ``p_vs_softmax`` and ``p_vs_control``: Welch's two-sided t-test of the variant's top-1 over seeds against
     softmax's and the control's trained as long (``softmax@3x`` for ``qt@3x``); ``p_vs_1x``: against the same variant
     at the recipe's length. ``top1_ci95_*``: the mean's 95 % interval (Student's t). Empty with fewer than 2 seeds.
+    ``diverged``: seeds whose training loss became non-finite (no top-1; the top-1 columns are over the others).
     ``learned``: seeds above ``learned_threshold(test_canvases)``; ``p_learned_vs_softmax``: Fisher's exact test of
-    that count against softmax's; ``top1_learned_mean``: the mean over those seeds only."""
+    that count out of all seeds (a diverged seed did not learn) against softmax's; ``top1_learned_mean``: the mean
+    over those seeds only."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["variant"], []).append(r)
-    top1_of = {variant: [float(r["top1"]) for r in rs] for variant, rs in by.items()}
+    top1_of = {variant: _floats(rs, "top1") for variant, rs in by.items()}  # diverged runs have no top-1
+    seeds_of = {id(top1_of[variant]): len(rs) for variant, rs in by.items()}
     threshold = learned_threshold(test_canvases)
-    rows = [_variant_row(variant, rs, top1_of, threshold) for variant, rs in by.items()]
+    rows = [_variant_row(variant, rs, top1_of, seeds_of, threshold) for variant, rs in by.items()]
     return rows, _control_check(rows, top1_of)
 
 
 def _control_check(rows: list[dict], top1_of: dict[str, list[float]]) -> str:
     soft = next((r for r in rows if r["variant"] == "softmax"), None)
     ctrl = next((r for r in rows if r["variant"] == CONTROL), None)
-    if soft is None or ctrl is None:
+    if soft is None or ctrl is None or soft["top1_mean"] is None or ctrl["top1_mean"] is None:
         return "control check: needs both softmax and the control"
     gap = soft["top1_mean"] - ctrl["top1_mean"]
     head = f"control check: softmax {soft['top1_mean']:.2f} - control {ctrl['top1_mean']:.2f} = {gap:.2f} points"
-    if min(soft["seeds"], ctrl["seeds"]) < 2:
+    if min(len(top1_of["softmax"]), len(top1_of[CONTROL])) < 2:
         return head + ": one seed, no test possible (use --seeds 2 or more)"
     p = welch(top1_of["softmax"], top1_of[CONTROL])[2]
     verdict = "attention matters" if gap > 0 and p < 0.05 else "NOT shown that attention matters"
@@ -121,8 +133,9 @@ def markdown_summary(rows: Sequence[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ci = f"{_fmt(r['top1_ci95_low'], '.1f')}–{_fmt(r['top1_ci95_high'], '.1f')}"
-        lines.append(f"| {r['variant']} | {r['epochs'] or '–'} | {r['seeds']} | {r['top1_mean']:.2f} ± "
-                     f"{r['top1_std']:.2f} | {ci} | {_fmt(r['top1_minus_softmax'], '+.2f')} | "
+        seeds = f"{r['seeds']} ({r['diverged']} diverged)" if r["diverged"] else str(r["seeds"])
+        top1 = "–" if r["top1_mean"] is None else f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+        lines.append(f"| {r['variant']} | {r['epochs'] or '–'} | {seeds} | {top1} | {ci} | {_fmt(r['top1_minus_softmax'], '+.2f')} | "
                      f"{_fmt(r['p_vs_softmax'], '.2g')} | {_fmt(r['p_vs_control'], '.2g')} | "
                      f"{r['learned']}/{r['seeds']} | {_fmt(r['p_learned_vs_softmax'], '.2g')} | "
                      f"{_fmt(r['top1_learned_mean'], '.1f')} | {r['train_images_per_s']:.0f} | "
@@ -139,7 +152,8 @@ def plot_study(rows: Sequence[dict], path: str | Path, title: str = "", runs: Se
 
     from ..results import save_figure
 
-    names = [r["variant"] for r in rows]
+    names = [r["variant"] + (f" ({r['diverged']} diverged)" if r["diverged"] else "") for r in rows]
+    rows = [dict(r, top1_mean=r["top1_mean"] or 0.0) for r in rows]  # no finished seed: no bar
     colours = ["tab:grey" if r["kernel"] == CONTROL else "tab:orange" if r["softmax_residual"] else
                "tab:red" if r["kernel"] == "softmax" else "tab:blue" for r in rows]
     low = [r["top1_mean"] - (r["top1_ci95_low"] if r["top1_ci95_low"] is not None else r["top1_mean"]) for r in rows]
@@ -147,8 +161,9 @@ def plot_study(rows: Sequence[dict], path: str | Path, title: str = "", runs: Se
             for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.28 * len(rows) + 1.6), sharey=True)
     axes[0].barh(names, [r["top1_mean"] for r in rows], xerr=[low, high], color=colours, capsize=2)
-    row_of = {name: i for i, name in enumerate(names)}
-    seeds = [(float(r["top1"]), row_of[r["variant"]]) for r in runs if r["variant"] in row_of]
+    row_of = {r["variant"]: i for i, r in enumerate(rows)}
+    seeds = [(float(r["top1"]), row_of[r["variant"]]) for r in runs
+             if r["variant"] in row_of and r["top1"] not in (None, "")]
     if seeds:
         axes[0].scatter(*zip(*seeds), s=9, color="black", zorder=3)
     axes[0].axvline(CONTROL_CEILING, color="tab:grey", linestyle=":", linewidth=1)
