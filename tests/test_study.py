@@ -426,3 +426,43 @@ def test_a_run_on_cuda_matches_the_cpu_recipe():
     row, net = run_one("rala+rope", 0, data, SMALL.recipe, device="cuda")
     assert row["device"] == "cuda" and next(net.parameters()).is_cuda
     assert 0.0 <= row["top1"] <= 100.0 and row["peak_mib"] > 0 and row["train_images_per_s"] > 0
+
+
+_ORPHAN = """
+import os, time, multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from qtvit.tools.study import kernels
+
+def job(_):
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=kernels._init_worker,
+                               initargs=(None, None, 1))
+    pool.submit(job, 0)
+    time.sleep(6)
+    os._exit(0)  # the study killed: no shutdown of the pool
+"""
+
+
+def test_a_study_worker_ends_when_its_study_is_killed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    worker = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.kill(worker, 9)
+        pytest.fail(f"study worker {worker} still trains 20 s after its study was killed")

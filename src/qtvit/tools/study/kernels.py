@@ -18,6 +18,8 @@ Writes into ``--out``:
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,9 +132,18 @@ def _recorded(path: Path, key: str) -> list[dict]:
 _WORKER: dict = {}
 
 
+def _exit_with(parent: int, every_s: float = 5.0) -> None:
+    """End this worker once its parent is gone: a killed study must not leave runs training (the pool only stops a
+    worker between jobs, and a job is minutes long)."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
 def _init_worker(data: Data, recipe: Recipe, threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER.update(data=data, recipe=recipe)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
 
 
 def _worker_run(job: tuple[str, int]) -> tuple[dict, dict | None]:
