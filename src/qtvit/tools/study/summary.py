@@ -51,26 +51,26 @@ def _learned(top1: list[float] | None, threshold: float) -> list[float]:
     return [t for t in top1 or () if t > threshold]
 
 
-def _p_learned(top1: list[float], other: list[float] | None, seeds_of: dict[int, int],
+def _p_learned(top1: list[float], seeds: int, other: list[float] | None, other_seeds: int,
                threshold: float) -> float | None:
     """Fisher's test of the seeds that learned, out of all seeds (a diverged seed did not learn)."""
     if other is None or other is top1:
         return None
-    return fisher_exact(len(_learned(top1, threshold)), seeds_of[id(top1)], len(_learned(other, threshold)),
-                        seeds_of[id(other)])
+    return fisher_exact(len(_learned(top1, threshold)), seeds, len(_learned(other, threshold)), other_seeds)
 
 
 def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]], seeds_of: dict[int, int],
+def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]], seeds_of: dict[str, int],
                  threshold: float) -> dict:
     v = Variant.parse(variant)
     top1 = top1_of[variant]
     learned = _learned(top1, threshold)
     ci = mean_ci95(top1)
-    soft, ctrl = top1_of.get(_same_length("softmax", v)), top1_of.get(_same_length(CONTROL, v))
+    soft_name = _same_length("softmax", v)
+    soft, ctrl = top1_of.get(soft_name), top1_of.get(_same_length(CONTROL, v))
     short = top1_of.get(Variant(v.kernel, v.residual, v.rope).name) if v.length != 1 else None
     mems, val, epochs = _floats(rs, "peak_mib"), _floats(rs, "val_top1"), _floats(rs, "recipe_epochs")
     mean, soft_mean = _mean(top1), _mean(soft or [])
@@ -81,7 +81,8 @@ def _variant_row(variant: str, rs: list[dict], top1_of: dict[str, list[float]], 
                 top1_minus_softmax=None if mean is None or soft_mean is None else mean - soft_mean,
                 p_vs_softmax=None if soft is top1 else _p(top1, soft),
                 p_vs_control=None if ctrl is top1 else _p(top1, ctrl), p_vs_1x=_p(top1, short),
-                learned=len(learned), p_learned_vs_softmax=_p_learned(top1, soft, seeds_of, threshold),
+                learned=len(learned),
+                p_learned_vs_softmax=_p_learned(top1, len(rs), soft, seeds_of.get(soft_name, 0), threshold),
                 top1_learned_mean=_mean(learned), val_top1_mean=_mean(val),
                 train_images_per_s=statistics.fmean(_floats(rs, "train_images_per_s")),
                 peak_mib=_mean(mems), params=int(float(rs[0]["params"])))
@@ -101,7 +102,7 @@ def summarise(runs: Sequence[dict], test_canvases: int = 2000) -> tuple[list[dic
     for r in runs:
         by.setdefault(r["variant"], []).append(r)
     top1_of = {variant: _floats(rs, "top1") for variant, rs in by.items()}  # diverged runs have no top-1
-    seeds_of = {id(top1_of[variant]): len(rs) for variant, rs in by.items()}
+    seeds_of = {variant: len(rs) for variant, rs in by.items()}
     threshold = learned_threshold(test_canvases)
     rows = [_variant_row(variant, rs, top1_of, seeds_of, threshold) for variant, rs in by.items()]
     return rows, _control_check(rows, top1_of)
@@ -135,7 +136,8 @@ def markdown_summary(rows: Sequence[dict]) -> str:
         ci = f"{_fmt(r['top1_ci95_low'], '.1f')}–{_fmt(r['top1_ci95_high'], '.1f')}"
         seeds = f"{r['seeds']} ({r['diverged']} diverged)" if r["diverged"] else str(r["seeds"])
         top1 = "–" if r["top1_mean"] is None else f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
-        lines.append(f"| {r['variant']} | {r['epochs'] or '–'} | {seeds} | {top1} | {ci} | {_fmt(r['top1_minus_softmax'], '+.2f')} | "
+        lines.append(f"| {r['variant']} | {r['epochs'] or '–'} | {seeds} | {top1} | {ci} | "
+                     f"{_fmt(r['top1_minus_softmax'], '+.2f')} | "
                      f"{_fmt(r['p_vs_softmax'], '.2g')} | {_fmt(r['p_vs_control'], '.2g')} | "
                      f"{r['learned']}/{r['seeds']} | {_fmt(r['p_learned_vs_softmax'], '.2g')} | "
                      f"{_fmt(r['top1_learned_mean'], '.1f')} | {r['train_images_per_s']:.0f} | "
