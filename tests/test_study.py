@@ -379,7 +379,9 @@ def test_small_study_end_to_end(tmp_path, capsys):
     # softmax seed 0's saved weights
     (out / "kernel_fidelity.csv").unlink()
     assert main(args[:4] + ["3"] + args[5:]) == 0
-    assert "12 runs already recorded, 6 to train" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "12 runs already recorded, 6 to train" in printed
+    assert "to train: " + ", ".join(f"{v} x1" for v in variants) in printed
     again = read_csv(out / "kernel_study_runs.csv")
     assert again[:12] == runs and [(r["variant"], int(r["seed"])) for r in again[12:]] == [(v, 2) for v in variants]
     assert read_csv(out / "kernel_fidelity.csv") == fid

@@ -266,6 +266,9 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
     data = make_data(plan, data_root)
     log(f"canvases: {plan.train} train, {plan.val} validation, {plan.test} test, {plan.spec.size} px "
         f"({time.perf_counter() - t0:.1f} s); plan {key}: {len(done)} runs already recorded, {len(jobs)} to train")
+    if jobs:  # what this call will train, so a mistyped flag shows before hours of training
+        per_variant = {v: sum(j[0] == v for j in jobs) for v, _ in jobs}
+        log("to train: " + ", ".join(f"{v} x{n}" for v, n in per_variant.items()))
     machine = device_line(dev, threads=False)  # per row: a study run in parts may span machines
     softmax_net = None
     for (variant, seed), (row, net) in zip(jobs, _run_jobs(jobs, data, plan.recipe, workers, threads, dev)):
