@@ -130,3 +130,14 @@ def test_figure_cli(tmp_path, capsys):
     assert "outside the 4x4 token grid" in capsys.readouterr().err
     assert main(["figure", "pareto", "--csv", str(tmp_path / "missing.csv")]) == 1
     assert "no CSV" in capsys.readouterr().err
+
+
+def test_rows_of_every_kernel_are_rows_of_its_full_map(image):
+    # castling adds 0.5·v_i to token i: it needs every query, so a row is cut from the whole map
+    tok, _ = patch_tokens(image, patch=8, dim=8)
+    kernels = qtvit.list_kernels()
+    assert "castling" in kernels
+    rows = attention_rows(tok, tok, query=27, kernels=kernels)
+    for name in kernels:
+        full = qtvit.create_kernel(name, head_dim=8, num_heads=1).attention_map(tok, tok)[0, :, 27].mean(dim=0)
+        torch.testing.assert_close(rows[name], full, atol=1e-6, rtol=1e-5, msg=name)

@@ -138,8 +138,9 @@ def attention_rows(q: Tensor, k: Tensor, query: int, kernels: Iterable[str] = PA
     for name in kernels:
         kern = create_kernel(name, head_dim=q.shape[-1], num_heads=q.shape[1], **options.get(name, {}))
         with torch.no_grad():
-            amap = kern.attention_map(q[:, :, query:query + 1], k)  # (1, H, 1, N): only the row needed
-        rows[name] = amap[0, :, 0].mean(dim=0)
+            # the whole map, then the row: some kernels need every query (castling adds 0.5·v_i to token i)
+            amap = kern.attention_map(q, k)  # (1, H, N, N)
+        rows[name] = amap[0, :, query].mean(dim=0)
     return rows
 
 
