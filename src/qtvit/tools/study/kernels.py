@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -267,8 +268,7 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
     log(f"canvases: {plan.train} train, {plan.val} validation, {plan.test} test, {plan.spec.size} px "
         f"({time.perf_counter() - t0:.1f} s); plan {key}: {len(done)} runs already recorded, {len(jobs)} to train")
     if jobs:  # what this call will train, so a mistyped flag shows before hours of training
-        per_variant = {v: sum(j[0] == v for j in jobs) for v, _ in jobs}
-        log("to train: " + ", ".join(f"{v} x{n}" for v, n in per_variant.items()))
+        log("to train: " + ", ".join(f"{v} x{n}" for v, n in Counter(v for v, _ in jobs).items()))
     machine = device_line(dev, threads=False)  # per row: a study run in parts may span machines
     softmax_net = None
     for (variant, seed), (row, net) in zip(jobs, _run_jobs(jobs, data, plan.recipe, workers, threads, dev)):
