@@ -279,7 +279,8 @@ def run_study(kernels: Sequence[str] = STUDY_KERNELS, seeds: int = 5, out: str |
         got = (f"top-1 {row['top1']:6.2f}%" if row["top1"] is not None else
                f"DIVERGED (non-finite loss at step {row['diverged_at_step']})")
         log(f"{variant:28s} seed {seed}: {got}  {row['train_images_per_s']:7.1f} img/s  "
-            f"peak {row['peak_mib'] or float('nan'):7.1f} MiB  ({time.perf_counter() - t0:.0f} s)")
+            f"peak {row['peak_mib'] or float('nan'):7.1f} MiB  trained in {row['train_s']:.0f} s "
+            f"({time.perf_counter() - t0:.0f} s since the call began)")
         write_csv(runs, out / RUNS_CSV, f"kernel study runs; last sitting: {machine}, {workers} worker(s) x "
                   f"{row['threads']} thread(s)", RUN_FIELDS)
     order = {v: i for i, v in enumerate(variants)}
